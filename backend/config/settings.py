@@ -1,0 +1,325 @@
+"""The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
+import importlib.util
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
+REPO_DIR = BASE_DIR.parent
+
+# The process environment wins over `.env` (overwrite=False).
+environ.Env.read_env(REPO_DIR / ".env", overwrite=False)
+env = environ.Env()
+
+
+def _fail(name: str, raw: object, expected: str) -> None:
+    # One line naming the variable, no traceback: SystemExit prints its message and stops start-up.
+    raise SystemExit(f"Invalid setting {name}={raw!r}: expected {expected}.")
+
+
+def env_str(name: str, default: str = "") -> str:
+    return env.str(name, default=default)
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = env.str(name, default=str(default)).strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        _fail(name, raw, bounds)
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.str(name, default=str(default)).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or value != value:
+        _fail(name, raw, f"a number >= {minimum}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env.str(name, default=str(default)).strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off", ""}:
+        return False
+    _fail(name, raw, "true or false")
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env.str(name, default=default).split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    raw = env.str(name, default=default).strip().lower()
+    if raw not in choices:
+        _fail(name, raw, "one of " + ", ".join(sorted(choices)))
+    return raw
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+
+
+def env_rate(name: str, default: str) -> str:
+    raw = env.str(name, default=default)
+    if not _RATE.match(raw):
+        _fail(name, raw, "a rate like 30/min (per s, min, hour or day)")
+    return raw.replace(" ", "")
+
+
+# --- Django -----------------------------------------------------------------------------------
+
+INSECURE_DEFAULT_SECRET_KEY = "insecure-dev-only-secret-key-do-not-use-in-production"
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", INSECURE_DEFAULT_SECRET_KEY)
+if not DEBUG and SECRET_KEY == INSECURE_DEFAULT_SECRET_KEY:
+    _fail("SECRET_KEY", "<default>", "a secret of your own whenever DEBUG is off")
+if len(SECRET_KEY) < 32:
+    _fail("SECRET_KEY", "<hidden>", "at least 32 characters")
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8080").rstrip("/")
+if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
+    _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
+SERVICE_NAME = env_str("SERVICE_NAME", "OTP Login")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "core",
+    "users",
+    "otp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+AUTH_USER_MODEL = "users.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The contract's paths are exact; a POST redirected to add a slash would lose its body.
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve static files (admin, API docs) from the app folders without a collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+
+# --- Data -------------------------------------------------------------------------------------
+
+try:
+    DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+except Exception:  # django-environ raises several types for a malformed URL
+    _fail("DATABASE_URL", env_str("DATABASE_URL"), "a URL like postgres://user@host:5432/name")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    _fail("REDIS_URL", REDIS_URL, "a redis:// URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "otp",
+            # An outage must answer fast, not hang a request.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "otp"}}
+
+# --- Mail and SMS -----------------------------------------------------------------------------
+
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+}
+_email_backend = env_str("EMAIL_BACKEND", "console").strip()
+EMAIL_BACKEND = _EMAIL_BACKENDS.get(_email_backend.lower(), _email_backend)
+if "." not in EMAIL_BACKEND or importlib.util.find_spec(EMAIL_BACKEND.rsplit(".", 1)[0]) is None:
+    _fail("EMAIL_BACKEND", _email_backend, "smtp, console, locmem or an importable backend path")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+
+SMS_BACKEND = env_choice("SMS_BACKEND", "console", {"console", "twilio"})
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
+TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
+TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
+TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/")
+TWILIO_TIMEOUT_SECONDS = 10
+if SMS_BACKEND == "twilio":
+    for _name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        if not globals()[_name]:
+            _fail(_name, "", "a value when SMS_BACKEND=twilio")
+    if not (TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID):
+        _fail("TWILIO_FROM_NUMBER", "", "it or TWILIO_MESSAGING_SERVICE_SID when SMS_BACKEND=twilio")
+
+# --- Codes and throttles ----------------------------------------------------------------------
+
+OTP_LENGTH = env_int("OTP_LENGTH", 6, minimum=6, maximum=10)
+OTP_TTL_SECONDS = env_int("OTP_TTL_SECONDS", 120, minimum=10, maximum=86400)
+OTP_HMAC_KEY = env_str("OTP_HMAC_KEY")
+OTP_MAX_ATTEMPTS = env_int("OTP_MAX_ATTEMPTS", 5, minimum=1)
+OTP_MAX_FAILURES_PER_HOUR = env_int("OTP_MAX_FAILURES_PER_HOUR", 20, minimum=1)
+OTP_RESEND_COOLDOWN_SECONDS = env_int("OTP_RESEND_COOLDOWN_SECONDS", 30, minimum=1)
+OTP_SENDS_PER_HOUR = env_int("OTP_SENDS_PER_HOUR", 10, minimum=1)
+OTP_IP_SEND_RATE = env_rate("OTP_IP_SEND_RATE", "30/min")
+OTP_IP_VERIFY_RATE = env_rate("OTP_IP_VERIFY_RATE", "60/min")
+OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
+OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
+OTP_PURGE_BATCH_SIZE = 10_000
+OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
+OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
+
+
+def _check_region(region: str) -> None:
+    import phonenumbers
+
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        _fail("OTP_DEFAULT_REGION", region, "a two-letter region code such as US or GB")
+
+
+_check_region(OTP_DEFAULT_REGION)
+
+# --- Tokens -----------------------------------------------------------------------------------
+
+JWT_SIGNING_KEY = env_str("JWT_SIGNING_KEY") or SECRET_KEY
+ACCESS_TOKEN_LIFETIME_SECONDS = env_int("ACCESS_TOKEN_LIFETIME_SECONDS", 300, minimum=1)
+REFRESH_TOKEN_LIFETIME_SECONDS = env_int("REFRESH_TOKEN_LIFETIME_SECONDS", 86400, minimum=1)
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=ACCESS_TOKEN_LIFETIME_SECONDS),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=REFRESH_TOKEN_LIFETIME_SECONDS),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": False,
+    "SIGNING_KEY": JWT_SIGNING_KEY,
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework_simplejwt.authentication.JWTAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": f"{SERVICE_NAME} API",
+    "DESCRIPTION": "One-time-code login by email or SMS, traded for a JWT.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Processes and Celery ---------------------------------------------------------------------
+
+API_PORT = env_int("API_PORT", 8000, minimum=1, maximum=65535)
+HTTP_PORT = env_int("HTTP_PORT", 8080, minimum=1, maximum=65535)
+CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
+CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
+if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
+    # A job redelivered after the visibility timeout must still find its code valid.
+    _fail("CELERY_VISIBILITY_TIMEOUT_SECONDS", CELERY_VISIBILITY_TIMEOUT_SECONDS, "a value below OTP_TTL_SECONDS")
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
+# With no broker configured (quick local run), jobs run in-process right after the request commits.
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+# A request that cannot reach the broker must answer quickly (503), not wait out long retries.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BEAT_SCHEDULE = {
+    "otp-maintenance": {"task": "otp.tasks.maintenance_run", "schedule": float(OTP_PURGE_INTERVAL_SECONDS)},
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", {"debug", "info", "warning", "error"}).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,23 @@
+"""URL map of the whole service."""
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core import views as core_views
+
+urlpatterns = [
+    path("", include("otp.urls")),
+    path("healthz", core_views.HealthzApi.as_view(), name="healthz"),
+    path("readyz", core_views.ReadyzApi.as_view(), name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+         name="docs"),
+    path("admin/", admin.site.urls),
+    # Last: any other path is a JSON 404, even with DEBUG on (Django's debug 404 page is HTML).
+    re_path(r"", core_views.not_found),
+]
+
+handler400 = "core.views.bad_request"
+handler403 = "core.views.permission_denied"
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

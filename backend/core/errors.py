@@ -1,0 +1,33 @@
+"""Expected failures raised by services; core.exceptions turns each into the contract's JSON."""
+
+
+class ServiceError(Exception):
+    status_code = 400
+    default_detail = "The request could not be completed."
+    default_code = "error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        super().__init__(self.detail)
+
+
+class InvalidCode(ServiceError):
+    # One body for wrong, expired, used, burned and unknown: the answer must not tell them apart.
+    default_detail = "Invalid or expired code."
+    default_code = "invalid_code"
+
+
+class RateLimited(ServiceError):
+    status_code = 429
+    default_detail = "Too many requests. Try again later."
+    default_code = "throttled"
+
+    def __init__(self, wait_seconds: int, detail: str | None = None) -> None:
+        self.wait_seconds = max(1, int(wait_seconds))
+        super().__init__(detail or f"Too many requests. Try again in {self.wait_seconds} seconds.")
+
+
+class TokenRejected(ServiceError):
+    status_code = 401
+    default_detail = "Token is invalid or expired."
+    default_code = "token_not_valid"

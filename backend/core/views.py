@@ -1,0 +1,80 @@
+"""Liveness and readiness probes, and JSON answers for errors Django raises before a DRF view runs."""
+import logging
+
+from django.core.cache import cache
+from django.db import connection
+from django.http import JsonResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.celery import app as celery_app
+from core.exceptions import error_body
+
+logger = logging.getLogger(__name__)
+
+
+def _database_check() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _cache_check() -> None:
+    cache.set("readyz", "1", timeout=5)
+    if cache.get("readyz") != "1":
+        raise RuntimeError("cache did not return what was written")
+
+
+def _broker_check() -> None:
+    if celery_app.conf.task_always_eager:
+        return  # jobs run in-process: there is no broker to reach
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+
+
+READINESS_CHECKS = (("database", _database_check), ("cache", _cache_check), ("broker", _broker_check))
+
+
+class HealthzApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField()}))
+    def get(self, request):
+        return Response({"status": "ok"})
+
+
+class ReadyzApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: inline_serializer("Ready", {"status": serializers.CharField()}),
+                              503: inline_serializer("NotReady", {"detail": serializers.CharField(),
+                                                                   "code": serializers.CharField(),
+                                                                   "failed": serializers.CharField()})})
+    def get(self, request):
+        for name, check in READINESS_CHECKS:
+            try:
+                check()
+            except Exception as exc:  # any failure means not ready; the log says which and why
+                logger.warning("readiness check %s failed: %s", name, exc)
+                return Response({**error_body(f"{name} is not answering.", "not_ready"), "failed": name}, status=503)
+        return Response({"status": "ok"})
+
+
+def not_found(request, exception=None):
+    return JsonResponse(error_body("Not found.", "not_found"), status=404)
+
+
+def server_error(request):
+    return JsonResponse(error_body("Internal server error.", "server_error"), status=500)
+
+
+def bad_request(request, exception=None):
+    return JsonResponse(error_body("Bad request.", "bad_request"), status=400)
+
+
+def permission_denied(request, exception=None):
+    return JsonResponse(error_body("Permission denied.", "permission_denied"), status=403)

@@ -1,0 +1,208 @@
+"""HTTP endpoints: parse input, call one service, shape output."""
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.parsers import FormParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenRefreshView
+from twilio.request_validator import RequestValidator
+
+from core.throttling import IpSendThrottle, IpVerifyThrottle
+from otp.addresses import email_normalize, mobile_normalize
+from otp.models import Purpose
+from otp.services import code_request, code_verify, delivery_status_record, token_revoke
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that rejects numbers and other non-strings instead of quietly turning 5 into "5"."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class AddressField(StrictCharField):
+    def __init__(self, *, normalize, **kwargs):
+        self.normalize = normalize
+        super().__init__(required=False, trim_whitespace=True, max_length=254, **kwargs)
+
+    def run_validation(self, data=serializers.empty):
+        value = super().run_validation(data)  # type and length checks first, then normalise
+        try:
+            return self.normalize(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+
+class AddressInputSerializer(serializers.Serializer):
+    email = AddressField(normalize=email_normalize, help_text="An email address; trimmed and lower-cased.")
+    mobile = AddressField(normalize=mobile_normalize,
+                          help_text="A mobile number in E.164 (+14155552671), or national in OTP_DEFAULT_REGION.")
+
+    def validate(self, attrs):
+        given = [attrs[name] for name in ("email", "mobile") if name in attrs]
+        if len(given) != 1:
+            raise serializers.ValidationError("Give exactly one of email or mobile.", code="one_address")
+        attrs["address"] = given[0]
+        return attrs
+
+
+class CodeSentOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    channel = serializers.ChoiceField(choices=["email", "sms"])
+    expires_in = serializers.IntegerField()
+
+
+ERROR_SHAPE = inline_serializer("Error", {"detail": serializers.CharField(), "code": serializers.CharField()})
+CODE_SENT_DETAIL = "If the address can receive it, a code is on its way."
+
+
+class _CodeRequestApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [IpSendThrottle]
+    purpose: Purpose
+
+    def post(self, request):
+        serializer = AddressInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        address = serializer.validated_data["address"]
+        code_request(address=address, purpose=self.purpose)
+        output = {"detail": CODE_SENT_DETAIL, "channel": address.channel.value, "expires_in": settings.OTP_TTL_SECONDS}
+        return Response(CodeSentOutputSerializer(output).data, status=status.HTTP_202_ACCEPTED)
+
+
+_code_request_schema = dict(
+    request=AddressInputSerializer,
+    responses={202: CodeSentOutputSerializer, 400: OpenApiResponse(description="Invalid address, both or neither, malformed JSON"),
+               429: ERROR_SHAPE},
+    examples=[OpenApiExample("By email", value={"email": "alice@example.com"}, request_only=True),
+              OpenApiExample("By mobile", value={"mobile": "+14155552671"}, request_only=True)],
+)
+
+
+class RegisterApi(_CodeRequestApi):
+    purpose = Purpose.REGISTER
+
+    @extend_schema(summary="Send a sign-up code", description="A code is sent whether or not an account exists.",
+                   **_code_request_schema)
+    def post(self, request):
+        return super().post(request)
+
+
+class LoginApi(_CodeRequestApi):
+    purpose = Purpose.LOGIN
+
+    @extend_schema(summary="Send a sign-in code",
+                   description="A code is sent only if the account exists; the answer is the same either way.",
+                   **_code_request_schema)
+    def post(self, request):
+        return super().post(request)
+
+
+class VerifyInputSerializer(AddressInputSerializer):
+    code = StrictCharField(help_text="The digits from the email or SMS.")
+
+    def validate_code(self, value: str) -> str:
+        if len(value) != settings.OTP_LENGTH or not value.isascii() or not value.isdigit():
+            raise serializers.ValidationError(f"Enter the {settings.OTP_LENGTH}-digit code.")
+        return value
+
+
+class TokenPairOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    token_type = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class VerifyOtpApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [IpVerifyThrottle]
+
+    @extend_schema(summary="Trade a code for tokens", request=VerifyInputSerializer,
+                   responses={200: TokenPairOutputSerializer, 400: ERROR_SHAPE, 429: ERROR_SHAPE},
+                   examples=[OpenApiExample("By email", value={"email": "alice@example.com", "code": "123456"},
+                                            request_only=True)])
+    def post(self, request):
+        serializer = VerifyInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = code_verify(address=serializer.validated_data["address"], code=serializer.validated_data["code"])
+        output = {"access": tokens.access, "refresh": tokens.refresh, "token_type": "Bearer",
+                  "expires_in": tokens.expires_in}
+        return Response(TokenPairOutputSerializer(output).data)
+
+
+class ProfileOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField(allow_null=True)
+    mobile = serializers.CharField(allow_null=True)
+    date_joined = serializers.DateTimeField()
+    last_login = serializers.DateTimeField(allow_null=True)
+
+
+class ProfileApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="The signed-in account", responses={200: ProfileOutputSerializer, 401: ERROR_SHAPE})
+    def get(self, request):
+        return Response(ProfileOutputSerializer(request.user).data)
+
+
+class RefreshInputSerializer(serializers.Serializer):
+    refresh = StrictCharField()
+
+
+class TokenRefreshApi(TokenRefreshView):
+    """simplejwt's view: rotation is on and the old refresh token is blacklisted."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [IpVerifyThrottle]
+
+    @extend_schema(summary="New access and refresh tokens", responses={
+        200: inline_serializer("TokenRefreshOutput", {"access": serializers.CharField(), "refresh": serializers.CharField()}),
+        401: ERROR_SHAPE})
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+class LogoutApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="Revoke a refresh token", request=RefreshInputSerializer,
+                   responses={205: OpenApiResponse(description="No body"), 401: ERROR_SHAPE})
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token_revoke(user=request.user, refresh=serializer.validated_data["refresh"])
+        return Response(status=status.HTTP_205_RESET_CONTENT)
+
+
+class TwilioStatusApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    parser_classes = [FormParser]
+
+    @extend_schema(summary="Twilio delivery status callback", request=None,
+                   responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE})
+    def post(self, request):
+        signature = request.headers.get("X-Twilio-Signature", "")
+        params = request.data.dict() if hasattr(request.data, "dict") else {}
+        # Twilio signs the URL it called, which is the public one, not the one behind the proxy.
+        url = f"{settings.PUBLIC_BASE_URL}{request.path}"
+        if not (settings.TWILIO_AUTH_TOKEN and signature
+                and RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, params, signature)):
+            raise PermissionDenied("Missing or invalid X-Twilio-Signature.")
+        delivery_status_record(provider_id=params.get("MessageSid", ""),
+                               provider_status=params.get("MessageStatus", ""),
+                               error_code=params.get("ErrorCode", ""))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,74 @@
+"""One-time codes (hashed) and the record of each delivery."""
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from otp.addresses import Channel
+
+
+class Purpose(models.TextChoices):
+    REGISTER = "register", "Register"
+    LOGIN = "login", "Login"
+
+
+class OneTimeCode(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        USED = "used", "Used"
+        SUPERSEDED = "superseded", "Superseded"
+        BURNED = "burned", "Burned"
+
+    address = models.CharField(max_length=254)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    purpose = models.CharField(max_length=16, choices=Purpose.choices)
+    code_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Verify and supersede read only the active codes of one address: old rows never slow them.
+            models.Index(fields=["address", "-created_at"], condition=Q(status="active"), name="otp_code_active_addr"),
+            models.Index(fields=["expires_at"], name="otp_code_expires_at"),
+            models.Index(fields=["id"], condition=~Q(status="active"), name="otp_code_inactive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} code for {self.address} ({self.status})"
+
+
+class Delivery(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    address = models.CharField(max_length=254)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    provider_id = models.CharField(max_length=255, blank=True, default="")
+    provider_status = models.CharField(max_length=32, blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The code's expiry, copied so a delivery outlives the purge of its code.
+    expires_at = models.DateTimeField()
+    # While a worker holds the send; a redelivered job may take over once it lapses.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(status__in=["queued", "sending"]), name="otp_delivery_pending"),
+            models.Index(fields=["provider_id"], condition=~Q(provider_id=""), name="otp_delivery_provider_id"),
+            models.Index(fields=["address", "-created_at"], name="otp_delivery_addr"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} delivery to {self.address} ({self.status})"

@@ -1,0 +1,285 @@
+"""The rules of the service: issuing, throttling, verifying and delivering codes, and the tokens they buy."""
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from core.errors import InvalidCode, RateLimited, TokenRejected
+from core.ratelimit import cooldown_acquire, window_hit, window_unhit
+from otp.addresses import Address
+from otp.codes import code_generate, code_hash, code_matches
+from otp.messages import email_message_render, sms_message_render
+from otp.models import Delivery, OneTimeCode, Purpose
+from otp.selectors import user_get_by_address
+from otp.senders import SendPermanentError, SendTransientError, sender_for
+from users.models import User
+
+logger = logging.getLogger(__name__)
+
+HOUR = 3600
+# How long a worker holds a delivery while it talks to the provider: longer than a send's timeout,
+# shorter than the broker's visibility timeout so a redelivered job can take over from a dead worker.
+DELIVERY_LEASE_SECONDS = 30
+
+
+def _address_key(prefix: str, address: Address) -> str:
+    # Hashed so that Redis holds no addresses in clear.
+    return f"{prefix}:{hashlib.sha256(address.value.encode()).hexdigest()[:32]}"
+
+
+# --- Issuing ----------------------------------------------------------------------------------
+
+
+def code_send_throttle(*, address: Address) -> None:
+    """Per-address limits, counted for every request, account or not, so throttling reveals nothing."""
+    wait = cooldown_acquire(key=_address_key("otp:cooldown", address), seconds=settings.OTP_RESEND_COOLDOWN_SECONDS)
+    if wait:
+        raise RateLimited(wait)
+    wait = window_hit(key=_address_key("otp:sends", address), limit=settings.OTP_SENDS_PER_HOUR, window=HOUR)
+    if wait:
+        raise RateLimited(wait)
+
+
+def code_request(*, address: Address, purpose: Purpose) -> None:
+    """/register/ and /login/: throttle, then issue a code (for login only when the account exists)."""
+    code_send_throttle(address=address)
+    if purpose == Purpose.LOGIN and user_get_by_address(address=address) is None:
+        return
+    code_issue(address=address, purpose=purpose)
+
+
+@transaction.atomic
+def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
+    """Store a new code's hash, supersede the older ones, and enqueue its delivery once this commits."""
+    now = timezone.now()
+    expires_at = now + timedelta(seconds=settings.OTP_TTL_SECONDS)
+    code = code_generate()
+    OneTimeCode.objects.filter(address=address.value, status=OneTimeCode.Status.ACTIVE).update(
+        status=OneTimeCode.Status.SUPERSEDED
+    )
+    OneTimeCode.objects.create(
+        address=address.value, channel=address.channel, purpose=purpose,
+        code_hash=code_hash(address=address.value, code=code), created_at=now, expires_at=expires_at,
+    )
+    delivery = Delivery.objects.create(address=address.value, channel=address.channel, created_at=now, expires_at=expires_at)
+    transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code))
+    return delivery
+
+
+def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
+    from otp.tasks import delivery_send_task  # tasks import services: import here to avoid a cycle
+
+    delivery_send_task.apply_async(
+        kwargs={"delivery_id": delivery.id, "code": code},
+        queue=delivery.channel,
+        # What Celery's logs and events show instead of the arguments: never the code.
+        kwargsrepr=repr({"delivery_id": delivery.id, "code": "<hidden>"}),
+    )
+
+
+# --- Verifying --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access: str
+    refresh: str
+    expires_in: int
+
+
+def token_pair_issue(*, user: User) -> TokenPair:
+    refresh = RefreshToken.for_user(user)
+    return TokenPair(access=str(refresh.access_token), refresh=str(refresh),
+                     expires_in=settings.ACCESS_TOKEN_LIFETIME_SECONDS)
+
+
+def code_verify(*, address: Address, code: str) -> TokenPair:
+    """Trade a valid code for tokens. Every failure looks the same; each one spends the address's hourly budget."""
+    failures_key = _address_key("otp:failures", address)
+    # Counted before the check and given back on success, so parallel guesses cannot overshoot the budget.
+    wait = window_hit(key=failures_key, limit=settings.OTP_MAX_FAILURES_PER_HOUR, window=HOUR)
+    if wait:
+        raise RateLimited(wait)
+    user = _code_consume(address=address, code=code)
+    if user is None:
+        raise InvalidCode()
+    window_unhit(key=failures_key, window=HOUR)
+    return token_pair_issue(user=user)
+
+
+@transaction.atomic
+def _code_consume(*, address: Address, code: str) -> User | None:
+    """Check `code` against the address's current code under a row lock: one verify at a time per code."""
+    now = timezone.now()
+    otp = (OneTimeCode.objects.select_for_update()
+           .filter(address=address.value, status=OneTimeCode.Status.ACTIVE)
+           .order_by("-created_at").first())
+    if otp is None or otp.expires_at <= now:
+        return None
+    if not code_matches(code_hash_hex=otp.code_hash, address=address.value, code=code):
+        otp.attempts += 1
+        if otp.attempts >= settings.OTP_MAX_ATTEMPTS:
+            otp.status = OneTimeCode.Status.BURNED
+        otp.save(update_fields=["attempts", "status"])
+        return None
+    otp.status = OneTimeCode.Status.USED
+    otp.used_at = now
+    otp.save(update_fields=["status", "used_at"])
+
+    user = user_get_by_address(address=address)
+    if user is None:
+        if otp.purpose != Purpose.REGISTER:
+            return None  # the account went away after the login code was sent
+        # The account is born here, so addresses nobody verified never fill the users table.
+        user = User.objects.create_user(**{address.user_field: address.value})
+    user.last_login = now
+    user.save(update_fields=["last_login"])
+    return user
+
+
+# --- Tokens -----------------------------------------------------------------------------------
+
+
+def token_revoke(*, user: User, refresh: str) -> None:
+    """Logout: blacklist the caller's own refresh token."""
+    try:
+        token = RefreshToken(refresh)
+    except TokenError as exc:
+        raise TokenRejected() from exc
+    if str(token.get("user_id")) != str(user.pk):
+        raise TokenRejected()
+    token.blacklist()
+
+
+# --- Delivering -------------------------------------------------------------------------------
+
+
+class DeliveryRetry(Exception):
+    """Raised for the task to schedule another try in `countdown` seconds."""
+
+    def __init__(self, countdown: float) -> None:
+        self.countdown = countdown
+        super().__init__(f"retry in {countdown:.2f}s")
+
+
+def delivery_retry_countdown(*, retries_done: int) -> float:
+    """Exponential backoff with jitter: between half and all of base * 2^n."""
+    ceiling = settings.OTP_SEND_RETRY_BACKOFF_SECONDS * (2 ** retries_done)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _delivery_update(delivery_id: int, **fields) -> None:
+    Delivery.objects.filter(id=delivery_id).update(updated_at=timezone.now(), **fields)
+
+
+def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
+    """Send one code at most once per provider acceptance; safe to run again for the same delivery.
+
+    The row is claimed with a lease: a second run finds it sent or held and returns; a run after a
+    crash finds the lease lapsed and takes over.
+    """
+    now = timezone.now()
+    delivery = Delivery.objects.filter(id=delivery_id).first()
+    if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+        return
+    if delivery.expires_at <= now:
+        Delivery.objects.filter(id=delivery_id, status__in=[Delivery.Status.QUEUED, Delivery.Status.SENDING]).update(
+            status=Delivery.Status.FAILED, last_error="Code expired before it could be sent.", lease_until=None,
+            updated_at=now,
+        )
+        return
+    claimed = (Delivery.objects.filter(id=delivery_id)
+               .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
+               .update(status=Delivery.Status.SENDING, attempts=F("attempts") + 1, updated_at=now,
+                       lease_until=now + timedelta(seconds=DELIVERY_LEASE_SECONDS)))
+    if not claimed:
+        return
+
+    render = email_message_render if delivery.channel == "email" else sms_message_render
+    try:
+        provider_id = sender_for(delivery.channel).send(to=delivery.address, message=render(code=code))
+    except SendPermanentError as exc:
+        logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
+        _delivery_update(delivery_id, status=Delivery.Status.FAILED, last_error=str(exc)[:1000], lease_until=None)
+        return
+    except SendTransientError as exc:
+        countdown = delivery_retry_countdown(retries_done=retries_done)
+        give_up = (retries_done >= settings.OTP_SEND_MAX_RETRIES
+                   or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
+        logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
+        _delivery_update(delivery_id, status=Delivery.Status.FAILED if give_up else Delivery.Status.QUEUED,
+                         last_error=str(exc)[:1000], lease_until=None)
+        if not give_up:
+            raise DeliveryRetry(countdown) from exc
+        return
+    _delivery_update(delivery_id, status=Delivery.Status.SENT, provider_id=provider_id, sent_at=timezone.now(),
+                     lease_until=None, last_error="")
+
+
+# Twilio's message states, folded into ours.
+_TWILIO_FAILED = {"failed", "undelivered", "canceled"}
+_TWILIO_SENT = {"sent", "delivered", "read"}
+
+
+def delivery_status_record(*, provider_id: str, provider_status: str, error_code: str = "") -> bool:
+    """Apply a provider's status callback to the delivery it names; False when none matches."""
+    provider_status = provider_status.lower()[:32]
+    fields: dict = {"provider_status": provider_status}
+    if provider_status in _TWILIO_FAILED:
+        fields.update(status=Delivery.Status.FAILED, last_error=f"Provider reported {provider_status} (error {error_code or 'none'})")
+    elif provider_status in _TWILIO_SENT:
+        fields.update(status=Delivery.Status.SENT)
+    return Delivery.objects.filter(provider_id=provider_id).update(updated_at=timezone.now(), **fields) > 0
+
+
+# --- Housekeeping (beat) -----------------------------------------------------------------------
+
+
+def _batched_delete(queryset, batch_size: int) -> int:
+    deleted = 0
+    while True:
+        ids = list(queryset.values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        count, _ = OneTimeCode.objects.filter(id__in=ids).delete()  # nothing refers to codes: one DELETE
+        deleted += count
+
+
+def code_purge(*, batch_size: int | None = None) -> int:
+    """Delete expired and no-longer-active codes in batches, so no long lock ever blocks the API."""
+    batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
+    now = timezone.now()
+    return (_batched_delete(OneTimeCode.objects.filter(expires_at__lte=now), batch_size)
+            + _batched_delete(OneTimeCode.objects.exclude(status=OneTimeCode.Status.ACTIVE), batch_size))
+
+
+def delivery_expire_stale() -> int:
+    """Deliveries never handed to the provider before their code expired will never be: mark them failed."""
+    now = timezone.now()
+    return (Delivery.objects
+            .filter(expires_at__lte=now)
+            .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
+            .update(status=Delivery.Status.FAILED, last_error="Code expired before it could be sent.",
+                    lease_until=None, updated_at=now))
+
+
+def token_blacklist_flush() -> int:
+    # Blacklist rows go with their outstanding token (cascade), like simplejwt's flushexpiredtokens.
+    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted
+
+
+def maintenance_run() -> dict:
+    result = {"codes_deleted": code_purge(), "deliveries_expired": delivery_expire_stale(),
+              "tokens_flushed": token_blacklist_flush()}
+    logger.info("maintenance: %s", result)
+    return result

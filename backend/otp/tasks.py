@@ -1,0 +1,18 @@
+"""Celery tasks: thin wrappers that take ids and plain values and call a service. Safe to run twice."""
+from celery import shared_task
+
+from otp import services
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def delivery_send_task(self, delivery_id: int, code: str) -> None:
+    try:
+        services.delivery_send(delivery_id=delivery_id, code=code, retries_done=self.request.retries)
+    except services.DeliveryRetry as exc:
+        # The service bounds the number of tries and keeps them inside the code's life.
+        raise self.retry(countdown=exc.countdown, max_retries=None) from exc
+
+
+@shared_task(ignore_result=True)
+def maintenance_run() -> None:
+    services.maintenance_run()

@@ -1,0 +1,48 @@
+"""The user model: an account is an email address and/or a mobile number, never a password for the API."""
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class UserManager(BaseUserManager):
+    def create_user(self, *, email: str | None = None, mobile: str | None = None, password: str | None = None, **extra):
+        user = self.model(email=email or None, mobile=mobile or None, **extra)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.full_clean(exclude=["password"])
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str, **extra):
+        extra.update(is_staff=True, is_superuser=True)
+        return self.create_user(email=email.strip().lower(), password=password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    # Stored normalised (see otp.addresses): lower-cased email, E.164 mobile.
+    email = models.EmailField(max_length=254, unique=True, null=True, blank=True)
+    mobile = models.CharField(max_length=16, unique=True, null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(email__isnull=False) | Q(mobile__isnull=False),
+                name="user_has_email_or_mobile",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.email or self.mobile or f"user {self.pk}"
