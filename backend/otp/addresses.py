@@ -38,6 +38,7 @@ def mobile_normalize(raw: str) -> Address:
         number = phonenumbers.parse(raw.strip(), settings.OTP_DEFAULT_REGION)
     except phonenumbers.NumberParseException as exc:
         raise ValidationError("Enter a valid mobile number.") from exc
-    if not phonenumbers.is_valid_number(number):
+    # An extension cannot receive an SMS; dropping it quietly would text someone else.
+    if not phonenumbers.is_valid_number(number) or number.extension:
         raise ValidationError("Enter a valid mobile number.")
     return Address(value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), channel=Channel.SMS)

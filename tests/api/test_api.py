@@ -1,0 +1,320 @@
+"""Every endpoint through DRF's test client: status codes and bodies exactly as the contract says."""
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from otp.models import Delivery, OneTimeCode
+from users.models import User
+
+pytestmark = pytest.mark.django_db
+INVALID = {"detail": "Invalid or expired code.", "code": "invalid_code"}
+
+
+@pytest.fixture
+def client():
+    return APIClient()
+
+
+def post(client, path, body, **extra):
+    return client.post(path, data=json.dumps(body), content_type="application/json", **extra)
+
+
+def sign_in(client, fixed_code, **address):
+    assert post(client, "/register/", address).status_code == 202
+    response = post(client, "/verify-otp/", {**address, "code": fixed_code[-1]})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+# --- /register/ and /login/ ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/register/", "/login/"])
+def test_send_endpoints_answer_202_with_channel_and_lifetime(client, path):
+    response = post(client, path, {"email": "alice@example.com"})
+    assert response.status_code == 202
+    assert response.json() == {"detail": "If the address can receive it, a code is on its way.",
+                               "channel": "email", "expires_in": 120}
+    assert post(client, path, {"mobile": "+14155552672"}).json()["channel"] == "sms"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "non_field_errors"),
+    ({"email": "alice@example.com", "mobile": "+14155552671"}, "non_field_errors"),
+    ({"email": "not-an-email"}, "email"),
+    ({"email": "alice@example.com\r\nBcc: victim@example.com"}, "email"),
+    ({"email": 5}, "email"),
+    ({"email": ["alice@example.com"]}, "email"),
+    ({"email": None}, "email"),
+    ({"mobile": 4155552671}, "mobile"),
+    ({"mobile": "12"}, "mobile"),
+    ({"mobile": "%s%s%s%n"}, "mobile"),
+    ({"email": "x" * 10000 + "@example.com"}, "email"),
+])
+def test_bad_addresses_get_field_errors(client, body, field):
+    response = post(client, "/register/", body)
+    assert response.status_code == 400
+    assert field in response.json() and isinstance(response.json()[field], list)
+    assert not OneTimeCode.objects.exists()
+
+
+@pytest.mark.parametrize("raw", [b"{bad", b"\xff\xfe", b'{"email": "a@b.c"', b"{'email': 'a@b.c'}"])
+def test_malformed_json_is_a_parse_error(client, raw):
+    response = client.post("/register/", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error" and "detail" in response.json()
+
+
+@pytest.mark.parametrize("raw", [b"", b"null", b"[1, 2]", b'"alice@example.com"'])
+def test_empty_or_non_object_body_is_a_400(client, raw):
+    response = client.post("/register/", data=raw, content_type="application/json")
+    assert response.status_code == 400 and "non_field_errors" in response.json()
+
+
+def test_other_content_types_are_415_json(client):
+    response = client.post("/register/", data="email=a@b.c", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415 and response.json()["code"] == "unsupported_media_type"
+
+
+def test_login_reads_the_same_for_known_and_unknown_accounts(client, redis_clean):
+    User.objects.create_user(email="known@example.com")
+    known = post(client, "/login/", {"email": "known@example.com"})
+    unknown = post(client, "/login/", {"email": "unknown@example.com"})
+    assert (known.status_code, known.json()) == (unknown.status_code, unknown.json())
+    assert sorted(known.headers) == sorted(unknown.headers)
+    assert list(Delivery.objects.values_list("address", flat=True)) == ["known@example.com"]
+    # The throttle counted both, so the second try reads the same too.
+    again_known = post(client, "/login/", {"email": "known@example.com"})
+    again_unknown = post(client, "/login/", {"email": "unknown@example.com"})
+    assert again_known.status_code == again_unknown.status_code == 429
+    assert again_known.json() == again_unknown.json()
+
+
+def test_resend_cooldown_answers_429_with_retry_after(client):
+    assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
+    response = post(client, "/register/", {"email": "ALICE@example.com "})  # same address, other spelling
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 30
+    assert response.json()["code"] == "throttled"
+
+
+def test_per_ip_send_rate(client, settings):
+    settings.OTP_IP_SEND_RATE = "3/min"
+    statuses = [post(client, "/register/", {"email": f"user{i}@example.com"}).status_code for i in range(4)]
+    assert statuses == [202, 202, 202, 429]
+    other_ip = post(client, "/register/", {"email": "user9@example.com"}, REMOTE_ADDR="10.9.9.9")
+    assert other_ip.status_code == 202
+
+
+def test_per_ip_limit_uses_the_address_the_trusted_proxy_forwarded(client, settings):
+    settings.OTP_IP_SEND_RATE = "1/min"
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    # The client forged the first entry; the proxy appended the real one, which is what counts.
+    first = post(client, "/register/", {"email": "a@example.com"}, HTTP_X_FORWARDED_FOR="1.1.1.1, 203.0.113.7")
+    forged = post(client, "/register/", {"email": "b@example.com"}, HTTP_X_FORWARDED_FOR="2.2.2.2, 203.0.113.7")
+    other = post(client, "/register/", {"email": "c@example.com"}, HTTP_X_FORWARDED_FOR="203.0.113.8")
+    assert (first.status_code, forged.status_code, other.status_code) == (202, 429, 202)
+
+
+# --- /verify-otp/ ---------------------------------------------------------------------------------
+
+
+def test_full_round_trip_by_mobile(client, fixed_code):
+    tokens = sign_in(client, fixed_code, mobile="(415) 555-2671")
+    assert set(tokens) == {"access", "refresh", "token_type", "expires_in"}
+    assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 300
+    profile = client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    assert profile.status_code == 200
+    body = profile.json()
+    assert set(body) == {"id", "email", "mobile", "date_joined", "last_login"}
+    assert body["mobile"] == "+14155552671" and body["email"] is None
+
+
+def test_address_spellings_share_one_account(client, fixed_code, settings):
+    settings.OTP_RESEND_COOLDOWN_SECONDS = 1
+    sign_in(client, fixed_code, email="Alice@Example.COM")
+    OneTimeCode.objects.all().delete()
+    User.objects.update()  # noqa: the next sign-in must find this same account
+    from django.core.cache import cache
+    cache.clear()
+    sign_in(client, fixed_code, email="  alice@example.com")
+    assert User.objects.count() == 1
+
+
+@pytest.mark.parametrize("case", ["wrong", "expired", "used", "burned", "unknown", "superseded"])
+def test_every_failed_verify_reads_the_same(client, fixed_code, settings, case):
+    settings.OTP_MAX_ATTEMPTS = 2
+    address = {"email": "alice@example.com"}
+    if case != "unknown":
+        post(client, "/register/", address)
+    code = fixed_code[-1] if fixed_code else "123456"
+    if case == "wrong":
+        code = "000000"
+    elif case == "expired":
+        OneTimeCode.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    elif case == "used":
+        assert post(client, "/verify-otp/", {**address, "code": code}).status_code == 200
+    elif case == "burned":
+        for _ in range(2):
+            post(client, "/verify-otp/", {**address, "code": "000000"})
+    elif case == "superseded":
+        from otp.services import code_issue
+        from otp.addresses import email_normalize
+        code_issue(address=email_normalize("alice@example.com"), purpose="register")
+    response = post(client, "/verify-otp/", {**address, "code": code})
+    assert (response.status_code, response.json()) == (400, INVALID)
+
+
+@pytest.mark.parametrize("code", ["12345", "1234567", "abcdef", 123456, "１２３４５６", "", None])
+def test_malformed_code_is_a_field_error(client, code):
+    response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": code})
+    assert response.status_code == 400 and "code" in response.json()
+
+
+def test_verify_failure_budget_answers_429_with_retry_after(client, fixed_code, settings):
+    settings.OTP_MAX_FAILURES_PER_HOUR = 3
+    post(client, "/register/", {"email": "alice@example.com"})
+    for _ in range(3):
+        assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code == 400
+    response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]})
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+
+
+def test_per_ip_verify_rate(client, settings):
+    settings.OTP_IP_VERIFY_RATE = "2/min"
+    statuses = [post(client, "/verify-otp/", {"email": f"u{i}@example.com", "code": "000000"}).status_code
+                for i in range(3)]
+    assert statuses == [400, 400, 429]
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer garbage", "Token abc", "Bearer a.b.c"])
+def test_profile_without_a_valid_token_is_401(client, header):
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = client.get("/profile/", **extra)
+    assert response.status_code == 401
+    assert "detail" in response.json() and "code" in response.json()
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_expired_access_token_is_401(client, fixed_code, settings):
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    tokens = sign_in(client, fixed_code, email="alice@example.com")
+    token = AccessToken(tokens["access"])
+    token.set_exp(lifetime=timedelta(seconds=-1))
+    response = client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 401 and response.json()["code"] == "token_not_valid"
+
+
+def test_refresh_rotates_and_the_old_refresh_stops_working(client, fixed_code):
+    tokens = sign_in(client, fixed_code, email="alice@example.com")
+    rotated = post(client, "/token/refresh/", {"refresh": tokens["refresh"]})
+    assert rotated.status_code == 200 and set(rotated.json()) == {"access", "refresh"}
+    assert rotated.json()["refresh"] != tokens["refresh"]
+    assert client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {rotated.json()['access']}").status_code == 200
+    replay = post(client, "/token/refresh/", {"refresh": tokens["refresh"]})
+    assert replay.status_code == 401 and replay.json()["code"] == "token_not_valid"
+    assert post(client, "/token/refresh/", {"refresh": "garbage"}).status_code == 401
+    assert post(client, "/token/refresh/", {"refresh": tokens["access"]}).status_code == 401
+
+
+def test_refresh_ignores_a_bad_authorization_header(client, fixed_code):
+    tokens = sign_in(client, fixed_code, email="alice@example.com")
+    response = post(client, "/token/refresh/", {"refresh": tokens["refresh"]}, HTTP_AUTHORIZATION="Bearer garbage")
+    assert response.status_code == 200
+
+
+def test_logout_answers_205_without_body_and_revokes_the_refresh(client, fixed_code):
+    tokens = sign_in(client, fixed_code, email="alice@example.com")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {tokens['access']}"}
+    response = post(client, "/logout/", {"refresh": tokens["refresh"]}, **auth)
+    assert response.status_code == 205 and response.content == b""
+    assert post(client, "/token/refresh/", {"refresh": tokens["refresh"]}).status_code == 401
+    assert post(client, "/logout/", {"refresh": tokens["refresh"]}, **auth).status_code == 401
+    assert post(client, "/logout/", {"refresh": tokens["refresh"]}).status_code == 401  # no access token
+
+
+# --- errors, health, docs ---------------------------------------------------------------------------
+
+
+def test_unknown_path_and_wrong_method_are_json(client):
+    missing = client.get("/nope/")
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not found.", "code": "not_found"}
+    wrong = client.get("/register/")
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_names_the_dependency_that_fails(client, settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.2}}}
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failed"] == "cache" and response.json()["code"] == "not_ready"
+
+
+def test_cache_outage_is_a_503_json_not_a_500(client, settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.2}}}
+    response = post(client, "/register/", {"email": "alice@example.com"})
+    assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
+    assert response.has_header("Retry-After")
+
+
+def test_schema_covers_every_route_and_docs_render(client):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    paths = set(json.loads(schema.content)["paths"])
+    assert {"/register/", "/login/", "/verify-otp/", "/profile/", "/token/refresh/", "/logout/",
+            "/webhooks/twilio/status/", "/healthz", "/readyz"} <= paths
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+    assert b"cdn" not in docs.content.lower()  # assets come from the sidecar, so it works offline
+
+
+# --- Twilio status webhook ------------------------------------------------------------------------
+
+
+def post_form(client, params, **extra):
+    from urllib.parse import urlencode
+
+    return client.post("/webhooks/twilio/status/", urlencode(params),
+                       content_type="application/x-www-form-urlencoded", **extra)
+
+
+def _signed(settings, params):
+    from twilio.request_validator import RequestValidator
+
+    url = f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/"
+    return RequestValidator(settings.TWILIO_AUTH_TOKEN).compute_signature(url, params)
+
+
+def test_twilio_webhook_rejects_unsigned_and_forged_calls(client, settings):
+    settings.TWILIO_AUTH_TOKEN = "test-auth-token"
+    params = {"MessageSid": "SM1", "MessageStatus": "delivered"}
+    assert post_form(client, params).status_code == 403
+    forged = post_form(client, params, HTTP_X_TWILIO_SIGNATURE="bm9wZQ==")
+    assert forged.status_code == 403 and forged.json()["code"] == "permission_denied"
+
+
+def test_twilio_webhook_updates_the_delivery(client, settings):
+    settings.TWILIO_AUTH_TOKEN = "test-auth-token"
+    delivery = Delivery.objects.create(address="+14155552671", channel="sms", status="sent", provider_id="SM1",
+                                       expires_at=timezone.now())
+    params = {"MessageSid": "SM1", "MessageStatus": "delivered"}
+    response = post_form(client, params, HTTP_X_TWILIO_SIGNATURE=_signed(settings, params))
+    assert response.status_code == 204 and response.content == b""
+    delivery.refresh_from_db()
+    assert delivery.provider_status == "delivered"

@@ -1,0 +1,55 @@
+"""Codes, their hashes, and the messages that carry them."""
+import re
+
+from otp.codes import code_generate, code_hash, code_matches
+from otp.messages import email_message_render, lifetime_words, sms_message_render
+
+
+def test_codes_are_otp_length_digits_and_vary(settings):
+    settings.OTP_LENGTH = 8
+    codes = {code_generate() for _ in range(200)}
+    assert all(len(code) == 8 and code.isdigit() for code in codes)
+    assert len(codes) > 190
+
+
+def test_hash_is_keyed_bound_to_the_address_and_never_the_code(settings):
+    digest = code_hash(address="alice@example.com", code="123456")
+    assert "123456" not in digest and len(digest) == 64
+    assert code_matches(code_hash_hex=digest, address="alice@example.com", code="123456")
+    assert not code_matches(code_hash_hex=digest, address="alice@example.com", code="123457")
+    assert not code_matches(code_hash_hex=digest, address="bob@example.com", code="123456")
+    settings.SECRET_KEY = "another-secret-key-that-is-long-enough-to-pass"
+    assert code_hash(address="alice@example.com", code="123456") != digest
+    settings.OTP_HMAC_KEY = "explicit-key"
+    assert code_hash(address="alice@example.com", code="123456") not in (digest,)
+
+
+def _digit_runs(text: str, length: int) -> set[str]:
+    return {match for match in re.findall(r"\d+", text) if len(match) >= length}
+
+
+def test_email_has_text_and_html_and_no_other_digit_run_than_the_code(settings):
+    settings.SERVICE_NAME = "Acme 2026"
+    message = email_message_render(code="482913")
+    assert "Acme 2026" in message.text and "Acme 2026" in message.html
+    assert "2 minutes" in message.text
+    assert "if this was not you" in message.text.lower()
+    for part in (message.subject, message.text, message.html):
+        assert _digit_runs(part, 6) <= {"482913"}
+    assert "482913" in message.text and "482913" in message.html
+
+
+def test_sms_ends_with_webotp_line_and_fits_one_segment(settings):
+    settings.PUBLIC_BASE_URL = "https://login.example.com:8443"
+    message = sms_message_render(code="482913")
+    assert message.text.splitlines()[-1] == "@login.example.com #482913"
+    assert len(message.text) <= 160 and message.text.isascii()
+    assert _digit_runs(message.text, 6) == {"482913"}
+
+
+def test_lifetime_is_written_in_few_digits():
+    assert lifetime_words(45) == "45 seconds"
+    assert lifetime_words(60) == "1 minute"
+    assert lifetime_words(120) == "2 minutes"
+    assert lifetime_words(86400) == "24 hours"
+    assert max(len(run) for seconds in range(10, 86401, 7) for run in re.findall(r"\d+", lifetime_words(seconds))) <= 2

@@ -1,0 +1,303 @@
+"""The service rules, called directly, on the real PostgreSQL and Redis."""
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from core.errors import InvalidCode, RateLimited
+from otp import services
+from otp.models import Delivery, OneTimeCode, Purpose
+from otp.senders import SendPermanentError, SendTransientError
+from users.models import User
+
+pytestmark = pytest.mark.django_db
+
+
+def test_register_issues_a_hashed_code_and_a_queued_delivery(email_address, fixed_code):
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    code = OneTimeCode.objects.get()
+    assert code.address == "alice@example.com" and code.status == OneTimeCode.Status.ACTIVE
+    assert code.code_hash != fixed_code[0] and fixed_code[0] not in code.code_hash
+    assert abs((code.expires_at - code.created_at).total_seconds() - 120) < 1
+    delivery = Delivery.objects.get()
+    assert (delivery.address, delivery.channel, delivery.status) == ("alice@example.com", "email", "queued")
+    assert not User.objects.exists()
+
+
+def test_database_never_holds_the_plaintext_code(email_address, fixed_code):
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    with connection.cursor() as cursor:
+        for table in (OneTimeCode._meta.db_table, Delivery._meta.db_table):
+            cursor.execute(f"SELECT * FROM {table}")
+            assert fixed_code[0] not in repr(cursor.fetchall())
+
+
+def test_verify_creates_the_account_once_and_consumes_the_code(email_address, fixed_code):
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    tokens = services.code_verify(address=email_address, code=fixed_code[0])
+    user = User.objects.get()
+    assert user.email == "alice@example.com" and user.mobile is None and user.last_login is not None
+    assert RefreshToken(tokens.refresh)["user_id"] == str(user.id)
+    assert OneTimeCode.objects.get().status == OneTimeCode.Status.USED
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+
+
+def test_login_for_unknown_account_issues_nothing_but_counts_the_throttle(email_address, fixed_code):
+    services.code_request(address=email_address, purpose=Purpose.LOGIN)
+    assert not OneTimeCode.objects.exists() and not Delivery.objects.exists()
+    with pytest.raises(RateLimited):  # the cooldown was taken all the same
+        services.code_request(address=email_address, purpose=Purpose.LOGIN)
+
+
+def test_login_for_known_account_issues_a_code(email_address, fixed_code):
+    User.objects.create_user(email="alice@example.com")
+    services.code_request(address=email_address, purpose=Purpose.LOGIN)
+    assert OneTimeCode.objects.get().purpose == Purpose.LOGIN
+    services.code_verify(address=email_address, code=fixed_code[0])
+
+
+def test_login_code_never_creates_an_account(email_address, fixed_code):
+    user = User.objects.create_user(email="alice@example.com")
+    services.code_request(address=email_address, purpose=Purpose.LOGIN)
+    user.delete()
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+    assert not User.objects.exists()
+
+
+def test_new_code_supersedes_the_older_one(email_address, fixed_code, settings):
+    settings.OTP_RESEND_COOLDOWN_SECONDS = 1
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    first, second = fixed_code
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=first)
+    services.code_verify(address=email_address, code=second)
+    assert sorted(OneTimeCode.objects.values_list("status", flat=True)) == ["superseded", "used"]
+
+
+def test_expired_code_is_refused(email_address, fixed_code):
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    OneTimeCode.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+    assert not User.objects.exists()
+
+
+def test_wrong_code_burns_after_max_attempts(email_address, fixed_code, settings):
+    settings.OTP_MAX_ATTEMPTS = 3
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    for _ in range(3):
+        with pytest.raises(InvalidCode):
+            services.code_verify(address=email_address, code="000000")
+    code = OneTimeCode.objects.get()
+    assert (code.attempts, code.status) == (3, OneTimeCode.Status.BURNED)
+    with pytest.raises(InvalidCode):  # even the right code is now refused
+        services.code_verify(address=email_address, code=fixed_code[0])
+
+
+def test_failure_budget_spans_fresh_codes(email_address, fixed_code, settings):
+    settings.OTP_MAX_ATTEMPTS = 5
+    settings.OTP_MAX_FAILURES_PER_HOUR = 7
+    wrong = 0
+    for _ in range(2):  # asking for a fresh code does not reset the budget
+        services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+        for _ in range(5):
+            try:
+                services.code_verify(address=email_address, code="000000")
+            except InvalidCode:
+                wrong += 1
+            except RateLimited as exc:
+                assert 0 < exc.wait_seconds <= 3600
+    assert wrong == 7
+    with pytest.raises(RateLimited):  # past the budget even the right code waits
+        services.code_verify(address=email_address, code=fixed_code[-1])
+
+
+def test_success_does_not_spend_the_failure_budget(email_address, fixed_code, settings):
+    settings.OTP_MAX_FAILURES_PER_HOUR = 1
+    for _ in range(3):
+        services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+        services.code_verify(address=email_address, code=fixed_code[-1])
+
+
+def test_resend_cooldown_and_hourly_cap(email_address, settings, redis_clean):
+    settings.OTP_RESEND_COOLDOWN_SECONDS = 30
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    with pytest.raises(RateLimited) as exc:
+        services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    assert 28 <= exc.value.wait_seconds <= 30
+
+    settings.OTP_SENDS_PER_HOUR = 3
+    for _ in range(2):
+        for key in redis_clean.scan_iter("*otp:cooldown:*"):
+            redis_clean.delete(key)  # as if the cooldown had passed
+        services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    for key in redis_clean.scan_iter("*otp:cooldown:*"):
+        redis_clean.delete(key)
+    with pytest.raises(RateLimited) as exc:
+        services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    assert 0 < exc.value.wait_seconds <= 3600
+    assert Delivery.objects.count() == 3
+
+
+def test_throttle_keys_hold_no_address_in_clear(email_address, redis_clean):
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    keys = [key.decode() for key in redis_clean.keys("*")]
+    assert keys and not any("alice" in key for key in keys)
+
+
+def test_logout_blacklists_only_the_callers_refresh(email_address):
+    alice = User.objects.create_user(email="alice@example.com")
+    bob = User.objects.create_user(email="bob@example.com")
+    refresh = str(RefreshToken.for_user(alice))
+    with pytest.raises(Exception):
+        services.token_revoke(user=bob, refresh=refresh)
+    services.token_revoke(user=alice, refresh=refresh)
+    assert BlacklistedToken.objects.count() == 1
+
+
+# --- Delivery -----------------------------------------------------------------------------------
+
+
+class RecordingSender:
+    """Stands in for the vendor (SMTP server or Twilio), never for our own database or broker."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.sent = []
+
+    def send(self, *, to, message):
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if isinstance(outcome, Exception):
+            raise outcome
+        self.sent.append((to, message))
+        return f"provider-{len(self.sent)}"
+
+
+@pytest.fixture
+def sender(monkeypatch):
+    holder = {"sender": RecordingSender()}
+    monkeypatch.setattr(services, "sender_for", lambda channel: holder["sender"])
+
+    def use(*outcomes):
+        holder["sender"] = RecordingSender(*outcomes)
+        return holder["sender"]
+
+    return use
+
+
+def _delivery(email_address):
+    return services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+
+
+def test_delivery_is_sent_once_even_when_the_job_runs_twice(email_address, sender):
+    recorder = sender()
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert len(recorder.sent) == 1 and "123456" in recorder.sent[0][1].text
+    assert (delivery.status, delivery.provider_id, delivery.attempts) == ("sent", "provider-1", 1)
+    assert delivery.sent_at is not None and "123456" not in repr(Delivery.objects.values().get())
+
+
+def test_transient_failure_asks_for_a_retry_with_backoff(email_address, sender, settings):
+    settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 2
+    recorder = sender(SendTransientError("SMTP 451"))
+    delivery = _delivery(email_address)
+    with pytest.raises(services.DeliveryRetry) as exc:
+        services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)
+    assert 4 <= exc.value.countdown <= 8  # half to all of 2 * 2^2
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.last_error, delivery.attempts) == ("queued", "SMTP 451", 1)
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=3)
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(recorder.sent) == 1
+
+
+def test_transient_failures_stop_at_max_retries(email_address, sender, settings):
+    settings.OTP_SEND_MAX_RETRIES = 2
+    sender(SendTransientError("down"))
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+
+
+def test_no_retry_is_scheduled_past_the_codes_expiry(email_address, sender, settings):
+    settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 100
+    sender(SendTransientError("down"))
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # 100..200 s > 120 s left
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+
+
+def test_permanent_failure_is_recorded_and_not_retried(email_address, sender):
+    recorder = sender(SendPermanentError("Twilio 400 (code 21211): invalid number"))
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "21211" in delivery.last_error and not recorder.sent
+
+
+def test_expired_job_is_dropped_and_recorded(email_address, sender):
+    recorder = sender()
+    delivery = _delivery(email_address)
+    Delivery.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "expired" in delivery.last_error and not recorder.sent
+
+
+def test_held_lease_blocks_a_second_worker_until_it_lapses(email_address, sender):
+    recorder = sender()
+    delivery = _delivery(email_address)
+    Delivery.objects.update(status="sending", lease_until=timezone.now() + timedelta(seconds=30))
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert not recorder.sent
+    Delivery.objects.update(lease_until=timezone.now() - timedelta(seconds=1))  # its worker died
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert len(recorder.sent) == 1
+
+
+def test_provider_status_callback_updates_the_record(email_address, sender):
+    sender()
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert services.delivery_status_record(provider_id="provider-1", provider_status="undelivered", error_code="30003")
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider_status) == ("failed", "undelivered") and "30003" in delivery.last_error
+    assert not services.delivery_status_record(provider_id="nope", provider_status="delivered")
+
+
+# --- Housekeeping -------------------------------------------------------------------------------
+
+
+def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushes_tokens(email_address):
+    now = timezone.now()
+    past = now - timedelta(minutes=5)
+    OneTimeCode.objects.bulk_create(
+        [OneTimeCode(address=f"u{i}@example.com", channel="email", purpose="login", code_hash="x" * 64,
+                     expires_at=past) for i in range(25)]
+        + [OneTimeCode(address="used@example.com", channel="email", purpose="login", code_hash="x" * 64,
+                       status="used", expires_at=now + timedelta(minutes=1))]
+    )
+    live = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    stale = Delivery.objects.create(address="u1@example.com", channel="email", expires_at=past)
+    user = User.objects.create_user(email="alice@example.com")
+    token = RefreshToken.for_user(user)
+    OutstandingToken.objects.update(expires_at=past)
+
+    assert services.code_purge(batch_size=10) == 26
+    assert list(OneTimeCode.objects.values_list("address", flat=True)) == ["alice@example.com"]
+    assert services.delivery_expire_stale() == 1
+    stale.refresh_from_db()
+    live.refresh_from_db()
+    assert stale.status == "failed" and live.status == "queued"
+    assert services.token_blacklist_flush() >= 1 and not OutstandingToken.objects.filter(jti=token["jti"]).exists()
