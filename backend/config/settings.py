@@ -17,6 +17,7 @@ env = environ.Env()
 
 def _fail(name: str, raw: object, expected: str) -> None:
     # One line naming the variable, no traceback: SystemExit prints its message and stops start-up.
+    # Callers pass URLs with their credentials cut off, so the line never shows a password.
     raise SystemExit(f"Invalid setting {name}={raw!r}: expected {expected}.")
 
 
@@ -160,10 +161,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 
 # --- Data -------------------------------------------------------------------------------------
 
-try:
-    DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-except Exception:  # django-environ raises several types for a malformed URL
-    _fail("DATABASE_URL", env_str("DATABASE_URL"), "a URL like postgres://user@host:5432/name")
+_database_url = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+if not re.match(r"^(postgres|postgresql|pgsql|sqlite)://", _database_url):
+    _fail("DATABASE_URL", _database_url.split("@")[-1], "a URL like postgres://user@host:5432/name (unset for SQLite)")
+DATABASES = {"default": environ.Env.db_url_config(_database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
     DATABASES["default"]["CONN_MAX_AGE"] = 60
@@ -171,7 +172,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    _fail("REDIS_URL", REDIS_URL, "a redis:// URL")
+    _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a redis:// URL")
 if REDIS_URL:
     CACHES = {
         "default": {

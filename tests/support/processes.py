@@ -1,0 +1,57 @@
+"""Child processes for tests (Celery workers, and later the whole stack), with their logs kept for failures."""
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.support.waiting import wait_for
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+BACKEND_DIR = REPO_DIR / "backend"
+
+
+class ManagedProcess:
+    def __init__(self, name: str, args: list[str], *, env: dict, log_dir: Path, cwd: Path = BACKEND_DIR) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ManagedProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        # Its own process group, so stopping it also stops any pool children.
+        self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, *, timeout: float = 30.0) -> None:
+        def seen():
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        try:
+            wait_for(seen, timeout=timeout, message=f"{self.name} to log {text!r}")
+        except AssertionError:
+            raise AssertionError(f"{self.name} never logged {text!r}:\n{self.log()[-3000:]}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout)
+        if hasattr(self, "_log"):
+            self._log.close()

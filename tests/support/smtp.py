@@ -1,0 +1,66 @@
+"""A real SMTP server (aiosmtpd) in the test process, holding what it receives like an inbox."""
+import email
+import re
+import threading
+from email import policy
+
+from aiosmtpd.controller import Controller
+
+from tests.support.waiting import free_port, wait_for
+
+
+class Inbox:
+    """aiosmtpd handler: keeps every accepted message; can refuse the next N with a 4xx reply."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[email.message.EmailMessage] = []
+        self.refuse_next = 0
+        self.refused = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            if self.refuse_next > 0:
+                self.refuse_next -= 1
+                self.refused += 1
+                return "451 4.3.0 Try again later"
+            message = email.message_from_bytes(envelope.content, policy=policy.default)
+            message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+            self.messages.append(message)
+        return "250 OK"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.refuse_next = 0
+            self.refused = 0
+
+    def to(self, address: str) -> list:
+        with self.lock:
+            return [m for m in self.messages if address in m["X-Envelope-To"]]
+
+    def wait_for_message(self, address: str, *, count: int = 1, timeout: float = 20.0):
+        return wait_for(lambda: (self.to(address) if len(self.to(address)) >= count else None),
+                        timeout=timeout, message=f"{count} email(s) to {address}")[count - 1]
+
+
+def code_from_email(message, length: int = 6) -> str:
+    """Read the code as a person would: the one run of digits in the plain-text body."""
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    runs = re.findall(rf"\b\d{{{length}}}\b", text)
+    assert len(set(runs)) == 1, f"expected one code in the email, found {runs}"
+    return runs[0]
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+        self.port = free_port()
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> "SmtpServer":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()

@@ -1,0 +1,54 @@
+"""A bad setting stops start-up with one line naming it; good ones start."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import BACKEND_DIR
+
+
+def start(**overrides):
+    env = {**os.environ, **overrides}
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("OTP_LENGTH", "six"),
+    ("OTP_LENGTH", "3"),
+    ("OTP_TTL_SECONDS", "-5"),
+    ("OTP_SEND_RETRY_BACKOFF_SECONDS", "fast"),
+    ("OTP_IP_SEND_RATE", "lots"),
+    ("OTP_DEFAULT_REGION", "XX"),
+    ("DEBUG", "maybe"),
+    ("SMS_BACKEND", "pigeon"),
+    ("EMAIL_BACKEND", "nope.Backend"),
+    ("API_PORT", "99999"),
+    ("CELERY_VISIBILITY_TIMEOUT_SECONDS", "600"),
+    ("DATABASE_URL", "not a url"),
+    ("REDIS_URL", "http://127.0.0.1"),
+])
+def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
+    result = start(**{name: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], result.stderr
+
+
+def test_default_secret_key_with_debug_off_is_refused():
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, env={**env, "DEBUG": "false"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "SECRET_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_twilio_backend_without_credentials_is_refused():
+    result = start(SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID="", TWILIO_AUTH_TOKEN="")
+    assert result.returncode != 0 and "TWILIO_ACCOUNT_SID" in result.stderr
+
+
+def test_process_environment_wins_and_good_values_start():
+    result = start(OTP_LENGTH="8", SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t",
+                   TWILIO_FROM_NUMBER="+14155550100")
+    assert result.returncode == 0, result.stderr
