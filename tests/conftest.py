@@ -7,6 +7,7 @@ import pytest
 # Django reads settings in pytest_configure below, after these are in place.
 TEST_ENV = {
     "DJANGO_SETTINGS_MODULE": "config.settings",
+    "ENV_FILE": "",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/otp_service",
     "REDIS_URL": "redis://127.0.0.1:6379/15",
     "SECRET_KEY": "tests-only-secret-key-never-used-anywhere-else",

@@ -1,5 +1,6 @@
 """The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
 import importlib.util
+import os
 import re
 import sys
 from datetime import timedelta
@@ -10,8 +11,11 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
 REPO_DIR = BASE_DIR.parent
 
-# The process environment wins over `.env` (overwrite=False).
-environ.Env.read_env(REPO_DIR / ".env", overwrite=False)
+# The process environment wins over `.env` (overwrite=False). ENV_FILE names another file; empty reads none
+# (the test suite sets it empty so a developer's own `.env` cannot change what the tests see).
+_env_file = os.environ.get("ENV_FILE", str(REPO_DIR / ".env"))
+if _env_file and Path(_env_file).is_file():
+    environ.Env.read_env(_env_file, overwrite=False)
 env = environ.Env()
 
 
@@ -22,11 +26,12 @@ def _fail(name: str, raw: object, expected: str) -> None:
 
 
 def env_str(name: str, default: str = "") -> str:
-    return env.str(name, default=default)
+    # An empty value means "use the default", so `.env.example`'s blank lines are safe.
+    return env.str(name, default="").strip() or default
 
 
 def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-    raw = env.str(name, default=str(default)).strip()
+    raw = env_str(name, str(default))
     try:
         value = int(raw)
     except ValueError:
@@ -38,7 +43,7 @@ def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
 
 
 def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.str(name, default=str(default)).strip()
+    raw = env_str(name, str(default))
     try:
         value = float(raw)
     except ValueError:
@@ -49,7 +54,7 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
 
 
 def env_bool(name: str, default: bool) -> bool:
-    raw = env.str(name, default=str(default)).strip().lower()
+    raw = env_str(name, str(default)).lower()
     if raw in {"1", "true", "yes", "on"}:
         return True
     if raw in {"0", "false", "no", "off", ""}:
@@ -58,11 +63,11 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_list(name: str, default: str = "") -> list[str]:
-    return [item.strip() for item in env.str(name, default=default).split(",") if item.strip()]
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
 def env_choice(name: str, default: str, choices: set[str]) -> str:
-    raw = env.str(name, default=default).strip().lower()
+    raw = env_str(name, default).lower()
     if raw not in choices:
         _fail(name, raw, "one of " + ", ".join(sorted(choices)))
     return raw
@@ -72,7 +77,7 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*
 
 
 def env_rate(name: str, default: str) -> str:
-    raw = env.str(name, default=default)
+    raw = env_str(name, default)
     if not _RATE.match(raw):
         _fail(name, raw, "a rate like 30/min (per s, min, hour or day)")
     return raw.replace(" ", "")
