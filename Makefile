@@ -7,9 +7,10 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 .PHONY: run test install install-test migrate clean
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
+run: export DEBUG ?= true
 run: $(VENV)/.runtime-installed
 	$(MANAGE) migrate --noinput
-	DEBUG=$${DEBUG:-true} $(MANAGE) runserver $${API_PORT:-8000}
+	$(MANAGE) runserver $${API_PORT:-8000}
 
 # The test suite runs against the local PostgreSQL and Redis (127.0.0.1), with a real Celery worker.
 test: $(VENV)/.test-installed
