@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
 
-.PHONY: run test install install-test migrate clean
+.PHONY: run test up down install install-test migrate nginx clean
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
 run: export DEBUG ?= true
@@ -15,6 +15,24 @@ run: $(VENV)/.runtime-installed
 # The test suite runs against the local PostgreSQL and Redis (127.0.0.1), with a real Celery worker.
 test: $(VENV)/.test-installed
 	$(BIN)/pytest
+
+# The full stack without Docker: migrations, gunicorn, a worker per queue, beat and nginx, from .env and the
+# environment. Returns once /readyz answers 200 through nginx on HTTP_PORT. Logs: var/stack/log/.
+up: $(VENV)/.runtime-installed nginx
+	bin/stack up
+
+# Stops exactly what `make up` started from this checkout.
+down:
+	bin/stack down
+
+# Debian's nginx, installed when missing; its service is kept from starting (we run our own, in the foreground).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "nginx is missing: install Debian's nginx package (as root)"; exit 1; fi; \
+	  apt-get update -qq && \
+	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; rc=$$?; \
+	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 
 install: $(VENV)/.runtime-installed
 install-test: $(VENV)/.test-installed

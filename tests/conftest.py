@@ -3,6 +3,9 @@ import os
 
 import pytest
 
+from tests.support.smtp import SmtpServer
+from tests.support.twilio_standin import TwilioStandIn
+
 # The environment the suite runs in; a value already in the environment wins, so CI can point elsewhere.
 # Django reads settings in pytest_configure below, after these are in place.
 TEST_ENV = {
@@ -75,3 +78,30 @@ def mobile_address():
     from otp.addresses import mobile_normalize
 
     return mobile_normalize("+14155552671")
+
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def twilio_standin():
+    standin = TwilioStandIn().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def inbox(smtp_server):
+    smtp_server.inbox.reset()
+    return smtp_server.inbox
+
+
+@pytest.fixture
+def sms(twilio_standin):
+    twilio_standin.reset()
+    return twilio_standin

@@ -292,6 +292,11 @@ SPECTACULAR_SETTINGS = {
 
 API_PORT = env_int("API_PORT", 8000, minimum=1, maximum=65535)
 HTTP_PORT = env_int("HTTP_PORT", 8080, minimum=1, maximum=65535)
+# nginx's flood guard on /register/ and /login/ (see nginx/templates/default.conf.template).
+EDGE_SEND_RATE = env_str("EDGE_SEND_RATE", "10r/s").replace(" ", "")
+if not re.match(r"^[1-9]\d*r/[sm]$", EDGE_SEND_RATE):
+    _fail("EDGE_SEND_RATE", EDGE_SEND_RATE, "an nginx rate like 10r/s or 600r/m")
+EDGE_SEND_BURST = env_int("EDGE_SEND_BURST", 20, minimum=0)
 CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)

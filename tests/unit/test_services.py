@@ -233,7 +233,7 @@ def test_no_retry_is_scheduled_past_the_codes_expiry(email_address, sender, sett
     settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 100
     sender(SendTransientError("down"))
     delivery = _delivery(email_address)
-    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # 100..200 s > 120 s left
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)  # 200..400 s > 120 s left
     delivery.refresh_from_db()
     assert delivery.status == "failed"
 

@@ -12,7 +12,7 @@ from tests.api.test_races import run_in_parallel
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import wait_for
-from tests.worker.conftest import TWILIO_ACCOUNT_SID, TWILIO_FROM_NUMBER
+from tests.support.env import TWILIO_ACCOUNT_SID, TWILIO_FROM_NUMBER
 from users.models import User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("worker")]

@@ -1,0 +1,19 @@
+"""gunicorn settings for the API; the port comes from the same settings module as everything else."""
+import multiprocessing
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+from django.conf import settings  # noqa: E402  (reading settings validates them: a bad one stops start-up here)
+
+# Behind nginx on the same host; compose overrides this with --bind 0.0.0.0:8000.
+bind = f"127.0.0.1:{settings.API_PORT}"
+# WEB_CONCURRENCY is gunicorn's own variable; sync workers suit short requests behind nginx's buffering.
+workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
+worker_class = "sync"
+preload_app = True
+timeout = 30
+graceful_timeout = 20
+keepalive = 30  # nginx keeps its upstream connections open
+control_socket_disable = True  # else gunicorn writes a socket under ~/.gunicorn, outside the checkout
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'

@@ -1,0 +1,41 @@
+"""Render the nginx configuration of the native stack from the settings (validated like every other setting)."""
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+NGINX_DIR = settings.REPO_DIR / "nginx"
+PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def template_render(text: str, values: dict[str, str]) -> str:
+    """What envsubst does in nginx's image: replace ${NAME} for the given names, leave nginx's $variables alone."""
+    return PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), text)
+
+
+class Command(BaseCommand):
+    help = "Write nginx.conf and default.conf for the native stack under STACK_DIR/nginx."
+
+    def add_arguments(self, parser):
+        parser.add_argument("stack_dir", type=Path)
+
+    def handle(self, *args, stack_dir: Path, **options):
+        stack_dir = stack_dir.resolve()
+        values = {
+            "HTTP_PORT": str(settings.HTTP_PORT),
+            "API_UPSTREAM": f"127.0.0.1:{settings.API_PORT}",
+            "EDGE_SEND_RATE": settings.EDGE_SEND_RATE,
+            "EDGE_SEND_BURST": str(settings.EDGE_SEND_BURST),
+            "STACK_DIR": str(stack_dir),
+        }
+        out = stack_dir / "nginx"
+        out.mkdir(parents=True, exist_ok=True)
+        for template, target in (("templates/default.conf.template", "default.conf"),
+                                 ("native.conf.template", "nginx.conf")):
+            rendered = template_render((NGINX_DIR / template).read_text(), values)
+            leftover = PLACEHOLDER.findall(rendered)
+            if leftover:
+                raise SystemExit(f"nginx template {template} has unknown placeholders: {sorted(set(leftover))}")
+            (out / target).write_text(rendered)
+        self.stdout.write(str(out / "nginx.conf"))

@@ -1,0 +1,33 @@
+"""The environment handed to processes the tests start (workers, the native stack)."""
+import os
+
+from django.db import connection
+
+TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+TWILIO_AUTH_TOKEN = "test-auth-token"
+TWILIO_FROM_NUMBER = "+14155550100"
+
+
+def database_url() -> str:
+    """The test database pytest-django created, for processes outside this one."""
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def delivery_env(*, smtp_server, twilio_standin) -> dict:
+    """This process's environment, pointed at the test database, the test SMTP server and the Twilio stand-in."""
+    return {
+        **os.environ,
+        "ENV_FILE": "",
+        "DATABASE_URL": database_url(),
+        "EMAIL_BACKEND": "smtp",
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(smtp_server.port),
+        "SMS_BACKEND": "twilio",
+        "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
+        "TWILIO_FROM_NUMBER": TWILIO_FROM_NUMBER,
+        "TWILIO_API_BASE_URL": twilio_standin.base_url,
+        "OTP_SEND_RETRY_BACKOFF_SECONDS": "0.05",
+        "PYTHONUNBUFFERED": "1",
+    }
