@@ -53,10 +53,10 @@ def code_from_email(message, length: int = 6) -> str:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.inbox = Inbox()
         self.port = free_port()
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.inbox, hostname=host, port=self.port)
 
     def start(self) -> "SmtpServer":
         self.controller.start()

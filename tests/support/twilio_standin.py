@@ -13,14 +13,14 @@ MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC\w+)/Messages\.json
 
 
 class TwilioStandIn:
-    def __init__(self, *, latency_seconds: float = 0.0) -> None:
+    def __init__(self, *, latency_seconds: float = 0.0, host: str = "127.0.0.1") -> None:
         self.lock = threading.Lock()
         self.latency_seconds = latency_seconds
         self.script: list[int] = []  # statuses to answer before the default 201
         self.requests: list[dict] = []  # every request, accepted or not
         self.accepted: list[dict] = []
         self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server = ThreadingHTTPServer((host, self.port), self._handler())
         self.server.daemon_threads = True
 
     @property

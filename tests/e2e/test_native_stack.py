@@ -1,0 +1,170 @@
+"""A user's round trips through nginx on the native stack, reading codes from the SMTP server and the SMS stand-in."""
+import http.client
+import json
+import os
+import signal
+
+import pytest
+import requests
+
+from tests.support.smtp import code_from_email
+from tests.support.twilio_standin import code_from_sms
+from tests.support.waiting import free_port, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(stack, path, body, **kwargs):
+    return requests.post(f"{stack.url}{path}", json=body, timeout=10, **kwargs)
+
+
+def test_email_round_trip_through_nginx(stack, inbox):
+    assert post(stack, "/register/", {"email": "E2E-Alice@Example.com"}).status_code == 202
+    code = code_from_email(inbox.wait_for_message("e2e-alice@example.com"))
+
+    verified = post(stack, "/verify-otp/", {"email": "e2e-alice@example.com", "code": code})
+    assert verified.status_code == 200, verified.text
+    tokens = verified.json()
+    profile = requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {tokens['access']}"}, timeout=10)
+    assert profile.status_code == 200 and profile.json()["email"] == "e2e-alice@example.com"
+
+    rotated = post(stack, "/token/refresh/", {"refresh": tokens["refresh"]})
+    assert rotated.status_code == 200
+    assert post(stack, "/token/refresh/", {"refresh": tokens["refresh"]}).status_code == 401
+
+    new = rotated.json()
+    logout = post(stack, "/logout/", {"refresh": new["refresh"]}, headers={"Authorization": f"Bearer {new['access']}"})
+    assert logout.status_code == 205 and logout.content == b""
+    assert post(stack, "/token/refresh/", {"refresh": new["refresh"]}).status_code == 401
+
+    # The request id nginx made reached the API's log line for this request.
+    request_ids = [line.rsplit("rid=", 1)[1] for line in stack.log("api").splitlines() if "/logout/" in line]
+    assert request_ids and len(request_ids[-1]) == 32
+
+
+def test_sms_round_trip_through_nginx(stack, sms):
+    assert post(stack, "/register/", {"mobile": "+1 415 555 2699"}).status_code == 202
+    code = code_from_sms(sms.wait_for_message("+14155552699"))
+    verified = post(stack, "/verify-otp/", {"mobile": "4155552699", "code": code})
+    assert verified.status_code == 200
+    profile = requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {verified.json()['access']}"},
+                           timeout=10)
+    assert profile.json()["mobile"] == "+14155552699"
+
+
+def post_from(stack, source_ip, path, body, headers=None):
+    """A request from another loopback address, so nginx sees a different client."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=10, source_address=(source_ip, 0))
+    try:
+        connection.request("POST", path, body=json.dumps(body),
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_per_ip_throttle_keys_on_the_client_nginx_saw_not_a_forged_header(stack):
+    # OTP_IP_SEND_RATE is 5/min in this stack.
+    statuses = [post_from(stack, "127.0.0.2", "/register/", {"email": f"ip{i}@example.com"},
+                          {"X-Forwarded-For": f"198.51.100.{i}"})[0] for i in range(6)]
+    assert statuses == [202] * 5 + [429]
+    status, headers, _ = post_from(stack, "127.0.0.2", "/register/", {"email": "ip9@example.com"})
+    assert status == 429 and int(headers["Retry-After"]) > 0
+    # Another client is not throttled: the key is the forwarded client address, not nginx's own.
+    assert post_from(stack, "127.0.0.3", "/register/", {"email": "other@example.com"})[0] == 202
+
+
+def test_edge_limit_answers_json_429_with_retry_after(stack):
+    # EDGE_SEND_RATE 2r/s with a burst of 5: a quick run of 15 requests meets nginx's limit.
+    results = [post_from(stack, "127.0.0.4", "/login/", {"email": "not-an-email"}) for _ in range(15)]
+    # nginx's own answers carry no `Allow` header; the API's (its per-IP limit may also answer) do.
+    limited = [r for r in results if r[0] == 429 and "Allow" not in r[1]]
+    assert limited, [(r[0], r[1].get("Allow")) for r in results]
+    status, headers, body = limited[0]
+    assert headers["Retry-After"] == "1" and json.loads(body)["code"] == "throttled"
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_nginx_answers_its_own_errors_in_json(stack):
+    too_large = requests.post(f"{stack.url}/register/", data=b"x" * (200 * 1024),
+                              headers={"Content-Type": "application/json"}, timeout=10)
+    assert too_large.status_code == 413 and too_large.json()["code"] == "request_too_large"
+    metrics = requests.get(f"{stack.url}/metrics", timeout=10)
+    assert metrics.status_code == 404 and metrics.json()["code"] == "not_found"
+    missing = requests.get(f"{stack.url}/nowhere", timeout=10)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    ready = requests.get(f"{stack.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    for header in ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy"):
+        assert ready.headers[header] and "," not in ready.headers[header]  # one copy, not the API's and nginx's
+
+
+def test_a_second_checkout_runs_beside_and_make_down_stops_exactly_its_own(stack, tmp_path):
+    from tests.e2e.conftest import Stack, stack_env
+
+    http_port, api_port = free_port(), free_port()
+    other_dir = stack.stack_dir.parent / f"test-stack-{http_port}"
+    other = Stack(f"http://127.0.0.1:{http_port}", http_port, api_port, other_dir,
+                  stack_env(stack.env, http_port=http_port, api_port=api_port, stack_dir=other_dir))
+    started = other.make("up")
+    assert started.returncode == 0, started.stderr
+    pids = {path.stem: int(path.read_text()) for path in (other_dir / "run").glob("*.pid")}
+    assert set(pids) == {"api", "worker-email", "worker-sms", "beat", "nginx"}
+    assert requests.get(f"{other.url}/readyz", timeout=10).status_code == 200
+
+    again = other.make("up")
+    assert again.returncode != 0 and "already running" in again.stderr
+
+    stopped = other.make("down")
+    assert stopped.returncode == 0
+
+    def all_gone():
+        for pid in pids.values():
+            try:
+                os.kill(pid, 0)
+                return False
+            except ProcessLookupError:
+                pass
+        return True
+
+    wait_for(all_gone, timeout=30, message="the second stack's processes to exit")
+    assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200  # the first is untouched
+
+
+def test_make_up_refuses_a_port_in_use(stack):
+    from tests.e2e.conftest import Stack, stack_env
+
+    http_port = free_port()
+    busy_dir = stack.stack_dir.parent / f"test-stack-{http_port}"
+    busy = Stack("", http_port, stack.api_port, busy_dir,
+                 stack_env(stack.env, http_port=http_port, api_port=stack.api_port, stack_dir=busy_dir))
+    result = busy.make("up")
+    assert result.returncode != 0 and f"API_PORT {stack.api_port} is in use" in result.stderr
+    assert not list((busy_dir / "run").glob("*.pid"))
+
+
+def test_make_up_fails_with_the_logs_when_the_stack_is_not_ready(stack):
+    from tests.e2e.conftest import Stack, stack_env
+
+    http_port, api_port = free_port(), free_port()
+    broken_dir = stack.stack_dir.parent / f"test-stack-{http_port}"
+    broken = Stack("", http_port, api_port, broken_dir,
+                   stack_env(stack.env, http_port=http_port, api_port=api_port, stack_dir=broken_dir))
+    # No broker answers on port 1: /readyz stays 503 and the workers never get ready.
+    result = broken.make("up", CELERY_BROKER_URL="redis://127.0.0.1:1/0", STACK_READY_TIMEOUT="15")
+    assert result.returncode != 0
+    assert "did not become ready" in result.stderr and "/readyz: 503" in result.stderr
+    assert "worker-email.log" in result.stderr
+    assert not list((broken_dir / "run").glob("*.pid"))  # what it started, it stopped
+
+
+def test_bad_setting_stops_make_up_with_one_line(stack):
+    from tests.e2e.conftest import Stack, stack_env
+
+    http_port = free_port()
+    bad_dir = stack.stack_dir.parent / f"test-stack-{http_port}"
+    bad = Stack("", http_port, free_port(), bad_dir,
+                stack_env(stack.env, http_port=http_port, api_port=free_port(), stack_dir=bad_dir))
+    result = bad.make("up", EDGE_SEND_RATE="fast")
+    assert result.returncode != 0 and "Invalid setting EDGE_SEND_RATE" in result.stderr
