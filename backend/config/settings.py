@@ -171,7 +171,9 @@ if not re.match(r"^(postgres|postgresql|pgsql|sqlite)://", _database_url):
     _fail("DATABASE_URL", _database_url.split("@")[-1], "a URL like postgres://user@host:5432/name (unset for SQLite)")
 DATABASES = {"default": environ.Env.db_url_config(_database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+    DATABASES["default"]["OPTIONS"].setdefault("options", "-c statement_timeout=5000")
     DATABASES["default"]["CONN_MAX_AGE"] = 60
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
@@ -208,6 +210,10 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = 10
+TWILIO_TIMEOUT_SECONDS = 10
+# How long a worker holds a delivery while it talks to the provider: longer than either send's timeout, so
+# two workers never send one code at once, and short, because a redelivered job waits it out after a crash.
+OTP_DELIVERY_LEASE_SECONDS = max(EMAIL_TIMEOUT, TWILIO_TIMEOUT_SECONDS) + 5
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", {"console", "twilio"})
@@ -216,7 +222,6 @@ TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
 TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
 TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/")
-TWILIO_TIMEOUT_SECONDS = 10
 if SMS_BACKEND == "twilio":
     for _name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         if not globals()[_name]:
@@ -270,7 +275,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework_simplejwt.authentication.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
@@ -316,6 +321,10 @@ CELERY_TASK_DEFAULT_QUEUE = "maintenance"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
+    # Sweep for jobs a dead worker left unacknowledged every fifth of the timeout (kombu's default is
+    # every 100 s, longer than a code lives).
+    "unacked_restore_interval": max(1, CELERY_VISIBILITY_TIMEOUT_SECONDS // 5),
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }

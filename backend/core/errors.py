@@ -31,3 +31,14 @@ class TokenRejected(ServiceError):
     status_code = 401
     default_detail = "Token is invalid or expired."
     default_code = "token_not_valid"
+
+
+class DependencyUnavailable(ServiceError):
+    """A database, cache or broker outage: the request may be repeated once it is over."""
+
+    status_code = 503
+    default_code = "service_unavailable"
+
+    def __init__(self, dependency: str) -> None:
+        self.dependency = dependency
+        super().__init__(f"Service temporarily unavailable ({dependency}).")

@@ -10,7 +10,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import RateLimited, ServiceError
+from core.errors import DependencyUnavailable, RateLimited, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +27,19 @@ def error_body(detail: str, code: str) -> dict:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    for types, dependency in _UNAVAILABLE:
+        if isinstance(exc, types):
+            exc = DependencyUnavailable(dependency)
     if isinstance(exc, ServiceError):
         response = Response(error_body(exc.detail, exc.default_code), status=exc.status_code)
         if isinstance(exc, RateLimited):
             response["Retry-After"] = str(exc.wait_seconds)
+        if isinstance(exc, DependencyUnavailable):
+            logger.warning("%s unavailable", exc.dependency)
+            response["Retry-After"] = "5"
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body is too large.", "request_too_large"), status=413)
-    for types, dependency in _UNAVAILABLE:
-        if isinstance(exc, types):
-            logger.warning("%s unavailable: %s", dependency, exc.__class__.__name__)
-            response = Response(error_body(f"Service temporarily unavailable ({dependency}).", "service_unavailable"), status=503)
-            response["Retry-After"] = "5"
-            return response
 
     response = drf_exception_handler(exc, context)
     if response is None:

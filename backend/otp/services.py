@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+import kombu.exceptions
+from django.core.cache import cache
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from core.errors import InvalidCode, RateLimited, TokenRejected
+from core.errors import DependencyUnavailable, InvalidCode, RateLimited, TokenRejected
 from core.ratelimit import cooldown_acquire, window_hit, window_unhit
 from otp.addresses import Address
 from otp.codes import code_generate, code_hash, code_matches
@@ -26,9 +28,6 @@ from users.models import User
 logger = logging.getLogger(__name__)
 
 HOUR = 3600
-# How long a worker holds a delivery while it talks to the provider: longer than a send's timeout,
-# shorter than the broker's visibility timeout so a redelivered job can take over from a dead worker.
-DELIVERY_LEASE_SECONDS = 30
 
 
 def _address_key(prefix: str, address: Address) -> str:
@@ -49,12 +48,25 @@ def code_send_throttle(*, address: Address) -> None:
         raise RateLimited(wait)
 
 
+def code_send_throttle_release(*, address: Address) -> None:
+    """Give back what code_send_throttle took, when no code could be sent for a reason not the user's."""
+    cache.delete(_address_key("otp:cooldown", address))
+    window_unhit(key=_address_key("otp:sends", address), window=HOUR)
+
+
 def code_request(*, address: Address, purpose: Purpose) -> None:
-    """/register/ and /login/: throttle, then issue a code (for login only when the account exists)."""
+    """/register/ and /login/: throttle, then issue a code and enqueue its delivery.
+
+    The API does the same work whether or not an account exists, so neither the answer nor its timing
+    tells them apart: for a login, the worker checks the account and sends only if it exists.
+    """
     code_send_throttle(address=address)
-    if purpose == Purpose.LOGIN and user_get_by_address(address=address) is None:
-        return
-    code_issue(address=address, purpose=purpose)
+    try:
+        code_issue(address=address, purpose=purpose)
+    except (DependencyUnavailable, DatabaseError):
+        # An outage is not the user's doing: they may ask again as soon as it is over.
+        code_send_throttle_release(address=address)
+        raise
 
 
 @transaction.atomic
@@ -70,7 +82,8 @@ def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
         address=address.value, channel=address.channel, purpose=purpose,
         code_hash=code_hash(address=address.value, code=code), created_at=now, expires_at=expires_at,
     )
-    delivery = Delivery.objects.create(address=address.value, channel=address.channel, created_at=now, expires_at=expires_at)
+    delivery = Delivery.objects.create(address=address.value, channel=address.channel, purpose=purpose, created_at=now,
+                                       expires_at=expires_at)
     transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code))
     return delivery
 
@@ -78,12 +91,17 @@ def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
 def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
     from otp.tasks import delivery_send_task  # tasks import services: import here to avoid a cycle
 
-    delivery_send_task.apply_async(
-        kwargs={"delivery_id": delivery.id, "code": code},
-        queue=delivery.channel,
-        # What Celery's logs and events show instead of the arguments: never the code.
-        kwargsrepr=repr({"delivery_id": delivery.id, "code": "<hidden>"}),
-    )
+    try:
+        delivery_send_task.apply_async(
+            kwargs={"delivery_id": delivery.id, "code": code},
+            queue=delivery.channel,
+            # What Celery's logs and events show instead of the arguments: never the code.
+            kwargsrepr=repr({"delivery_id": delivery.id, "code": "<hidden>"}),
+        )
+    except kombu.exceptions.OperationalError as exc:
+        # The code exists only in this process now: record that it was never sent and tell the caller.
+        _delivery_update(delivery.id, status=Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
+        raise DependencyUnavailable("broker") from exc
 
 
 # --- Verifying --------------------------------------------------------------------------------
@@ -200,8 +218,17 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     claimed = (Delivery.objects.filter(id=delivery_id)
                .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
                .update(status=Delivery.Status.SENDING, attempts=F("attempts") + 1, updated_at=now,
-                       lease_until=now + timedelta(seconds=DELIVERY_LEASE_SECONDS)))
+                       lease_until=now + timedelta(seconds=settings.OTP_DELIVERY_LEASE_SECONDS)))
     if not claimed:
+        held = Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING).values_list("lease_until", flat=True).first()
+        if held is None:
+            return  # sent or failed meanwhile: nothing left to do
+        # Another run holds it, or held it and died: look again once its lease has lapsed.
+        raise DeliveryRetry(max(0.5, (held - now).total_seconds() + 0.5))
+
+    if delivery.purpose == Purpose.LOGIN and user_get_by_address(address=Address(delivery.address, delivery.channel)) is None:
+        _delivery_update(delivery_id, status=Delivery.Status.FAILED, last_error="No account for this address: not sent.",
+                         lease_until=None)
         return
 
     render = email_message_render if delivery.channel == "email" else sms_message_render

@@ -1,5 +1,7 @@
 """The environment handed to processes the tests start (workers, the native stack)."""
 import os
+import sys
+from pathlib import Path
 
 from django.db import connection
 
@@ -18,6 +20,8 @@ def delivery_env(*, smtp_server, twilio_standin) -> dict:
     """This process's environment, pointed at the test database, the test SMTP server and the Twilio stand-in."""
     return {
         **os.environ,
+        # The start scripts run `gunicorn` and `celery` from PATH: this interpreter's, i.e. the project's .venv.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "ENV_FILE": "",
         "DATABASE_URL": database_url(),
         "EMAIL_BACKEND": "smtp",

@@ -1,4 +1,5 @@
 """A real SMTP server (aiosmtpd) in the test process, holding what it receives like an inbox."""
+import asyncio
 import email
 import re
 import threading
@@ -17,6 +18,17 @@ class Inbox:
         self.messages: list[email.message.EmailMessage] = []
         self.refuse_next = 0
         self.refused = 0
+        self.hold_next_rcpt_seconds = 0.0  # a slow server: the next RCPT is answered only after this long
+        self.rcpts_seen: list[str] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpts_seen.append(address)
+            hold, self.hold_next_rcpt_seconds = self.hold_next_rcpt_seconds, 0.0
+        if hold:
+            await asyncio.sleep(hold)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
@@ -34,6 +46,8 @@ class Inbox:
             self.messages.clear()
             self.refuse_next = 0
             self.refused = 0
+            self.hold_next_rcpt_seconds = 0.0
+            self.rcpts_seen.clear()
 
     def to(self, address: str) -> list:
         with self.lock:

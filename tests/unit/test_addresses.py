@@ -13,6 +13,12 @@ def test_email_is_trimmed_and_lower_cased():
     assert address.user_field == "email"
 
 
+def test_internationalised_and_look_alike_domains_are_stored_as_punycode():
+    assert email_normalize("alice@\u0435xample.com").value == "alice@xn--xample-2of.com"  # Cyrillic e
+    assert email_normalize("Bob@Bücher.example").value == "bob@xn--bcher-kva.example"
+    assert email_normalize("alice@xn--xample-2of.com").value == "alice@xn--xample-2of.com"
+
+
 @pytest.mark.parametrize("raw", ["", "   ", "alice", "alice@", "@example.com", "alice@example.com\r\nBcc: x@y.z",
                                  "alice@example.com\nSubject: hi", "al ice@example.com", "ａlice@example.com",
                                  "a" * 250 + "@example.com", "alice@exa mple.com", "'; DROP TABLE users;--@x.com"])
@@ -33,7 +39,7 @@ def test_default_region_decides_national_numbers(settings):
     assert mobile_normalize("07400 123456").value == "+447400123456"
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "+1", "12", "+999999999999999", "+1 415 555 2671 ext 9999999999", "%s%n"])
+@pytest.mark.parametrize("raw", ["+1 415 555 2671\u202e", "+1415\u200b5552671", "+14155552671\x00", "", "abc", "+1", "12", "+999999999999999", "+1 415 555 2671 ext 9999999999", "%s%n"])
 def test_bad_mobiles_are_rejected(raw):
     with pytest.raises(ValidationError):
         mobile_normalize(raw)

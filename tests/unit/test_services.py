@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from core.errors import InvalidCode, RateLimited
+from core.errors import InvalidCode, RateLimited, TokenRejected
 from otp import services
 from otp.models import Delivery, OneTimeCode, Purpose
 from otp.senders import SendPermanentError, SendTransientError
@@ -46,11 +46,27 @@ def test_verify_creates_the_account_once_and_consumes_the_code(email_address, fi
         services.code_verify(address=email_address, code=fixed_code[0])
 
 
-def test_login_for_unknown_account_issues_nothing_but_counts_the_throttle(email_address, fixed_code):
+def test_login_for_unknown_account_does_the_same_work_and_counts_the_throttle(email_address, fixed_code):
     services.code_request(address=email_address, purpose=Purpose.LOGIN)
-    assert not OneTimeCode.objects.exists() and not Delivery.objects.exists()
+    assert OneTimeCode.objects.get().purpose == Purpose.LOGIN
+    assert Delivery.objects.get().purpose == Purpose.LOGIN
     with pytest.raises(RateLimited):  # the cooldown was taken all the same
         services.code_request(address=email_address, purpose=Purpose.LOGIN)
+    with pytest.raises(InvalidCode):  # and the code opens nothing
+        services.code_verify(address=email_address, code=fixed_code[0])
+    assert not User.objects.exists()
+
+
+def test_login_code_for_unknown_account_is_never_sent(email_address, sender):
+    recorder = sender()
+    delivery = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "No account" in delivery.last_error and not recorder.sent
+    User.objects.create_user(email="alice@example.com")
+    delivery = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert len(recorder.sent) == 1
 
 
 def test_login_for_known_account_issues_a_code(email_address, fixed_code):
@@ -155,7 +171,7 @@ def test_logout_blacklists_only_the_callers_refresh(email_address):
     alice = User.objects.create_user(email="alice@example.com")
     bob = User.objects.create_user(email="bob@example.com")
     refresh = str(RefreshToken.for_user(alice))
-    with pytest.raises(Exception):
+    with pytest.raises(TokenRejected):
         services.token_revoke(user=bob, refresh=refresh)
     services.token_revoke(user=alice, refresh=refresh)
     assert BlacklistedToken.objects.count() == 1
@@ -258,9 +274,10 @@ def test_expired_job_is_dropped_and_recorded(email_address, sender):
 def test_held_lease_blocks_a_second_worker_until_it_lapses(email_address, sender):
     recorder = sender()
     delivery = _delivery(email_address)
-    Delivery.objects.update(status="sending", lease_until=timezone.now() + timedelta(seconds=30))
-    services.delivery_send(delivery_id=delivery.id, code="123456")
-    assert not recorder.sent
+    Delivery.objects.update(status="sending", lease_until=timezone.now() + timedelta(seconds=10))
+    with pytest.raises(services.DeliveryRetry) as retry:  # look again when the lease lapses, not never
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert 9 < retry.value.countdown < 11.5 and not recorder.sent
     Delivery.objects.update(lease_until=timezone.now() - timedelta(seconds=1))  # its worker died
     services.delivery_send(delivery_id=delivery.id, code="123456")
     assert len(recorder.sent) == 1
@@ -289,7 +306,7 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
                        status="used", expires_at=now + timedelta(minutes=1))]
     )
     live = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    stale = Delivery.objects.create(address="u1@example.com", channel="email", expires_at=past)
+    stale = Delivery.objects.create(address="u1@example.com", channel="email", purpose="login", expires_at=past)
     user = User.objects.create_user(email="alice@example.com")
     token = RefreshToken.for_user(user)
     OutstandingToken.objects.update(expires_at=past)
@@ -301,3 +318,4 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
     live.refresh_from_db()
     assert stale.status == "failed" and live.status == "queued"
     assert services.token_blacklist_flush() >= 1 and not OutstandingToken.objects.filter(jti=token["jti"]).exists()
+

@@ -16,9 +16,9 @@ def worker_env(django_db_setup, django_db_blocker, smtp_server, twilio_standin):
 
 def celery_worker(name: str, env: dict, *, queues: str = "email,sms,maintenance", pool: str = "threads",
                   concurrency: int = 4) -> ManagedProcess:
-    args = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-P", pool, "-c", str(concurrency),
-            "-n", f"{name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    args = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-n", f"{name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-l", "INFO"]
+    env = {**env, "CELERY_WORKER_POOL": pool, "CELERY_WORKER_CONCURRENCY": str(concurrency)}
     return ManagedProcess(name, args, env=env, log_dir=REPO_DIR / "var" / "test-logs")
 
 

@@ -1,0 +1,114 @@
+"""Outages and crashes with real processes: what the service answers, and that nothing is lost."""
+import time
+
+import pytest
+import requests
+
+from otp.models import Delivery
+from tests.support.smtp import code_from_email
+from tests.support.twilio_standin import code_from_sms
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def with_database_through(env: dict, proxy) -> dict:
+    return {**env, "DATABASE_URL": env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/")}
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_postgres_cut_answers_503_json_then_recovers_with_nothing_lost(base_env, stacks, private_redis, pg_proxy, inbox):
+    stack = stacks({**with_database_through(base_env, pg_proxy), "REDIS_URL": private_redis.url}).start_api()
+    stack.start_worker()
+    assert stack.post("/register/", {"email": "before@example.com"}).status_code == 202
+    inbox.wait_for_message("before@example.com")
+
+    pg_proxy.cut()
+    response, seconds = timed(lambda: stack.post("/register/", {"email": "during@example.com"}))
+    assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
+    assert "database" in response.json()["detail"] and response.headers["Retry-After"]
+    assert seconds < 10
+    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    assert ready.status_code == 503 and ready.json()["failed"] == "database"
+
+    pg_proxy.start()
+    # The failed request took no cooldown: the user asks again at once and gets the code.
+    response = wait_for(lambda: (r := stack.post("/register/", {"email": "during@example.com"})).status_code == 202 and r,
+                        timeout=30, message="the API to serve again")
+    code = code_from_email(inbox.wait_for_message("during@example.com"))
+    assert stack.post("/verify-otp/", {"email": "during@example.com", "code": code}).status_code == 200
+    assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+
+
+def test_redis_restart_with_jobs_queued_loses_nothing(base_env, stacks, private_redis, inbox):
+    stack = stacks({**base_env, "REDIS_URL": private_redis.url}).start_api()
+    addresses = [f"queued{i}@example.com" for i in range(3)]
+    for address in addresses:  # no worker yet: the jobs wait in Redis
+        assert stack.post("/register/", {"email": address}).status_code == 202
+
+    private_redis.stop()
+    down = stack.post("/register/", {"email": "while-down@example.com"})
+    assert down.status_code == 503 and down.json()["code"] == "service_unavailable"
+    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    assert ready.status_code == 503 and ready.json()["failed"] == "cache"
+    private_redis.start()
+
+    stack.start_worker()
+    for address in addresses:
+        code = code_from_email(inbox.wait_for_message(address, timeout=30))
+        assert stack.post("/verify-otp/", {"email": address, "code": code}).status_code == 200
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+
+
+def test_broker_outage_at_enqueue_is_503_recorded_and_the_user_may_retry(base_env, stacks, private_redis):
+    broker_down = {**base_env, "REDIS_URL": private_redis.url, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    stack = stacks(broker_down).start_api()
+    response, seconds = timed(lambda: stack.post("/register/", {"email": "nobroker@example.com"}))
+    assert response.status_code == 503 and "broker" in response.json()["detail"] and seconds < 10
+    delivery = Delivery.objects.get()
+    assert delivery.status == "failed" and "Broker" in delivery.last_error
+    assert requests.get(f"{stack.url}/readyz", timeout=15).json()["failed"] == "broker"
+    # Nothing held against the user: the next try is not throttled (it fails the same way while the outage lasts).
+    assert stack.post("/register/", {"email": "nobroker@example.com"}).status_code == 503
+
+
+def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis, sms):
+    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "5",
+           "OTP_SEND_RETRY_BACKOFF_SECONDS": "4"}
+    stack = stacks(env).start_api()
+    worker = stack.start_worker()
+    sms.script[:] = [500]  # the first try fails; its retry waits 2 to 4 s inside the worker, unacknowledged
+    assert stack.post("/register/", {"mobile": "+14155552681"}).status_code == 202
+    wait_for(lambda: len(sms.requests) == 1, message="the first, failing, try")
+    stack.kill_worker(worker)
+
+    stack.start_worker()
+    message = sms.wait_for_message("+14155552681", timeout=40)
+    delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
+    assert delivery.attempts == 2 and len(sms.to("+14155552681")) == 1
+    assert stack.post("/verify-otp/", {"mobile": "+14155552681", "code": code_from_sms(message)}).status_code == 200
+
+
+def test_pool_child_killed_mid_send_is_requeued_and_delivered_once(base_env, stacks, private_redis, inbox):
+    stack = stacks({**base_env, "REDIS_URL": private_redis.url}).start_api()
+    worker = stack.start_worker(pool="prefork", concurrency=1)
+    inbox.hold_next_rcpt_seconds = 30  # the SMTP server stalls mid-conversation, before it accepts anything
+    assert stack.post("/register/", {"email": "slow@example.com"}).status_code == 202
+    wait_for(lambda: "slow@example.com" in inbox.rcpts_seen, message="the send to start")
+    children = stack.pool_children(worker)
+    assert len(children) == 1
+    import os
+    import signal
+    os.kill(children[0], signal.SIGKILL)
+
+    # Late ack + reject_on_worker_lost: the job comes back at once; it waits out the dead send's lease, then sends.
+    message = inbox.wait_for_message("slow@example.com", timeout=40)
+    assert "WorkerLostError" in worker.log() or "SIGKILL" in worker.log()
+    delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
+    assert delivery.attempts == 2 and len(inbox.to("slow@example.com")) == 1
+    assert stack.post("/verify-otp/", {"email": "slow@example.com", "code": code_from_email(message)}).status_code == 200
