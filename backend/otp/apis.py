@@ -1,6 +1,7 @@
 """HTTP endpoints: parse input, call one service, shape output."""
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
@@ -61,6 +62,17 @@ class CodeSentOutputSerializer(serializers.Serializer):
 
 
 ERROR_SHAPE = inline_serializer("Error", {"detail": serializers.CharField(), "code": serializers.CharField()})
+BAD_REQUEST = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description='Field errors as `{"field": ["message"]}`, or `{"detail", "code"}` for a body that is not JSON '
+                '(`parse_error`) and, on /verify-otp/, for any code that does not open the account (`invalid_code`).',
+    examples=[OpenApiExample("Field error", value={"email": ["Enter a valid email address."]}),
+              OpenApiExample("Not JSON", value={"detail": "JSON parse error - Expecting value", "code": "parse_error"}),
+              OpenApiExample("Wrong, expired or used code", value={"detail": "Invalid or expired code.",
+                                                                   "code": "invalid_code"})],
+)
+THROTTLED = OpenApiResponse(response=ERROR_SHAPE, description="Throttled; `Retry-After` says when to try again.")
+UNAVAILABLE = OpenApiResponse(response=ERROR_SHAPE, description="The database, cache or broker is unavailable.")
 CODE_SENT_DETAIL = "If the address can receive it, a code is on its way."
 
 
@@ -81,8 +93,7 @@ class _CodeRequestApi(APIView):
 
 _code_request_schema = dict(
     request=AddressInputSerializer,
-    responses={202: CodeSentOutputSerializer, 400: OpenApiResponse(description="Invalid address, both or neither, malformed JSON"),
-               429: ERROR_SHAPE},
+    responses={202: CodeSentOutputSerializer, 400: BAD_REQUEST, 429: THROTTLED, 503: UNAVAILABLE},
     examples=[OpenApiExample("By email", value={"email": "alice@example.com"}, request_only=True),
               OpenApiExample("By mobile", value={"mobile": "+14155552671"}, request_only=True)],
 )
@@ -129,7 +140,7 @@ class VerifyOtpApi(APIView):
     throttle_classes = [IpVerifyThrottle]
 
     @extend_schema(summary="Trade a code for tokens", request=VerifyInputSerializer,
-                   responses={200: TokenPairOutputSerializer, 400: ERROR_SHAPE, 429: ERROR_SHAPE},
+                   responses={200: TokenPairOutputSerializer, 400: BAD_REQUEST, 429: THROTTLED, 503: UNAVAILABLE},
                    examples=[OpenApiExample("By email", value={"email": "alice@example.com", "code": "123456"},
                                             request_only=True)])
     def post(self, request):
@@ -168,9 +179,9 @@ class TokenRefreshApi(TokenRefreshView):
     permission_classes = [AllowAny]
     throttle_classes = [IpVerifyThrottle]
 
-    @extend_schema(summary="New access and refresh tokens", responses={
+    @extend_schema(summary="New access and refresh tokens", request=RefreshInputSerializer, responses={
         200: inline_serializer("TokenRefreshOutput", {"access": serializers.CharField(), "refresh": serializers.CharField()}),
-        401: ERROR_SHAPE})
+        400: BAD_REQUEST, 401: ERROR_SHAPE, 429: THROTTLED})
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
 
@@ -179,7 +190,7 @@ class LogoutApi(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(summary="Revoke a refresh token", request=RefreshInputSerializer,
-                   responses={205: OpenApiResponse(description="No body"), 401: ERROR_SHAPE})
+                   responses={205: OpenApiResponse(description="No body"), 400: BAD_REQUEST, 401: ERROR_SHAPE})
     def post(self, request):
         serializer = RefreshInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -192,8 +203,12 @@ class TwilioStatusApi(APIView):
     permission_classes = [AllowAny]
     parser_classes = [FormParser]
 
-    @extend_schema(summary="Twilio delivery status callback", request=None,
-                   responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE})
+    @extend_schema(summary="Twilio delivery status callback",
+                   request={"application/x-www-form-urlencoded": inline_serializer(
+                       "TwilioStatusCallback", {"MessageSid": serializers.CharField(),
+                                                "MessageStatus": serializers.CharField(),
+                                                "ErrorCode": serializers.CharField(required=False)})},
+                   responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE, 415: ERROR_SHAPE})
     def post(self, request):
         signature = request.headers.get("X-Twilio-Signature", "")
         params = request.data.dict() if hasattr(request.data, "dict") else {}

@@ -1,6 +1,8 @@
 """Codes, their hashes, and the messages that carry them."""
 import re
 
+from hypothesis import given, settings as hsettings, strategies as st
+
 from otp.codes import code_generate, code_hash, code_matches
 from otp.messages import email_message_render, lifetime_words, sms_message_render
 
@@ -53,3 +55,16 @@ def test_lifetime_is_written_in_few_digits():
     assert lifetime_words(120) == "2 minutes"
     assert lifetime_words(86400) == "24 hours"
     assert max(len(run) for seconds in range(10, 86401, 7) for run in re.findall(r"\d+", lifetime_words(seconds))) <= 2
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(code=st.from_regex(r"\A[0-9]{6}\Z"), ttl=st.integers(min_value=10, max_value=86400))
+def test_no_message_shows_another_digit_run_than_its_code(code, ttl):
+    from django.test import override_settings
+
+    with override_settings(OTP_TTL_SECONDS=ttl):
+        email = email_message_render(code=code)
+        sms = sms_message_render(code=code)
+    for text in (email.subject, email.text, email.html, sms.text):
+        assert _digit_runs(text, 6) <= {code}
+    assert code in email.text and code in sms.text

@@ -2,6 +2,7 @@
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings as settings_h, strategies as st
 from django.db import connection
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
@@ -319,3 +320,18 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
     assert stale.status == "failed" and live.status == "queued"
     assert services.token_blacklist_flush() >= 1 and not OutstandingToken.objects.filter(jti=token["jti"]).exists()
 
+
+
+@settings_h(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(guess=st.from_regex(r"\A[0-9]{6}\Z"))
+def test_any_wrong_guess_is_refused_and_counted_once(guess, email_address, monkeypatch, redis_clean):
+    assume(guess != "482913")
+    monkeypatch.setattr(services, "code_generate", lambda: "482913")
+    for key in redis_clean.scan_iter("*otp:*"):
+        redis_clean.delete(key)
+    OneTimeCode.objects.all().delete()
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=guess)
+    assert OneTimeCode.objects.get().attempts == 1
+    services.code_verify(address=email_address, code="482913")
