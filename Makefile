@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
 
-.PHONY: run test up down install install-test migrate nginx clean
+.PHONY: run test up down install install-test migrate nginx chromium clean
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
 run: export DEBUG ?= true
@@ -12,8 +12,9 @@ run: $(VENV)/.runtime-installed
 	$(MANAGE) migrate --noinput
 	$(MANAGE) runserver $${API_PORT:-8000}
 
-# The test suite runs against the local PostgreSQL and Redis (127.0.0.1), with a real Celery worker.
-test: $(VENV)/.test-installed
+# The test suite runs against the local PostgreSQL and Redis (127.0.0.1), with real Celery workers, the native
+# stack behind nginx, and Debian's Chromium for the browser test.
+test: $(VENV)/.test-installed nginx chromium
 	$(BIN)/pytest
 
 # The full stack without Docker: migrations, gunicorn, a worker per queue, beat and nginx, from .env and the
@@ -33,6 +34,12 @@ nginx:
 	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; rc=$$?; \
 	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
+
+# Debian's Chromium for the browser test (Playwright drives it; it downloads no browser of its own).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 install: $(VENV)/.runtime-installed
 install-test: $(VENV)/.test-installed

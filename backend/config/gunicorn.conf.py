@@ -15,5 +15,5 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 30  # nginx keeps its upstream connections open
 control_socket_disable = True  # else gunicorn writes a socket under ~/.gunicorn, outside the checkout
-accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'
+# The API writes its own JSON access line (core.observability), with the request id.
+accesslog = None

@@ -4,11 +4,14 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import views as core_views
+from otp import pages as otp_pages
 
 urlpatterns = [
     path("", include("otp.urls")),
     path("healthz", core_views.HealthzApi.as_view(), name="healthz"),
     path("readyz", core_views.ReadyzApi.as_view(), name="readyz"),
+    path("metrics", core_views.metrics, name="metrics"),
+    path("home/", otp_pages.home, name="home"),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="docs"),

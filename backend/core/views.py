@@ -3,7 +3,7 @@ import logging
 
 from django.core.cache import cache
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from config.celery import app as celery_app
 from core.exceptions import error_body
+from core.metrics import metrics_render
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +79,16 @@ def bad_request(request, exception=None):
 
 def permission_denied(request, exception=None):
     return JsonResponse(error_body("Permission denied.", "permission_denied"), status=403)
+
+
+def metrics(request):
+    """Prometheus scrape endpoint. nginx does not proxy it: scrape the API's port from the monitoring network."""
+    depths = {}
+    if not celery_app.conf.task_always_eager:
+        try:
+            with celery_app.connection_for_read() as conn:
+                client = conn.default_channel.client
+                depths = {queue: client.llen(queue) for queue in ("email", "sms", "maintenance")}
+        except Exception as exc:  # an unreachable broker must not hide the other figures
+            logger.warning("queue depth unavailable: %s", exc)
+    return HttpResponse(metrics_render(queue_depths=depths), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,12 +1,11 @@
 """The rules of the service: issuing, throttling, verifying and delivering codes, and the tokens they buy."""
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 import kombu.exceptions
+from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
@@ -16,8 +15,10 @@ from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from core.errors import DependencyUnavailable, InvalidCode, RateLimited, TokenRejected
+from core.metrics import metric_count
+from core.observability import request_id_current
 from core.ratelimit import cooldown_acquire, window_hit, window_unhit
-from otp.addresses import Address
+from otp.addresses import Address, address_cache_key
 from otp.codes import code_generate, code_hash, code_matches
 from otp.messages import email_message_render, sms_message_render
 from otp.models import Delivery, OneTimeCode, Purpose
@@ -28,11 +29,7 @@ from users.models import User
 logger = logging.getLogger(__name__)
 
 HOUR = 3600
-
-
-def _address_key(prefix: str, address: Address) -> str:
-    # Hashed so that Redis holds no addresses in clear.
-    return f"{prefix}:{hashlib.sha256(address.value.encode()).hexdigest()[:32]}"
+REQUEST_ID_HEADER = "otp_request_id"
 
 
 # --- Issuing ----------------------------------------------------------------------------------
@@ -40,18 +37,18 @@ def _address_key(prefix: str, address: Address) -> str:
 
 def code_send_throttle(*, address: Address) -> None:
     """Per-address limits, counted for every request, account or not, so throttling reveals nothing."""
-    wait = cooldown_acquire(key=_address_key("otp:cooldown", address), seconds=settings.OTP_RESEND_COOLDOWN_SECONDS)
+    wait = cooldown_acquire(key=address_cache_key("otp:cooldown", address), seconds=settings.OTP_RESEND_COOLDOWN_SECONDS)
     if wait:
         raise RateLimited(wait)
-    wait = window_hit(key=_address_key("otp:sends", address), limit=settings.OTP_SENDS_PER_HOUR, window=HOUR)
+    wait = window_hit(key=address_cache_key("otp:sends", address), limit=settings.OTP_SENDS_PER_HOUR, window=HOUR)
     if wait:
         raise RateLimited(wait)
 
 
 def code_send_throttle_release(*, address: Address) -> None:
     """Give back what code_send_throttle took, when no code could be sent for a reason not the user's."""
-    cache.delete(_address_key("otp:cooldown", address))
-    window_unhit(key=_address_key("otp:sends", address), window=HOUR)
+    cache.delete(address_cache_key("otp:cooldown", address))
+    window_unhit(key=address_cache_key("otp:sends", address), window=HOUR)
 
 
 def code_request(*, address: Address, purpose: Purpose) -> None:
@@ -63,6 +60,7 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
     code_send_throttle(address=address)
     try:
         code_issue(address=address, purpose=purpose)
+        metric_count("otp_codes_issued_total", channel=address.channel.value, purpose=purpose)
     except (DependencyUnavailable, DatabaseError):
         # An outage is not the user's doing: they may ask again as soon as it is over.
         code_send_throttle_release(address=address)
@@ -97,6 +95,7 @@ def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
             queue=delivery.channel,
             # What Celery's logs and events show instead of the arguments: never the code.
             kwargsrepr=repr({"delivery_id": delivery.id, "code": "<hidden>"}),
+            headers={REQUEST_ID_HEADER: request_id_current()},
         )
     except kombu.exceptions.OperationalError as exc:
         # The code exists only in this process now: record that it was never sent and tell the caller.
@@ -122,15 +121,18 @@ def token_pair_issue(*, user: User) -> TokenPair:
 
 def code_verify(*, address: Address, code: str) -> TokenPair:
     """Trade a valid code for tokens. Every failure looks the same; each one spends the address's hourly budget."""
-    failures_key = _address_key("otp:failures", address)
+    failures_key = address_cache_key("otp:failures", address)
     # Counted before the check and given back on success, so parallel guesses cannot overshoot the budget.
     wait = window_hit(key=failures_key, limit=settings.OTP_MAX_FAILURES_PER_HOUR, window=HOUR)
     if wait:
+        metric_count("otp_codes_verified_total", result="throttled")
         raise RateLimited(wait)
     user = _code_consume(address=address, code=code)
     if user is None:
+        metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
     window_unhit(key=failures_key, window=HOUR)
+    metric_count("otp_codes_verified_total", result="success")
     return token_pair_issue(user=user)
 
 
@@ -199,6 +201,12 @@ def _delivery_update(delivery_id: int, **fields) -> None:
     Delivery.objects.filter(id=delivery_id).update(updated_at=timezone.now(), **fields)
 
 
+def _delivery_finish(delivery: Delivery, status: str, **fields) -> None:
+    """Record a delivery's final state (sent or failed) and count it."""
+    _delivery_update(delivery.id, status=status, lease_until=None, **fields)
+    metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
+
+
 def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
 
@@ -227,8 +235,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         raise DeliveryRetry(max(0.5, (held - now).total_seconds() + 0.5))
 
     if delivery.purpose == Purpose.LOGIN and user_get_by_address(address=Address(delivery.address, delivery.channel)) is None:
-        _delivery_update(delivery_id, status=Delivery.Status.FAILED, last_error="No account for this address: not sent.",
-                         lease_until=None)
+        _delivery_finish(delivery, Delivery.Status.FAILED, last_error="No account for this address: not sent.")
         return
 
     render = email_message_render if delivery.channel == "email" else sms_message_render
@@ -236,20 +243,21 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         provider_id = sender_for(delivery.channel).send(to=delivery.address, message=render(code=code))
     except SendPermanentError as exc:
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
-        _delivery_update(delivery_id, status=Delivery.Status.FAILED, last_error=str(exc)[:1000], lease_until=None)
+        _delivery_finish(delivery, Delivery.Status.FAILED, last_error=str(exc)[:1000])
         return
     except SendTransientError as exc:
         countdown = delivery_retry_countdown(retries_done=retries_done)
         give_up = (retries_done >= settings.OTP_SEND_MAX_RETRIES
                    or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
         logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
-        _delivery_update(delivery_id, status=Delivery.Status.FAILED if give_up else Delivery.Status.QUEUED,
-                         last_error=str(exc)[:1000], lease_until=None)
-        if not give_up:
-            raise DeliveryRetry(countdown) from exc
-        return
-    _delivery_update(delivery_id, status=Delivery.Status.SENT, provider_id=provider_id, sent_at=timezone.now(),
-                     lease_until=None, last_error="")
+        if give_up:
+            _delivery_finish(delivery, Delivery.Status.FAILED, last_error=str(exc)[:1000])
+            return
+        _delivery_update(delivery_id, status=Delivery.Status.QUEUED, last_error=str(exc)[:1000], lease_until=None)
+        metric_count("otp_delivery_retries_total", channel=delivery.channel)
+        raise DeliveryRetry(countdown) from exc
+    _delivery_finish(delivery, Delivery.Status.SENT, provider_id=provider_id, sent_at=timezone.now(), last_error="")
+    logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
 
 
 # Twilio's message states, folded into ours.

@@ -1,16 +1,20 @@
 """Celery tasks: thin wrappers that take ids and plain values and call a service. Safe to run twice."""
 from celery import shared_task
 
+from core.observability import request_id_bound, request_id_current
 from otp import services
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def delivery_send_task(self, delivery_id: int, code: str) -> None:
-    try:
-        services.delivery_send(delivery_id=delivery_id, code=code, retries_done=self.request.retries)
-    except services.DeliveryRetry as exc:
-        # The service bounds the number of tries and keeps them inside the code's life.
-        raise self.retry(countdown=exc.countdown, max_retries=None) from exc
+    # The id of the request that issued the code travels as a message header, so this job's lines carry it.
+    with request_id_bound(getattr(self.request, services.REQUEST_ID_HEADER, None)):
+        try:
+            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=self.request.retries)
+        except services.DeliveryRetry as exc:
+            # The service bounds the number of tries and keeps them inside the code's life.
+            raise self.retry(countdown=exc.countdown, max_retries=None,
+                             headers={services.REQUEST_ID_HEADER: request_id_current()}) from exc
 
 
 @shared_task(ignore_result=True)

@@ -2,7 +2,7 @@
 import http.client
 import json
 import os
-import signal
+import re
 
 import pytest
 import requests
@@ -37,9 +37,29 @@ def test_email_round_trip_through_nginx(stack, inbox):
     assert logout.status_code == 205 and logout.content == b""
     assert post(stack, "/token/refresh/", {"refresh": new["refresh"]}).status_code == 401
 
-    # The request id nginx made reached the API's log line for this request.
-    request_ids = [line.rsplit("rid=", 1)[1] for line in stack.log("api").splitlines() if "/logout/" in line]
-    assert request_ids and len(request_ids[-1]) == 32
+    # The API's log is JSON lines, its access line carries the request id nginx made.
+    access = [json.loads(line) for line in stack.log("api").splitlines() if line.startswith("{")]
+    logouts = [entry for entry in access if entry.get("path") == "/logout/"]
+    assert logouts and re.fullmatch(r"[0-9a-f]{32}", logouts[-1]["request_id"])
+
+    # No process wrote the code or a token to its log.
+    for name in ("api", "worker-email", "worker-sms", "beat", "nginx-access", "nginx-error"):
+        log = stack.log(name)
+        for secret in (code, tokens["access"], tokens["refresh"], new["access"], new["refresh"]):
+            assert secret not in log, f"{name} logged a secret"
+
+
+def test_the_request_id_follows_the_code_into_the_worker(stack, inbox):
+    response = post(stack, "/register/", {"email": "traced@example.com"})
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # made by nginx, passed through the API
+    inbox.wait_for_message("traced@example.com")
+
+    def sent_line():
+        entries = [json.loads(line) for line in stack.log("worker-email").splitlines() if line.startswith("{")]
+        return [e for e in entries if e["request_id"] == request_id and "sent by email" in e["message"]]
+
+    assert wait_for(sent_line, message="the worker's log line for this request")
 
 
 def test_sms_round_trip_through_nginx(stack, sms):

@@ -43,6 +43,10 @@ def test_email_round_trip(inbox):
     assert delivery.attempts == 1 and delivery.provider_id and delivery.sent_at
     assert code not in repr(Delivery.objects.values().get())
 
+    # The worker's count reached the same metrics the API serves.
+    metrics = APIClient().get("/metrics").content.decode()
+    assert 'otp_deliveries_total{channel="email",status="sent"} 1' in metrics
+
 
 def test_sms_round_trip_through_the_twilio_client(sms):
     assert post("/register/", {"mobile": "415 555 2671"}).status_code == 202
@@ -76,6 +80,7 @@ def test_twilio_429_and_500_are_retried_until_delivered_once(sms):
     message = sms.wait_for_message("+14155552672")
     delivery = delivery_in_state("+14155552672", "sent")
     assert delivery.attempts == 3 and len(sms.requests) == 3 and len(sms.to("+14155552672")) == 1
+    assert 'otp_delivery_retries_total{channel="sms"} 2' in APIClient().get("/metrics").content.decode()
     assert post("/verify-otp/", {"mobile": "+14155552672", "code": code_from_sms(message)}).status_code == 200
 
 

@@ -1,0 +1,118 @@
+"""Prometheus metrics kept in Redis, so every API process and every worker adds to one set of figures.
+
+Counters and histograms are fields of one Redis hash, updated with HINCRBYFLOAT in a single pipeline per
+event; /metrics reads them back (plus queue depths from the broker) in Prometheus' text format. Without
+REDIS_URL (the quick local run) they are kept in this process.
+"""
+import threading
+from collections import defaultdict
+
+import redis
+from django.conf import settings
+
+HASH_KEY = "otp:metrics"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# name -> (type, help); every metric the service records, in one place.
+METRICS = {
+    "http_requests_total": ("counter", "HTTP requests answered by the API, by method, route and status."),
+    "http_request_duration_seconds": ("histogram", "Time the API took to answer, by route."),
+    "otp_codes_issued_total": ("counter", "Codes issued, by channel and purpose."),
+    "otp_codes_verified_total": ("counter", "Verify attempts, by result (success, failure, throttled)."),
+    "otp_deliveries_total": ("counter", "Deliveries that reached a final state, by channel and status."),
+    "otp_delivery_retries_total": ("counter", "Transient delivery failures that were retried, by channel."),
+}
+
+
+def _field(name: str, labels: dict, le: str | None = None) -> str:
+    pairs = [f'{key}="{value}"' for key, value in sorted(labels.items())]
+    if le is not None:
+        pairs.append(f'le="{le}"')  # always last, so buckets sort by bound (see _bucket_order)
+    return name + "|" + ",".join(pairs)
+
+
+class _LocalStore:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, float] = defaultdict(float)
+
+    def add(self, increments: dict[str, float]) -> None:
+        with self.lock:
+            for field, amount in increments.items():
+                self.values[field] += amount
+
+    def read(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.values)
+
+
+class _RedisStore:
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+    def add(self, increments: dict[str, float]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrbyfloat(HASH_KEY, field, amount)
+        pipe.execute()
+
+    def read(self) -> dict[str, float]:
+        return {field.decode(): float(value) for field, value in self.client.hgetall(HASH_KEY).items()}
+
+
+_store = None
+_store_lock = threading.Lock()
+
+
+def _get_store():
+    global _store
+    with _store_lock:
+        if _store is None:
+            _store = _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _LocalStore()
+        return _store
+
+
+def metric_count(name: str, amount: float = 1, **labels) -> None:
+    """Add to a counter. Metrics never fail a request or a job: a Redis hiccup loses a count, nothing more."""
+    try:
+        _get_store().add({_field(name, labels): amount})
+    except redis.RedisError:
+        pass
+
+
+def metric_observe(name: str, seconds: float, **labels) -> None:
+    increments = {_field(f"{name}_count", labels): 1, _field(f"{name}_sum", labels): seconds}
+    # Every bucket whose bound is at or above the value counts it: Prometheus' cumulative buckets, as stored.
+    # The others get 0, so that every bucket exists from the first observation on.
+    for bound in LATENCY_BUCKETS:
+        increments[_field(f"{name}_bucket", labels, le=str(bound))] = 1 if seconds <= bound else 0
+    increments[_field(f"{name}_bucket", labels, le="+Inf")] = 1
+    try:
+        _get_store().add(increments)
+    except redis.RedisError:
+        pass
+
+
+def metrics_render(*, queue_depths: dict[str, int]) -> str:
+    """Prometheus text format 0.0.4."""
+    values = _get_store().read()
+    lines = []
+    for name, (kind, help_text) in METRICS.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        prefixes = ([name] if kind == "counter" else [f"{name}_bucket", f"{name}_sum", f"{name}_count"])
+        for prefix in prefixes:
+            samples = sorted((field, value) for field, value in values.items() if field.split("|")[0] == prefix)
+            if prefix.endswith("_bucket"):
+                samples.sort(key=_bucket_order)
+            lines += [f"{prefix}{{{field.split('|', 1)[1]}}} {value:g}" for field, value in samples]
+    lines += ["# HELP otp_queue_depth Jobs waiting in each broker queue.", "# TYPE otp_queue_depth gauge"]
+    lines += [f'otp_queue_depth{{queue="{queue}"}} {depth}' for queue, depth in sorted(queue_depths.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _bucket_order(sample: tuple[str, float]) -> tuple[str, float]:
+    labels, _, le = sample[0].rpartition(',le="')
+    if not labels:  # a histogram without labels of its own
+        labels, _, le = sample[0].rpartition('le="')
+    le = le.rstrip('"')
+    return labels, float("inf") if le == "+Inf" else float(le)

@@ -1,0 +1,41 @@
+"""Print what the service knows of an address: account, recent codes, deliveries and throttles."""
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from otp.addresses import email_normalize, mobile_normalize
+from otp.selectors import address_state_get
+
+
+class Command(BaseCommand):
+    help = "Show an address's account, pending and recent codes (never the code itself), deliveries and throttles."
+
+    def add_arguments(self, parser):
+        parser.add_argument("address", help="An email address or a mobile number.")
+
+    def handle(self, *args, address: str, **options):
+        try:
+            normalized = email_normalize(address) if "@" in address else mobile_normalize(address)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        state = address_state_get(address=normalized)
+        now = timezone.now()
+        out = self.stdout.write
+        out(f"Address: {normalized.value} ({normalized.channel.value})")
+        out(f"Account: {f'user {state.user.pk}, joined {state.user.date_joined:%Y-%m-%d %H:%M}' if state.user else 'none'}")
+        out(f"Throttles: cooldown {state.cooldown_seconds_left}s left, {state.sends_this_hour} sends "
+            f"and {state.failures_this_hour} wrong codes this hour")
+        out("Codes (newest first):")
+        for code in state.codes:
+            life = "expired" if code.expires_at <= now else f"{int((code.expires_at - now).total_seconds())}s left"
+            out(f"  {code.created_at:%Y-%m-%d %H:%M:%S}  {code.purpose:<8} {code.status:<10} "
+                f"attempts {code.attempts}  {life}")
+        if not state.codes:
+            out("  none")
+        out("Deliveries (newest first):")
+        for delivery in state.deliveries:
+            out(f"  {delivery.created_at:%Y-%m-%d %H:%M:%S}  {delivery.channel:<5} {delivery.status:<7} "
+                f"attempts {delivery.attempts}  provider {delivery.provider_id or '-'} "
+                f"{delivery.provider_status or ''}  {delivery.last_error}")
+        if not state.deliveries:
+            out("  none")

@@ -1,0 +1,126 @@
+"""What operators and support staff see: metrics, request ids, JSON logs, admin pages, commands, the front end."""
+import io
+import json
+import logging
+import re
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from core.observability import JsonFormatter, RequestIdFilter, request_id_bound
+from otp.models import Delivery, OneTimeCode
+from users.models import User
+
+
+def post(client, path, body, **extra):
+    return client.post(path, data=json.dumps(body), content_type="application/json", **extra)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    le = labels.pop("le", None)
+    pairs = [f'{key}="{value}"' for key, value in sorted(labels.items())] + ([f'le="{le}"'] if le else [])
+    wanted = ",".join(pairs)
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_move_when_codes_are_issued_and_verified(fixed_code):
+    client = APIClient()
+    assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
+    assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code == 400
+    assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = response.content.decode()
+    assert metric(text, "otp_codes_issued_total", channel="email", purpose="register") == 1
+    assert metric(text, "otp_codes_verified_total", result="failure") == 1
+    assert metric(text, "otp_codes_verified_total", result="success") == 1
+    assert metric(text, "http_requests_total", method="POST", route="register/", status="202") == 1
+    assert metric(text, "http_request_duration_seconds_count", route="verify-otp/") == 2
+    assert metric(text, "http_request_duration_seconds_bucket", route="verify-otp/", le="+Inf") == 2
+    assert metric(text, "otp_queue_depth", queue="email") == 1  # no worker here: the job waits in Redis
+    buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('http_request_duration_seconds_bucket{route="register/"')]
+    assert buckets == sorted(buckets) and len(buckets) == 11  # cumulative, +Inf last
+
+
+def test_request_id_is_echoed_or_made():
+    client = APIClient()
+    given = client.get("/healthz", HTTP_X_REQUEST_ID="abc-123")
+    assert given["X-Request-ID"] == "abc-123"
+    made = client.get("/healthz", HTTP_X_REQUEST_ID="bad id\nwith newline")
+    assert re.fullmatch(r"[0-9a-f]{32}", made["X-Request-ID"])
+
+
+def test_log_lines_are_json_with_the_request_id():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.json")
+    logger.addHandler(handler)
+    try:
+        with request_id_bound("req-42"):
+            logger.warning("delivery %s failed", 7)
+        logger.warning("outside")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "delivery 7 failed" and first["request_id"] == "req-42" and first["level"] == "warning"
+    assert second["request_id"] == "-"
+
+
+@pytest.mark.django_db
+def test_admin_pages_never_show_a_code(fixed_code):
+    post(APIClient(), "/register/", {"email": "alice@example.com"})
+    admin = User.objects.create_superuser(email="admin@example.com", password="a-long-admin-password")
+    client = APIClient()
+    client.force_login(admin)
+    code = OneTimeCode.objects.get()
+    delivery = Delivery.objects.get()
+    pages = ["/admin/otp/onetimecode/", f"/admin/otp/onetimecode/{code.pk}/change/", "/admin/otp/delivery/",
+             f"/admin/otp/delivery/{delivery.pk}/change/", "/admin/otp/delivery/?status__exact=queued&channel__exact=email",
+             "/admin/otp/delivery/?q=alice", "/admin/users/user/"]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code == 200, page
+        assert fixed_code[0] not in response.content.decode(), page
+    assert "alice@example.com" in client.get("/admin/otp/delivery/?q=alice").content.decode()
+
+
+@pytest.mark.django_db
+def test_user_create_and_address_status_commands(fixed_code):
+    out = io.StringIO()
+    call_command("user_create", "--email", " Bob@Example.com ", stdout=out)
+    assert "Created user" in out.getvalue()
+    assert User.objects.get().email == "bob@example.com"
+    post(APIClient(), "/login/", {"email": "bob@example.com"})
+    out = io.StringIO()
+    call_command("address_status", "BOB@example.com", stdout=out)
+    text = out.getvalue()
+    assert "Account: user" in text and "login" in text and "active" in text and "queued" in text
+    assert re.search(r"cooldown (2\d|30)s left, 1 sends", text)
+    assert fixed_code[0] not in text
+    with pytest.raises(Exception, match="already exists"):
+        call_command("user_create", "--email", "bob@example.com", stdout=io.StringIO())
+
+
+def test_home_page_is_served_and_cacheable():
+    response = APIClient().get("/home/")
+    assert response.status_code == 200 and b'id="send-code"' in response.content
+    assert "public" in response["Cache-Control"] and "max-age=300" in response["Cache-Control"]
+
+
+def test_schema_validates_against_openapi_3():
+    out = io.StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", stdout=out)
+    paths = json.loads(out.getvalue())["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert operation.get("summary") or path in ("/healthz", "/readyz"), (method, path)
+            assert operation["responses"], (method, path)
