@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
 
-.PHONY: run test up down install install-test migrate nginx chromium clean
+.PHONY: run test bench up down install install-test migrate nginx chromium wrk clean
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
 run: export DEBUG ?= true
@@ -16,6 +16,11 @@ run: $(VENV)/.runtime-installed
 # stack behind nginx, and Debian's Chromium for the browser test.
 test: $(VENV)/.test-installed nginx chromium
 	$(BIN)/pytest
+
+# Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx,
+# prints a table and writes bench/results/latest.json and latest.png. About 10 minutes.
+bench: $(VENV)/.bench-installed nginx wrk
+	$(BIN)/python bench/run.py
 
 # The full stack without Docker: migrations, gunicorn, a worker per queue, beat and nginx, from .env and the
 # environment. Returns once /readyz answers 200 through nginx on HTTP_PORT. Logs: var/stack/log/.
@@ -41,6 +46,11 @@ chromium:
 	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "wrk is missing: install Debian's wrk package (as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+
 install: $(VENV)/.runtime-installed
 install-test: $(VENV)/.test-installed
 
@@ -54,6 +64,10 @@ $(VENV)/bin/python:
 $(VENV)/.runtime-installed: requirements.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
+
+$(VENV)/.bench-installed: requirements.txt requirements-test.txt requirements-bench.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@ $(VENV)/.test-installed $(VENV)/.runtime-installed
 
 $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -r requirements-test.txt

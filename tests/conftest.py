@@ -27,9 +27,12 @@ TEST_ENV = {
 def pytest_configure(config):
     for name, value in TEST_ENV.items():
         os.environ.setdefault(name, value)
+    import logging
+
     import django
 
     django.setup()
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at info
 
 
 @pytest.fixture(autouse=True)

@@ -80,7 +80,8 @@ class RequestObservabilityMiddleware:
             metric_count("http_requests_total", method=request.method, route=route, status=response.status_code)
             metric_observe("http_request_duration_seconds", elapsed, route=route)
             # The path only: query strings are not logged, so nothing a client puts there reaches the logs.
-            access_logger.info("request", extra={"method": request.method, "path": request.path,
+            # DEBUG: nginx's access log already has every request with its id; this line costs ~0.7 ms a request.
+            access_logger.debug("request", extra={"method": request.method, "path": request.path,
                                                  "status": response.status_code,
                                                  "duration_ms": round(elapsed * 1000, 2)})
             return response

@@ -1,12 +1,15 @@
-"""Throttle primitives on the shared cache (Redis in every real deployment), so limits hold across processes.
+"""Throttle primitives on Redis, so limits hold across every API process: one Redis operation per check.
 
-A cooldown is one `SET key NX EX` (Django's cache.add). A counter is a fixed window: the key carries
-the window's start, so the wait until it resets is known without asking Redis for a TTL.
+A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one sets it. A counter is a fixed
+window: `INCR` and `EXPIRE ... NX` in one round trip, the key carrying the window's start so the wait until it
+resets needs no TTL lookup. Without REDIS_URL (the quick local run) the same rules run on an in-process dict.
 """
 import math
+import threading
 import time
 
-from django.core.cache import cache
+import redis
+from django.conf import settings
 
 RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
                 "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -18,42 +21,126 @@ def rate_parse(rate: str) -> tuple[int, int]:
     return int(count), RATE_PERIODS[period]
 
 
+class _RedisCounters:
+    def __init__(self, url: str) -> None:
+        # An outage must answer fast (503 through core.exceptions), not hang a request.
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+    def set_once(self, key: str, seconds: int) -> bool:
+        return bool(self.client.set(key, 1, nx=True, ex=seconds))
+
+    def ttl(self, key: str) -> float:
+        return max(0.0, self.client.pttl(key) / 1000)
+
+    def incr(self, key: str, expire: int) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, expire, nx=True)
+        return pipe.execute()[0]
+
+    def decr(self, key: str) -> None:
+        self.client.decr(key)
+
+    def get(self, key: str) -> int:
+        return int(self.client.get(key) or 0)
+
+    def delete(self, key: str) -> None:
+        self.client.delete(key)
+
+
+class _LocalCounters:
+    """The same operations in this process, for a run without Redis (jobs and cache are in-process too)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
+
+    def _live(self, key: str) -> tuple[int, float] | None:
+        entry = self.values.get(key)
+        if entry and entry[1] <= time.time():
+            del self.values[key]
+            return None
+        return entry
+
+    def set_once(self, key: str, seconds: int) -> bool:
+        with self.lock:
+            if self._live(key):
+                return False
+            self.values[key] = (1, time.time() + seconds)
+            return True
+
+    def ttl(self, key: str) -> float:
+        with self.lock:
+            entry = self._live(key)
+            return max(0.0, entry[1] - time.time()) if entry else 0.0
+
+    def incr(self, key: str, expire: int) -> int:
+        with self.lock:
+            value, expires_at = self._live(key) or (0, time.time() + expire)
+            self.values[key] = (value + 1, expires_at)
+            return value + 1
+
+    def decr(self, key: str) -> None:
+        with self.lock:
+            entry = self._live(key)
+            if entry:
+                self.values[key] = (entry[0] - 1, entry[1])
+
+    def get(self, key: str) -> int:
+        with self.lock:
+            entry = self._live(key)
+            return entry[0] if entry else 0
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.values.pop(key, None)
+
+
+_counters = None
+_counters_lock = threading.Lock()
+
+
+def _store():
+    global _counters
+    with _counters_lock:
+        if _counters is None:
+            _counters = _RedisCounters(settings.REDIS_URL) if settings.REDIS_URL else _LocalCounters()
+        return _counters
+
+
 def cooldown_acquire(*, key: str, seconds: int) -> int:
-    """Take the cooldown for `key`; return 0 when taken, else the seconds left on it."""
-    now = time.time()
-    if cache.add(key, now + seconds, timeout=seconds):
+    """Take the cooldown for `key`; return 0 when taken, else the whole seconds left on it."""
+    if _store().set_once(key, seconds):
         return 0
-    held_until = cache.get(key)
-    if held_until is None:  # it lapsed between the two calls: try once more
-        return 0 if cache.add(key, now + seconds, timeout=seconds) else 1
-    return max(1, math.ceil(held_until - now))
+    return max(1, math.ceil(_store().ttl(key)))
+
+
+def cooldown_remaining(*, key: str) -> int:
+    return math.ceil(_store().ttl(key))
+
+
+def cooldown_release(*, key: str) -> None:
+    _store().delete(key)
+
+
+def _window_key(key: str, window: int) -> tuple[str, float]:
+    start = int(time.time() // window) * window
+    return f"{key}:{start}", start
 
 
 def window_hit(*, key: str, limit: int, window: int) -> int:
     """Count one hit in the current window; return 0 while within `limit`, else the seconds to the window's end."""
-    now = time.time()
-    start = int(now // window) * window
-    window_key = f"{key}:{start}"
-    cache.add(window_key, 0, timeout=window + 1)
-    try:
-        count = cache.incr(window_key)
-    except ValueError:  # evicted between add and incr
-        cache.add(window_key, 1, timeout=window + 1)
-        count = 1
+    window_key, start = _window_key(key, window)
+    count = _store().incr(window_key, window + 1)
     if count > limit:
-        return max(1, math.ceil(start + window - now))
+        return max(1, math.ceil(start + window - time.time()))
     return 0
 
 
 def window_unhit(*, key: str, window: int) -> None:
     """Take back one hit counted in the current window (a success that should not use the budget)."""
-    start = int(time.time() // window) * window
-    try:
-        cache.decr(f"{key}:{start}")
-    except ValueError:
-        pass
+    _store().decr(_window_key(key, window)[0])
 
 
 def window_count(*, key: str, window: int) -> int:
-    start = int(time.time() // window) * window
-    return int(cache.get(f"{key}:{start}") or 0)
+    return _store().get(_window_key(key, window)[0])

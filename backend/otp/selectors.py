@@ -1,11 +1,7 @@
 """Reads used by the OTP services and views."""
-import time
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.core.cache import cache
-
-from core.ratelimit import window_count
+from core.ratelimit import cooldown_remaining, window_count
 from otp.addresses import Address, address_cache_key
 from otp.models import Delivery, OneTimeCode
 from users.models import User
@@ -29,12 +25,11 @@ class AddressState:
 
 def address_state_get(*, address: Address, limit: int = 10) -> AddressState:
     """Everything support staff may need about an address; never a code (only hashes exist)."""
-    held_until = cache.get(address_cache_key("otp:cooldown", address))
     return AddressState(
         user=user_get_by_address(address=address),
         codes=list(OneTimeCode.objects.filter(address=address.value).order_by("-created_at")[:limit]),
         deliveries=list(Delivery.objects.filter(address=address.value).order_by("-created_at")[:limit]),
-        cooldown_seconds_left=max(0, round(held_until - time.time())) if held_until else 0,
+        cooldown_seconds_left=cooldown_remaining(key=address_cache_key("otp:cooldown", address)),
         sends_this_hour=window_count(key=address_cache_key("otp:sends", address), window=HOUR),
         failures_this_hour=window_count(key=address_cache_key("otp:failures", address), window=HOUR),
     )

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import kombu.exceptions
 from django.conf import settings
-from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -17,7 +16,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from core.errors import DependencyUnavailable, InvalidCode, RateLimited, TokenRejected
 from core.metrics import metric_count
 from core.observability import request_id_current
-from core.ratelimit import cooldown_acquire, window_hit, window_unhit
+from core.ratelimit import cooldown_acquire, cooldown_release, window_hit, window_unhit
 from otp.addresses import Address, address_cache_key
 from otp.codes import code_generate, code_hash, code_matches
 from otp.messages import email_message_render, sms_message_render
@@ -47,7 +46,7 @@ def code_send_throttle(*, address: Address) -> None:
 
 def code_send_throttle_release(*, address: Address) -> None:
     """Give back what code_send_throttle took, when no code could be sent for a reason not the user's."""
-    cache.delete(address_cache_key("otp:cooldown", address))
+    cooldown_release(key=address_cache_key("otp:cooldown", address))
     window_unhit(key=address_cache_key("otp:sends", address), window=HOUR)
 
 
@@ -160,7 +159,7 @@ def _code_consume(*, address: Address, code: str) -> User | None:
         if otp.purpose != Purpose.REGISTER:
             return None  # the account went away after the login code was sent
         # The account is born here, so addresses nobody verified never fill the users table.
-        user = User.objects.create_user(**{address.user_field: address.value})
+        return User.objects.create_user(**{address.user_field: address.value}, last_login=now)
     user.last_login = now
     user.save(update_fields=["last_login"])
     return user

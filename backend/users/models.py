@@ -13,7 +13,7 @@ class UserManager(BaseUserManager):
             user.set_password(password)
         else:
             user.set_unusable_password()
-        user.full_clean(exclude=["password"])
+        # Callers pass normalised addresses; uniqueness and "at least one" are the database's constraints.
         user.save(using=self._db)
         return user
 

@@ -19,6 +19,7 @@ def post(client, path, body, **extra):
 
 def metric(text: str, name: str, **labels) -> float:
     """The value of one sample in Prometheus text, 0 when absent."""
+    labels = dict(labels)
     le = labels.pop("le", None)
     pairs = [f'{key}="{value}"' for key, value in sorted(labels.items())] + ([f'le="{le}"'] if le else [])
     wanted = ",".join(pairs)
@@ -31,18 +32,23 @@ def metric(text: str, name: str, **labels) -> float:
 @pytest.mark.django_db(transaction=True)
 def test_metrics_move_when_codes_are_issued_and_verified(fixed_code):
     client = APIClient()
+    before = client.get("/metrics").content.decode()  # counters only grow: compare with what came before
     assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
     assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code == 400
     assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
     response = client.get("/metrics")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain; version=0.0.4")
     text = response.content.decode()
-    assert metric(text, "otp_codes_issued_total", channel="email", purpose="register") == 1
-    assert metric(text, "otp_codes_verified_total", result="failure") == 1
-    assert metric(text, "otp_codes_verified_total", result="success") == 1
-    assert metric(text, "http_requests_total", method="POST", route="register/", status="202") == 1
-    assert metric(text, "http_request_duration_seconds_count", route="verify-otp/") == 2
-    assert metric(text, "http_request_duration_seconds_bucket", route="verify-otp/", le="+Inf") == 2
+
+    def grew(name, **labels):
+        return metric(text, name, **labels) - metric(before, name, **labels)
+
+    assert grew("otp_codes_issued_total", channel="email", purpose="register") == 1
+    assert grew("otp_codes_verified_total", result="failure") == 1
+    assert grew("otp_codes_verified_total", result="success") == 1
+    assert grew("http_requests_total", method="POST", route="register/", status="202") == 1
+    assert grew("http_request_duration_seconds_count", route="verify-otp/") == 2
+    assert grew("http_request_duration_seconds_bucket", route="verify-otp/", le="+Inf") == 2
     assert metric(text, "otp_queue_depth", queue="email") == 1  # no worker here: the job waits in Redis
     buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith('http_request_duration_seconds_bucket{route="register/"')]

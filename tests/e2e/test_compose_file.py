@@ -21,7 +21,8 @@ CONTRACT_SETTINGS = {
     "CELERY_WORKER_POOL", "CELERY_WORKER_CONCURRENCY", "CELERY_VISIBILITY_TIMEOUT_SECONDS",
 }
 # Variables only the compose file needs: the containers' own passwords and nginx's upstream address.
-COMPOSE_ONLY = {"POSTGRES_PASSWORD", "POSTGRES_DB", "REDIS_PASSWORD", "REDISCLI_AUTH", "API_UPSTREAM"}
+COMPOSE_ONLY = {"POSTGRES_PASSWORD", "POSTGRES_DB", "REDIS_PASSWORD", "REDISCLI_AUTH", "API_UPSTREAM",
+                "NGINX_ACCESS_LOG"}
 
 
 @pytest.fixture(scope="module")

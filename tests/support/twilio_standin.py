@@ -45,7 +45,8 @@ class TwilioStandIn:
                     status = standin.script.pop(0) if standin.script else 201
                     if match and status == 201:
                         body = {"sid": f"SM{uuid.uuid4().hex}", "account_sid": match["sid"], "to": form.get("To"),
-                                "from": form.get("From"), "body": form.get("Body"), "status": "queued"}
+                                "from": form.get("From"), "body": form.get("Body"), "status": "queued",
+                                "received_at": time.time()}
                         standin.accepted.append(body)
                     elif not match:
                         status = 404

@@ -28,6 +28,7 @@ class Command(BaseCommand):
             "EDGE_SEND_RATE": settings.EDGE_SEND_RATE,
             "EDGE_SEND_BURST": str(settings.EDGE_SEND_BURST),
             "STACK_DIR": str(stack_dir),
+            "NGINX_ACCESS_LOG": str(stack_dir / "log" / "nginx-access.log"),
         }
         out = stack_dir / "nginx"
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,48 @@
+"""The hot endpoints' database work, pinned: a change that adds a query here shows up as a failing test."""
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from users.models import User
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, path, body):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def test_login_and_register_queries(django_assert_num_queries):
+    User.objects.create_user(email="alice@example.com")
+    client = APIClient()
+    # savepoint, supersede older codes, insert the code, insert the delivery record, release
+    with django_assert_num_queries(5):
+        assert post(client, "/login/", {"email": "alice@example.com"}).status_code == 202
+    with django_assert_num_queries(5):
+        assert post(client, "/register/", {"email": "new@example.com"}).status_code == 202
+
+
+def test_verify_queries(django_assert_num_queries, fixed_code):
+    client = APIClient()
+    post(client, "/register/", {"email": "alice@example.com"})
+    # savepoint, lock the code, mark it used, look up the account, create it, release,
+    # then the refresh token's outstanding row (simplejwt)
+    with django_assert_num_queries(7):
+        assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
+
+
+def test_wrong_code_queries(django_assert_num_queries):
+    client = APIClient()
+    post(client, "/register/", {"email": "alice@example.com"})
+    # savepoint, lock the code, count the attempt, release
+    with django_assert_num_queries(4):
+        assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code == 400
+
+
+def test_profile_queries(django_assert_num_queries, fixed_code):
+    client = APIClient()
+    post(client, "/register/", {"email": "alice@example.com"})
+    access = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).json()["access"]
+    with django_assert_num_queries(1):  # the user, from the token's id
+        assert client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {access}").status_code == 200
