@@ -50,6 +50,8 @@ BASE_ENV = {
     "EMAIL_BACKEND": "smtp",
     "EMAIL_HOST": "127.0.0.1",
     "CELERY_WORKER_CONCURRENCY": "32",
+    # Long enough that a backlog drained at bench rates never meets the codes' expiry (which would drop them).
+    "OTP_TTL_SECONDS": "1800",
 }
 os.environ.update(BASE_ENV)
 os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
@@ -294,6 +296,7 @@ def main() -> None:
     users_seed(0, ACCOUNTS)
     stack("down")
     stack("up")
+    extra_processes: list[subprocess.Popen] = []  # workers started outside bin/stack, stopped whatever happens
     try:
         log("ceiling: a bare DRF view doing one INSERT, behind the same nginx and gunicorn")
         results["bare"], bare_steps = sweep("/bench/bare/", "bare", "bare")
@@ -311,6 +314,7 @@ def main() -> None:
         drain = subprocess.Popen([str(REPO / "worker" / "start-worker.sh"), "email,maintenance"],
                                  env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
+        extra_processes.append(drain)
         wait_until(lambda: inbox.count > delivered_before, 60, "the first drained email")
         drain_started = time.monotonic()
         first_count = inbox.count
@@ -420,6 +424,7 @@ def main() -> None:
                                         env={**os.environ, "CELERY_WORKER_CONCURRENCY": "64"},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                        for k in range(processes)]
+            extra_processes.extend(workers)
             wait_until(lambda: len(sms.accepted) - accepted_before >= jobs * 0.99, 300, "the SMS to be sent")
             stamps = sorted(m["received_at"] for m in sms.accepted[accepted_before:])
             # From the first send to the last: worker start-up is not sending.
@@ -431,6 +436,9 @@ def main() -> None:
                 worker.wait(timeout=30)
         sms.latency_seconds = 0.0
     finally:
+        for process in extra_processes:
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
         stack("down")
         controller.stop()
         sms.stop()

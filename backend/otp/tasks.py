@@ -1,8 +1,11 @@
 """Celery tasks: thin wrappers that take ids and plain values and call a service. Safe to run twice."""
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from core.observability import request_id_bound, request_id_current
 from otp import services
+
+DATABASE_RETRY_MAX_SECONDS = 5
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -13,8 +16,15 @@ def delivery_send_task(self, delivery_id: int, code: str) -> None:
             services.delivery_send(delivery_id=delivery_id, code=code, retries_done=self.request.retries)
         except services.DeliveryRetry as exc:
             # The service bounds the number of tries and keeps them inside the code's life.
-            raise self.retry(countdown=exc.countdown, max_retries=None,
-                             headers={services.REQUEST_ID_HEADER: request_id_current()}) from exc
+            countdown = exc.countdown
+        except (OperationalError, InterfaceError):
+            # The database is down: the job would be lost if it failed now. Try again soon; once the code
+            # has expired the service drops the job itself.
+            countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(self.request.retries, 4))
+        else:
+            return
+        raise self.retry(countdown=countdown, max_retries=None,
+                         headers={services.REQUEST_ID_HEADER: request_id_current()})
 
 
 @shared_task(ignore_result=True)
