@@ -11,6 +11,7 @@ import time
 import redis
 from django.conf import settings
 
+HOUR = 3600
 RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
                 "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 

@@ -1,12 +1,10 @@
 """Reads used by the OTP services and views."""
 from dataclasses import dataclass
 
-from core.ratelimit import cooldown_remaining, window_count
+from core.ratelimit import HOUR, cooldown_remaining, window_count
 from otp.addresses import Address, address_cache_key
 from otp.models import Delivery, OneTimeCode
 from users.models import User
-
-HOUR = 3600
 
 
 def user_get_by_address(*, address: Address) -> User | None:

@@ -16,7 +16,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from core.errors import DependencyUnavailable, InvalidCode, RateLimited, TokenRejected
 from core.metrics import metric_count
 from core.observability import request_id_current
-from core.ratelimit import cooldown_acquire, cooldown_release, window_hit, window_unhit
+from core.ratelimit import HOUR, cooldown_acquire, cooldown_release, window_hit, window_unhit
 from otp.addresses import Address, address_cache_key
 from otp.codes import code_generate, code_hash, code_matches
 from otp.messages import email_message_render, sms_message_render
@@ -27,7 +27,6 @@ from users.models import User
 
 logger = logging.getLogger(__name__)
 
-HOUR = 3600
 REQUEST_ID_HEADER = "otp_request_id"
 
 
