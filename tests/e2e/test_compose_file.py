@@ -116,11 +116,11 @@ def test_api_port_agrees_between_gunicorn_healthcheck_and_nginx(services):
 
 
 def test_nginx_renders_the_template_the_native_stack_renders(services):
-    from core.management.commands.nginx_config import PLACEHOLDER
+    from core.management.commands.nginx_config import TEMPLATE_VARIABLE
 
     assert services["nginx"]["volumes"] == ["./nginx/templates:/etc/nginx/templates:ro"]
     template = (REPO_DIR / "nginx" / "templates" / "default.conf.template").read_text()
-    assert set(PLACEHOLDER.findall(template)) == set(services["nginx"]["environment"])
+    assert set(TEMPLATE_VARIABLE.findall(template)) == set(services["nginx"]["environment"])
 
 
 def test_environment_names_are_the_contracts(compose, services):

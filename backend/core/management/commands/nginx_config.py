@@ -6,12 +6,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 NGINX_DIR = settings.REPO_DIR / "nginx"
-PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+TEMPLATE_VARIABLE = re.compile(r"\$\{([A-Z_]+)\}")
 
 
 def template_render(text: str, values: dict[str, str]) -> str:
     """What envsubst does in nginx's image: replace ${NAME} for the given names, leave nginx's $variables alone."""
-    return PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), text)
+    return TEMPLATE_VARIABLE.sub(lambda match: values.get(match[1], match[0]), text)
 
 
 class Command(BaseCommand):
@@ -35,8 +35,8 @@ class Command(BaseCommand):
         for template, target in (("templates/default.conf.template", "default.conf"),
                                  ("native.conf.template", "nginx.conf")):
             rendered = template_render((NGINX_DIR / template).read_text(), values)
-            leftover = PLACEHOLDER.findall(rendered)
+            leftover = TEMPLATE_VARIABLE.findall(rendered)
             if leftover:
-                raise SystemExit(f"nginx template {template} has unknown placeholders: {sorted(set(leftover))}")
+                raise SystemExit(f"nginx template {template} has unknown variables: {sorted(set(leftover))}")
             (out / target).write_text(rendered)
         self.stdout.write(str(out / "nginx.conf"))
