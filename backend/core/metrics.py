@@ -6,6 +6,7 @@ reads them back (plus queue depths from the broker) in Prometheus' text format. 
 REDIS_URL (the quick local run) they are kept in this process.
 """
 import atexit
+import functools
 import threading
 import time
 from collections import defaultdict
@@ -59,7 +60,6 @@ class _RedisStore:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         self.lock = threading.Lock()
         self.pending: dict[str, float] = defaultdict(float)
-        # Made on first use, so in the process that records (a gunicorn or pool worker), never before a fork.
         threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True).start()
         atexit.register(self.flush)
 
@@ -97,16 +97,10 @@ class _RedisStore:
         return {field.decode(): float(value) for field, value in self.client.hgetall(HASH_KEY).items()}
 
 
-_store = None
-_store_lock = threading.Lock()
-
-
+@functools.cache
 def _get_store():
-    global _store
-    with _store_lock:
-        if _store is None:
-            _store = _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _LocalStore()
-        return _store
+    # Made on first use, in the process that records (a gunicorn or pool worker), never before a fork.
+    return _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _LocalStore()
 
 
 def metric_count(name: str, amount: float = 1, **labels) -> None:

@@ -4,6 +4,7 @@ A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one se
 window: `INCR` and `EXPIRE ... NX` in one round trip, the key carrying the window's start so the wait until it
 resets needs no TTL lookup. Without REDIS_URL (the quick local run) the same rules run on an in-process dict.
 """
+import functools
 import math
 import threading
 import time
@@ -47,6 +48,9 @@ class _RedisCounters:
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
+
+    def ping(self) -> None:
+        self.client.ping()
 
 
 class _LocalCounters:
@@ -96,17 +100,19 @@ class _LocalCounters:
         with self.lock:
             self.values.pop(key, None)
 
+    def ping(self) -> None:
+        pass  # in this process: always there
 
-_counters = None
-_counters_lock = threading.Lock()
 
-
+@functools.cache
 def _store():
-    global _counters
-    with _counters_lock:
-        if _counters is None:
-            _counters = _RedisCounters(settings.REDIS_URL) if settings.REDIS_URL else _LocalCounters()
-        return _counters
+    # Made on first use, in the process that uses it (never before a fork).
+    return _RedisCounters(settings.REDIS_URL) if settings.REDIS_URL else _LocalCounters()
+
+
+def store_ping() -> None:
+    """Readiness: raises when the Redis that holds the throttles does not answer."""
+    _store().ping()
 
 
 def cooldown_acquire(*, key: str, seconds: int) -> int:

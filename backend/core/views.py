@@ -1,7 +1,6 @@
 """Liveness and readiness probes, and JSON answers for errors Django raises before a DRF view runs."""
 import logging
 
-from django.core.cache import cache
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -13,6 +12,7 @@ from rest_framework.views import APIView
 from config.celery import app as celery_app
 from core.exceptions import error_body
 from core.metrics import metrics_render
+from core.ratelimit import store_ping
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,7 @@ def _database_check() -> None:
 
 
 def _cache_check() -> None:
-    cache.set("readyz", "1", timeout=5)
-    if cache.get("readyz") != "1":
-        raise RuntimeError("cache did not return what was written")
+    store_ping()  # the Redis that holds the throttles (and the cache)
 
 
 def _broker_check() -> None:

@@ -28,6 +28,7 @@ from users.models import User
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "otp_request_id"
+CODE_EXPIRED_ERROR = "Code expired before it could be sent."
 
 
 # --- Issuing ----------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
         )
     except kombu.exceptions.OperationalError as exc:
         # The code exists only in this process now: record that it was never sent and tell the caller.
-        _delivery_update(delivery.id, status=Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
+        _delivery_finish(delivery, Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
         raise DependencyUnavailable("broker") from exc
 
 
@@ -200,9 +201,11 @@ def _delivery_update(delivery_id: int, **fields) -> None:
 
 
 def _delivery_finish(delivery: Delivery, status: str, **fields) -> None:
-    """Record a delivery's final state (sent or failed) and count it."""
-    _delivery_update(delivery.id, status=status, lease_until=None, **fields)
-    metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
+    """Record a delivery's final state (sent or failed) and count it; a final state is never overwritten."""
+    finished = (Delivery.objects.filter(id=delivery.id, status__in=[Delivery.Status.QUEUED, Delivery.Status.SENDING])
+                .update(status=status, lease_until=None, updated_at=timezone.now(), **fields))
+    if finished:
+        metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
 
 
 def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
@@ -216,10 +219,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
         return
     if delivery.expires_at <= now:
-        Delivery.objects.filter(id=delivery_id, status__in=[Delivery.Status.QUEUED, Delivery.Status.SENDING]).update(
-            status=Delivery.Status.FAILED, last_error="Code expired before it could be sent.", lease_until=None,
-            updated_at=now,
-        )
+        _delivery_finish(delivery, Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
         return
     claimed = (Delivery.objects.filter(id=delivery_id)
                .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
@@ -301,7 +301,7 @@ def delivery_expire_stale() -> int:
     return (Delivery.objects
             .filter(expires_at__lte=now)
             .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
-            .update(status=Delivery.Status.FAILED, last_error="Code expired before it could be sent.",
+            .update(status=Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR,
                     lease_until=None, updated_at=now))
 
 

@@ -256,10 +256,11 @@ def test_healthz_and_readyz(client):
     assert client.get("/readyz").status_code == 200
 
 
-def test_readyz_names_the_dependency_that_fails(client, settings):
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": "redis://127.0.0.1:1/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.2}}}
+def test_readyz_names_the_dependency_that_fails(client, monkeypatch):
+    from core import ratelimit
+
+    dead = ratelimit._RedisCounters("redis://127.0.0.1:1/0")  # nothing listens
+    monkeypatch.setattr(ratelimit, "_store", lambda: dead)
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["failed"] == "cache" and response.json()["code"] == "not_ready"
@@ -268,7 +269,8 @@ def test_readyz_names_the_dependency_that_fails(client, settings):
 def test_redis_outage_is_a_503_json_not_a_500(client, monkeypatch):
     from core import ratelimit
 
-    monkeypatch.setattr(ratelimit, "_counters", ratelimit._RedisCounters("redis://127.0.0.1:1/0"))  # nothing listens
+    dead = ratelimit._RedisCounters("redis://127.0.0.1:1/0")  # nothing listens
+    monkeypatch.setattr(ratelimit, "_store", lambda: dead)
     response = post(client, "/register/", {"email": "alice@example.com"})
     assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
     assert response.has_header("Retry-After")
