@@ -242,7 +242,9 @@ OTP_IP_SEND_RATE = env_rate("OTP_IP_SEND_RATE", "30/min")
 OTP_IP_VERIFY_RATE = env_rate("OTP_IP_VERIFY_RATE", "60/min")
 OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
-OTP_PURGE_BATCH_SIZE = 10_000
+# Each batch is one short transaction (about 0.1 s for 50,000 rows); smaller batches rescan more of the
+# index entries the previous batches left dead: 10,000 took three times as long for a million codes.
+OTP_PURGE_BATCH_SIZE = 50_000
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
 
@@ -367,6 +369,13 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr, "filters": ["request_id"],
                              "formatter": "plain" if DEBUG else "json"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # Our access line (core.observability) replaces Django's: one line per request.
-    "loggers": {"django.request": {"level": "ERROR"}, "django.server": {"level": "WARNING"}},
+    "loggers": {
+        # Our access line (core.observability) replaces Django's: one line per request.
+        "django.request": {"level": "ERROR"}, "django.server": {"level": "WARNING"},
+        # A delivery's one INFO line is otp.services' "sent"; Celery's "received"/"succeeded" lines repeat it and
+        # twilio's client writes eleven lines per SMS. Together they were a sixth of a worker's CPU. Their
+        # warnings and errors still show.
+        "celery.app.trace": {"level": "WARNING"}, "celery.worker.strategy": {"level": "WARNING"},
+        "twilio.http_client": {"level": "WARNING"},
+    },
 }

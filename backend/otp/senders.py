@@ -7,12 +7,15 @@ import secrets
 import smtplib
 import string
 import sys
+import threading
 import uuid
 from functools import lru_cache
 from typing import Protocol
 
 import requests
+from requests.adapters import HTTPAdapter
 from django.conf import settings
+from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail import EmailMultiAlternatives, get_connection
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -53,30 +56,79 @@ def _smtp_code_error(code: int, text: str) -> Exception:
     return (SendTransientError if 400 <= code < 500 else SendPermanentError)(f"SMTP {code}: {text}")
 
 
+_email_connections = threading.local()
+
+
+def _email_connection() -> tuple[BaseEmailBackend, bool]:
+    """This thread's mail connection, kept open from one message to the next, and whether it was already open.
+
+    Opening one (TCP, EHLO, STARTTLS, AUTH, QUIT) cost about as much CPU as the rest of a delivery. A worker
+    therefore holds at most CELERY_WORKER_CONCURRENCY connections to the mail server. Settings that name the
+    server are part of the key, so a changed setting gets a new connection.
+    """
+    key = (settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_HOST_USER,
+           settings.EMAIL_USE_TLS)
+    cached = getattr(_email_connections, "cached", None)
+    if cached is None or cached[0] != key:
+        if cached is not None:
+            _email_connection_drop(cached[1])
+        cached = _email_connections.cached = (key, get_connection(timeout=settings.EMAIL_TIMEOUT))
+    connection = cached[1]
+    was_open = getattr(connection, "connection", None) is not None  # the SMTP backend's socket; others have none
+    return connection, was_open
+
+
+def _email_connection_drop(connection: BaseEmailBackend) -> None:
+    try:
+        connection.close()
+    except OSError:  # smtplib's errors are OSErrors; QUIT on a dead connection may fail, and that is fine
+        pass
+
+
+def _email_send(connection: BaseEmailBackend, *, to: str, message: Message) -> str:
+    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
+    message_id = f"<{_letters(24)}@{domain}>"
+    email = _CodeEmail(
+        subject=message.subject,
+        body=message.text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[to],
+        headers={"Message-ID": message_id},
+        connection=connection,
+    )
+    if message.html:
+        email.attach_alternative(message.html, "text/html")
+    connection.open()  # Django leaves open a connection it did not open itself inside send()
+    email.send(fail_silently=False)
+    return message_id
+
+
+def _email_error(exc: OSError) -> Exception:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, text = next(iter(exc.recipients.values()))
+        return _smtp_code_error(code, text.decode(errors="replace") if isinstance(text, bytes) else str(text))
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _smtp_code_error(exc.smtp_code, str(exc.smtp_error))
+    # Connection refused or dropped, timeout (smtplib's other errors are OSErrors too).
+    return SendTransientError(f"SMTP connection: {exc.__class__.__name__}: {exc}")
+
+
 class EmailSender:
     def send(self, *, to: str, message: Message) -> str:
-        domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
-        message_id = f"<{_letters(24)}@{domain}>"
-        email = _CodeEmail(
-            subject=message.subject,
-            body=message.text,
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=[to],
-            headers={"Message-ID": message_id},
-            connection=get_connection(timeout=settings.EMAIL_TIMEOUT),
-        )
-        if message.html:
-            email.attach_alternative(message.html, "text/html")
+        connection, was_open = _email_connection()
         try:
-            email.send(fail_silently=False)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            raise _smtp_code_error(code, text.decode(errors="replace") if isinstance(text, bytes) else str(text)) from exc
-        except smtplib.SMTPResponseException as exc:
-            raise _smtp_code_error(exc.smtp_code, str(exc.smtp_error)) from exc
-        except OSError as exc:  # connection refused or dropped, timeout (smtplib's other errors are OSErrors too)
-            raise SendTransientError(f"SMTP connection: {exc.__class__.__name__}: {exc}") from exc
-        return message_id
+            try:
+                return _email_send(connection, to=to, message=message)
+            except (smtplib.SMTPServerDisconnected, ConnectionError):
+                if not was_open:
+                    raise
+                # The server dropped the idle connection (servers time them out). That shows before the
+                # message is accepted, so a fresh connection may send it at once.
+                _email_connection_drop(connection)
+                return _email_send(connection, to=to, message=message)
+        except OSError as exc:
+            _email_connection_drop(connection)  # never reuse a connection left in an unknown state
+            raise _email_error(exc) from exc
 
 
 class ConsoleSmsSender:
@@ -88,10 +140,24 @@ class ConsoleSmsSender:
         return f"console-{uuid.uuid4().hex}"
 
 
-@lru_cache(maxsize=1)
+_twilio_client_lock = threading.Lock()
+
+
 def _twilio_client() -> Client:
-    client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
-                    http_client=TwilioHttpClient(timeout=settings.TWILIO_TIMEOUT_SECONDS))
+    # Locked: a worker's threads all start at once, and each would otherwise build a client (and a pool).
+    with _twilio_client_lock:
+        return _twilio_client_build()
+
+
+@lru_cache(maxsize=1)
+def _twilio_client_build() -> Client:
+    http_client = TwilioHttpClient(timeout=settings.TWILIO_TIMEOUT_SECONDS)
+    # twilio keeps min(32, cores + 4) connections (6 here): the other threads of a worker opened, and for
+    # api.twilio.com TLS-handshook, a new connection for every SMS. One kept connection per worker thread.
+    adapter = HTTPAdapter(pool_maxsize=settings.CELERY_WORKER_CONCURRENCY)
+    http_client.session.mount("https://", adapter)
+    http_client.session.mount("http://", adapter)
+    client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
     # Lets a Twilio-compatible gateway, or a test double, answer instead of api.twilio.com.
     client.api.base_url = settings.TWILIO_API_BASE_URL
     return client

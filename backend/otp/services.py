@@ -217,6 +217,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     now = timezone.now()
     delivery = Delivery.objects.filter(id=delivery_id).first()
     if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+        logger.info("delivery %s is %s: this run sends nothing", delivery_id, delivery.status if delivery else "gone")
         return
     if delivery.expires_at <= now:
         _delivery_finish(delivery, Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
@@ -280,11 +281,12 @@ def delivery_status_record(*, provider_id: str, provider_status: str, error_code
 def _batched_delete(queryset, batch_size: int) -> int:
     deleted = 0
     while True:
-        ids = list(queryset.values_list("id", flat=True)[:batch_size])
-        if not ids:
-            return deleted
-        count, _ = OneTimeCode.objects.filter(id__in=ids).delete()  # nothing refers to codes: one DELETE
+        # One statement a batch (DELETE ... WHERE id IN (SELECT id ... LIMIT n)): the ids never travel to
+        # Python. Nothing refers to codes, so Django deletes without collecting related rows first.
+        count, _ = OneTimeCode.objects.filter(id__in=queryset.values("id")[:batch_size]).delete()
         deleted += count
+        if count < batch_size:
+            return deleted
 
 
 def code_purge(*, batch_size: int | None = None) -> int:

@@ -20,6 +20,13 @@ class Inbox:
         self.refused = 0
         self.hold_next_rcpt_seconds = 0.0  # a slow server: the next RCPT is answered only after this long
         self.rcpts_seen: list[str] = []
+        self.sessions = 0  # EHLOs seen: one per connection a client opened
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
@@ -48,6 +55,7 @@ class Inbox:
             self.refused = 0
             self.hold_next_rcpt_seconds = 0.0
             self.rcpts_seen.clear()
+            self.sessions = 0
 
     def to(self, address: str) -> list:
         with self.lock:
@@ -77,4 +85,11 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        if self.controller.loop.is_running():
+            self.controller.stop()
+
+    def restart(self) -> None:
+        """Stop (closing every client's connection) and listen again on the same port."""
         self.controller.stop()
+        self.controller = Controller(self.inbox, hostname=self.controller.hostname, port=self.port)
+        self.controller.start()

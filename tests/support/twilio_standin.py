@@ -12,6 +12,11 @@ from tests.support.waiting import free_port, wait_for
 MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC\w+)/Messages\.json$")
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default 5 drops connections when a worker's threads all connect at once
+
+
 class TwilioStandIn:
     def __init__(self, *, latency_seconds: float = 0.0, host: str = "127.0.0.1") -> None:
         self.lock = threading.Lock()
@@ -19,9 +24,9 @@ class TwilioStandIn:
         self.script: list[int] = []  # statuses to answer before the default 201
         self.requests: list[dict] = []  # every request, accepted or not
         self.accepted: list[dict] = []
+        self.connections = 0  # TCP connections clients opened
         self.port = free_port()
-        self.server = ThreadingHTTPServer((host, self.port), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server((host, self.port), self._handler())
 
     @property
     def base_url(self) -> str:
@@ -31,8 +36,15 @@ class TwilioStandIn:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps connections open, as api.twilio.com does
+
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with standin.lock:
+                    standin.connections += 1
 
             def do_POST(self):
                 match = MESSAGES_PATH.match(self.path)
@@ -77,6 +89,7 @@ class TwilioStandIn:
             self.requests.clear()
             self.accepted.clear()
             self.latency_seconds = 0.0
+            self.connections = 0
 
     def to(self, number: str) -> list[dict]:
         with self.lock:

@@ -1,0 +1,100 @@
+"""The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from otp.messages import Message
+from otp.senders import EmailSender, SendTransientError, TwilioSmsSender, _twilio_client_build
+from tests.support.smtp import SmtpServer
+
+MESSAGE = Message(subject="Your code", text="Your code is 123456.")
+
+
+@pytest.fixture
+def own_smtp_server(settings):
+    server = SmtpServer().start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = server.port
+    yield server
+    server.stop()
+
+
+def test_one_connection_carries_many_messages(own_smtp_server):
+    for n in range(3):
+        EmailSender().send(to=f"user{n}@example.com", message=MESSAGE)
+
+    assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
+        "user0@example.com", "user1@example.com", "user2@example.com"]
+    assert own_smtp_server.inbox.sessions == 1
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_losing_the_message(own_smtp_server):
+    EmailSender().send(to="before@example.com", message=MESSAGE)
+    own_smtp_server.restart()  # closes the connection the sender keeps
+
+    EmailSender().send(to="after@example.com", message=MESSAGE)
+
+    assert len(own_smtp_server.inbox.to("after@example.com")) == 1
+    assert own_smtp_server.inbox.sessions == 2
+
+
+def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(own_smtp_server):
+    EmailSender().send(to="first@example.com", message=MESSAGE)
+    own_smtp_server.inbox.refuse_next = 1
+
+    with pytest.raises(SendTransientError, match="SMTP 451"):
+        EmailSender().send(to="refused@example.com", message=MESSAGE)
+    EmailSender().send(to="third@example.com", message=MESSAGE)
+
+    assert own_smtp_server.inbox.to("refused@example.com") == []
+    assert len(own_smtp_server.inbox.to("third@example.com")) == 1
+    assert own_smtp_server.inbox.sessions == 2
+
+
+def test_a_server_that_is_down_is_a_transient_error(own_smtp_server):
+    EmailSender().send(to="first@example.com", message=MESSAGE)
+    own_smtp_server.stop()
+
+    # The kept connection is dead and no new one can be opened: retried later by the task, not here.
+    with pytest.raises(SendTransientError, match="SMTP connection"):
+        EmailSender().send(to="second@example.com", message=MESSAGE)
+
+
+def test_a_changed_email_setting_gets_a_new_connection(own_smtp_server, settings):
+    other = SmtpServer().start()
+    try:
+        EmailSender().send(to="first@example.com", message=MESSAGE)
+        settings.EMAIL_PORT = other.port
+        EmailSender().send(to="second@example.com", message=MESSAGE)
+        assert len(other.inbox.to("second@example.com")) == 1
+        assert own_smtp_server.inbox.to("second@example.com") == []
+    finally:
+        other.stop()
+
+
+@pytest.fixture
+def twilio_settings(settings, sms):
+    settings.SMS_BACKEND = "twilio"
+    settings.TWILIO_ACCOUNT_SID = "AC" + "1" * 32
+    settings.TWILIO_AUTH_TOKEN = "test-token"
+    settings.TWILIO_FROM_NUMBER = "+14155550100"
+    settings.TWILIO_API_BASE_URL = sms.base_url
+    settings.CELERY_WORKER_CONCURRENCY = 16
+    _twilio_client_build.cache_clear()  # built once per process, from these settings
+    yield sms
+    _twilio_client_build.cache_clear()
+
+
+def test_worker_threads_keep_their_twilio_connections(twilio_settings):
+    # 48 SMS from 16 threads over at most 16 connections. (The pool's size matters for api.twilio.com, where
+    # twilio's own adapter keeps only six HTTPS connections; the stand-in speaks plain HTTP.)
+    sms = twilio_settings
+    sms.latency_seconds = 0.05  # so the 16 sends overlap
+    numbers = [f"+1415555{n:04d}" for n in range(48)]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda number: TwilioSmsSender().send(to=number, message=MESSAGE), numbers))
+
+    assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
+    assert sms.connections <= 16
