@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import kombu.exceptions
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenError
@@ -208,6 +208,24 @@ def _delivery_finish(delivery: Delivery, status: str, **fields) -> None:
         metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
 
 
+def _delivery_claim(*, delivery_id: int, now) -> Delivery | None:
+    """Take a delivery for this run, if it is queued (or its holder's lease lapsed) and its code still lives.
+
+    One `UPDATE ... RETURNING` (PostgreSQL, and SQLite since 3.35) instead of a read and an update: this is
+    the hot path of every delivery. Django's update() cannot return rows, hence the SQL.
+    """
+    as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
+    now_sql, lease_sql = as_sql(now), as_sql(now + timedelta(seconds=settings.OTP_DELIVERY_LEASE_SECONDS))
+    sending, queued = Delivery.Status.SENDING.value, Delivery.Status.QUEUED.value
+    claimed = Delivery.objects.raw(
+        f"UPDATE {Delivery._meta.db_table} SET status = %s, attempts = attempts + 1, updated_at = %s, "
+        "lease_until = %s WHERE id = %s AND expires_at > %s AND (status = %s OR (status = %s AND lease_until < %s)) "
+        "RETURNING *",
+        [sending, now_sql, lease_sql, delivery_id, now_sql, queued, sending, now_sql],
+    )
+    return next(iter(claimed), None)
+
+
 def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
 
@@ -215,23 +233,20 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     crash finds the lease lapsed and takes over.
     """
     now = timezone.now()
-    delivery = Delivery.objects.filter(id=delivery_id).first()
-    if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
-        logger.info("delivery %s is %s: this run sends nothing", delivery_id, delivery.status if delivery else "gone")
-        return
-    if delivery.expires_at <= now:
-        _delivery_finish(delivery, Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
-        return
-    claimed = (Delivery.objects.filter(id=delivery_id)
-               .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
-               .update(status=Delivery.Status.SENDING, attempts=F("attempts") + 1, updated_at=now,
-                       lease_until=now + timedelta(seconds=settings.OTP_DELIVERY_LEASE_SECONDS)))
-    if not claimed:
-        held = Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING).values_list("lease_until", flat=True).first()
-        if held is None:
-            return  # sent or failed meanwhile: nothing left to do
+    delivery = _delivery_claim(delivery_id=delivery_id, now=now)
+    if delivery is None:  # not there to take: find out why
+        delivery = Delivery.objects.filter(id=delivery_id).first()
+        if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+            logger.info("delivery %s is %s: this run sends nothing", delivery_id,
+                        delivery.status if delivery else "gone")
+            return
+        if delivery.expires_at <= now:
+            _delivery_finish(delivery, Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
+            return
+        if delivery.status != Delivery.Status.SENDING:
+            return  # put back in the queue by the run that held it, which scheduled its own retry
         # Another run holds it, or held it and died: look again once its lease has lapsed.
-        raise DeliveryRetry(max(0.5, (held - now).total_seconds() + 0.5))
+        raise DeliveryRetry(max(0.5, (delivery.lease_until - now).total_seconds() + 0.5))
 
     if delivery.purpose == Purpose.LOGIN and user_get_by_address(address=Address(delivery.address, delivery.channel)) is None:
         _delivery_finish(delivery, Delivery.Status.FAILED, last_error="No account for this address: not sent.")
