@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import re
+import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -171,6 +172,9 @@ _database_url = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}
 if not re.match(r"^(postgres|postgresql|pgsql|sqlite)://", _database_url):
     _fail("DATABASE_URL", _database_url.split("@")[-1], "a URL like postgres://user@host:5432/name (unset for SQLite)")
 DATABASES = {"default": environ.Env.db_url_config(_database_url)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and sqlite3.sqlite_version_info < (3, 35):
+    # A delivery is claimed with UPDATE ... RETURNING (otp.services._delivery_claim).
+    _fail("DATABASE_URL", _database_url, f"PostgreSQL, or SQLite 3.35 or later (this Python has {sqlite3.sqlite_version})")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
@@ -210,6 +214,9 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = 10
+# A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
+# NAT may have dropped it without a word, and finding that out would cost a full EMAIL_TIMEOUT.
+EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
 TWILIO_TIMEOUT_SECONDS = 10
 # How long a worker holds a delivery while it talks to the provider: longer than either send's timeout, so
 # two workers never send one code at once, and short, because a redelivered job waits it out after a crash.

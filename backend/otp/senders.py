@@ -3,11 +3,13 @@
 A sender raises SendTransientError when trying again later may work, SendPermanentError when it will not.
 The SMTP details live in EmailSender, the Twilio ones in TwilioSmsSender; settings choose.
 """
+import os
 import secrets
 import smtplib
 import string
 import sys
 import threading
+import time
 import uuid
 from functools import lru_cache
 from typing import Protocol
@@ -59,23 +61,34 @@ def _smtp_code_error(code: int, text: str) -> Exception:
 _email_connections = threading.local()
 
 
-def _email_connection() -> tuple[BaseEmailBackend, bool]:
-    """This thread's mail connection, kept open from one message to the next, and whether it was already open.
+def _email_connection() -> BaseEmailBackend:
+    """This thread's mail connection, kept open from one message to the next.
 
     Opening one (TCP, EHLO, STARTTLS, AUTH, QUIT) cost about as much CPU as the rest of a delivery. A worker
-    therefore holds at most CELERY_WORKER_CONCURRENCY connections to the mail server. Settings that name the
-    server are part of the key, so a changed setting gets a new connection.
+    therefore holds at most CELERY_WORKER_CONCURRENCY connections to the mail server. A kept connection is
+    checked with NOOP before use, so a message is never sent twice because a connection died under it.
+    Settings that name the server are part of the key, so a changed setting gets a new connection.
     """
     key = (settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_HOST_USER,
            settings.EMAIL_USE_TLS)
     cached = getattr(_email_connections, "cached", None)
-    if cached is None or cached[0] != key:
-        if cached is not None:
-            _email_connection_drop(cached[1])
+    if cached is not None and cached[0] != key:
+        _email_connection_drop(cached[1])
+        cached = None
+    if cached is None:
         cached = _email_connections.cached = (key, get_connection(timeout=settings.EMAIL_TIMEOUT))
     connection = cached[1]
-    was_open = getattr(connection, "connection", None) is not None  # the SMTP backend's socket; others have none
-    return connection, was_open
+    smtp = getattr(connection, "connection", None)  # the SMTP backend's open socket; other backends have none
+    if smtp is not None:
+        idle = time.monotonic() - getattr(_email_connections, "last_used", 0.0)
+        try:
+            usable = idle < settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS and smtp.noop()[0] == 250
+        except OSError:  # smtplib's errors are OSErrors: the server closed it (421, or silently)
+            usable = False
+        if not usable:
+            _email_connection_drop(connection)
+    _email_connections.last_used = time.monotonic()
+    return connection
 
 
 def _email_connection_drop(connection: BaseEmailBackend) -> None:
@@ -115,19 +128,12 @@ def _email_error(exc: OSError) -> Exception:
 
 class EmailSender:
     def send(self, *, to: str, message: Message) -> str:
-        connection, was_open = _email_connection()
+        connection = _email_connection()
         try:
-            try:
-                return _email_send(connection, to=to, message=message)
-            except (smtplib.SMTPServerDisconnected, ConnectionError):
-                if not was_open:
-                    raise
-                # The server dropped the idle connection (servers time them out). That shows before the
-                # message is accepted, so a fresh connection may send it at once.
-                _email_connection_drop(connection)
-                return _email_send(connection, to=to, message=message)
+            return _email_send(connection, to=to, message=message)
         except OSError as exc:
-            _email_connection_drop(connection)  # never reuse a connection left in an unknown state
+            # Never reuse a connection left in an unknown state; the task retries the message later.
+            _email_connection_drop(connection)
             raise _email_error(exc) from exc
 
 
@@ -154,7 +160,7 @@ def _twilio_client_build() -> Client:
     http_client = TwilioHttpClient(timeout=settings.TWILIO_TIMEOUT_SECONDS)
     # twilio keeps min(32, cores + 4) connections (6 here): the other threads of a worker opened, and for
     # api.twilio.com TLS-handshook, a new connection for every SMS. One kept connection per worker thread.
-    adapter = HTTPAdapter(pool_maxsize=settings.CELERY_WORKER_CONCURRENCY)
+    adapter = HTTPAdapter(pool_maxsize=max(settings.CELERY_WORKER_CONCURRENCY, min(32, (os.cpu_count() or 1) + 4)))
     http_client.session.mount("https://", adapter)
     http_client.session.mount("http://", adapter)
     client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)

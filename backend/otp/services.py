@@ -243,7 +243,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         if delivery.expires_at <= now:
             _delivery_finish(delivery, Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
             return
-        if delivery.status != Delivery.Status.SENDING:
+        if delivery.status != Delivery.Status.SENDING or delivery.lease_until is None:
             return  # put back in the queue by the run that held it, which scheduled its own retry
         # Another run holds it, or held it and died: look again once its lease has lapsed.
         raise DeliveryRetry(max(0.5, (delivery.lease_until - now).total_seconds() + 0.5))

@@ -29,7 +29,7 @@ def test_one_connection_carries_many_messages(own_smtp_server):
     assert own_smtp_server.inbox.sessions == 1
 
 
-def test_a_connection_the_server_dropped_is_replaced_without_losing_the_message(own_smtp_server):
+def test_a_connection_the_server_dropped_is_found_out_before_the_message_and_replaced(own_smtp_server):
     EmailSender().send(to="before@example.com", message=MESSAGE)
     own_smtp_server.restart()  # closes the connection the sender keeps
 
@@ -98,3 +98,13 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
+
+
+def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, settings):
+    EmailSender().send(to="first@example.com", message=MESSAGE)
+    settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS = 0
+
+    EmailSender().send(to="second@example.com", message=MESSAGE)
+
+    assert len(own_smtp_server.inbox.to("second@example.com")) == 1
+    assert own_smtp_server.inbox.sessions == 2
