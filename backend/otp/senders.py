@@ -15,10 +15,10 @@ from functools import lru_cache
 from typing import Protocol
 
 import requests
-from requests.adapters import HTTPAdapter
 from django.conf import settings
-from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client

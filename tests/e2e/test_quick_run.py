@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.support.processes import REPO_DIR, ManagedProcess
+from tests.support.processes import ManagedProcess
 from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
