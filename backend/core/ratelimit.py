@@ -2,7 +2,8 @@
 
 A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one sets it. A counter is a fixed
 window: `INCR` and `EXPIRE ... NX` in one round trip, the key carrying the window's start so the wait until it
-resets needs no TTL lookup. Without REDIS_URL (the quick local run) the same rules run on an in-process dict.
+resets needs no TTL lookup. A cooldown guarding a counter (the per-address send limits) is one Lua script: one
+round trip where the two would take two. Without REDIS_URL (the quick local run) the same rules run on an in-process dict.
 """
 import functools
 import math
@@ -23,13 +24,27 @@ def rate_parse(rate: str) -> tuple[int, int]:
     return int(count), RATE_PERIODS[period]
 
 
+# KEYS: the cooldown, the counter. ARGV: the cooldown's seconds, the counter's expiry. Returns {1, count} when
+# the cooldown was taken (and the counter counted), {0, milliseconds left on the cooldown} when it was not.
+_COOLDOWN_THEN_INCR = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+    local count = redis.call('INCR', KEYS[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[2], 'NX')
+    return {1, count}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+
+
 class _RedisCounters:
     def __init__(self, url: str) -> None:
         # An outage must answer fast (503 through core.exceptions), not hang a request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        self.cooldown_then_incr_script = self.client.register_script(_COOLDOWN_THEN_INCR)
 
-    def set_once(self, key: str, seconds: int) -> bool:
-        return bool(self.client.set(key, 1, nx=True, ex=seconds))
+    def cooldown_then_incr(self, cooldown_key: str, seconds: int, key: str, expire: int) -> tuple[bool, float]:
+        taken, value = self.cooldown_then_incr_script(keys=[cooldown_key, key], args=[seconds, expire])
+        return (True, value) if taken else (False, max(0.0, value / 1000))
 
     def ttl(self, key: str) -> float:
         return max(0.0, self.client.pttl(key) / 1000)
@@ -67,13 +82,6 @@ class _LocalCounters:
             return None
         return entry
 
-    def set_once(self, key: str, seconds: int) -> bool:
-        with self.lock:
-            if self._live(key):
-                return False
-            self.values[key] = (1, time.time() + seconds)
-            return True
-
     def ttl(self, key: str) -> float:
         with self.lock:
             entry = self._live(key)
@@ -81,9 +89,20 @@ class _LocalCounters:
 
     def incr(self, key: str, expire: int) -> int:
         with self.lock:
-            value, expires_at = self._live(key) or (0, time.time() + expire)
-            self.values[key] = (value + 1, expires_at)
-            return value + 1
+            return self._incr(key, expire)
+
+    def _incr(self, key: str, expire: int) -> int:
+        value, expires_at = self._live(key) or (0, time.time() + expire)
+        self.values[key] = (value + 1, expires_at)
+        return value + 1
+
+    def cooldown_then_incr(self, cooldown_key: str, seconds: int, key: str, expire: int) -> tuple[bool, float]:
+        with self.lock:
+            cooldown = self._live(cooldown_key)
+            if cooldown:
+                return False, max(0.0, cooldown[1] - time.time())
+            self.values[cooldown_key] = (1, time.time() + seconds)
+            return True, self._incr(key, expire)
 
     def decr(self, key: str) -> None:
         with self.lock:
@@ -115,11 +134,16 @@ def store_ping() -> None:
     _store().ping()
 
 
-def cooldown_acquire(*, key: str, seconds: int) -> int:
-    """Take the cooldown for `key`; return 0 when taken, else the whole seconds left on it."""
-    if _store().set_once(key, seconds):
-        return 0
-    return max(1, math.ceil(_store().ttl(key)))
+def cooldown_then_window_hit(*, cooldown_key: str, seconds: int, key: str, limit: int, window: int) -> int:
+    """Take the cooldown, and only then count one hit in `key`'s window; return 0 when both allow it, else the
+    whole seconds to wait: what is left of the cooldown, or of the window once `limit` is passed."""
+    window_key, start = _window_key(key, window)
+    taken, value = _store().cooldown_then_incr(cooldown_key, seconds, window_key, window + 1)
+    if not taken:
+        return max(1, math.ceil(value))
+    if value > limit:
+        return max(1, math.ceil(start + window - time.time()))
+    return 0
 
 
 def cooldown_remaining(*, key: str) -> int:

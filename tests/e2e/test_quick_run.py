@@ -37,12 +37,12 @@ def quick_run(tmp_path):
     server = ManagedProcess("quick-run", [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"], env=env,
                             log_dir=tmp_path).start()
     server.wait_for_log("Quit the server with")
-    yield f"http://127.0.0.1:{port}", server
+    yield f"http://127.0.0.1:{port}", server, env, tmp_path
     server.stop()
 
 
 def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
-    url, server = quick_run
+    url, server, _, _ = quick_run
     assert requests.post(f"{url}/register/", json={"email": "quick@example.com"}, timeout=10).status_code == 202
     code = wait_for(lambda: "To: quick@example.com" in server.log() and code_from_console(server.log(), "quick@example.com"),
                     message="the email on the console")
@@ -54,3 +54,23 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     assert profile.json()["email"] == "quick@example.com"
     # The in-process job recorded its delivery as sent, through the same claim the workers use.
     assert "delivery 1 sent by email" in server.log()
+
+
+def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quick_run):
+    # PostgreSQL issues a code in one statement that SQLite cannot run; the quick run takes the ORM's way.
+    url, _, env, tmp_path = quick_run
+    script = ("from otp.addresses import email_normalize; from otp.models import OneTimeCode; "
+              "from otp.services import code_issue; address = email_normalize('twice@example.com'); "
+              "[code_issue(address=address, purpose='register') for _ in range(2)]; "
+              "print('statuses', sorted(OneTimeCode.objects.filter(address=address.value)"
+              ".values_list('status', flat=True)))")
+    shell = ManagedProcess("quick-shell", [sys.executable, "manage.py", "shell", "-c", script], env=env,
+                           log_dir=tmp_path).start()
+    assert shell.process.wait(timeout=60) == 0, shell.log()
+    assert "statuses ['active', 'superseded']" in shell.log()
+
+    # The send limits live in the server's own process when there is no Redis.
+    first = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
+    again = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
+    assert (first.status_code, again.status_code) == (202, 429)
+    assert 1 <= int(again.headers["Retry-After"]) <= 60

@@ -70,6 +70,23 @@ def test_login_code_for_unknown_account_is_never_sent(email_address, sender):
     assert len(recorder.sent) == 1
 
 
+@pytest.mark.parametrize("account", ["by mobile", "deactivated", "other channel"])
+def test_login_code_goes_only_to_the_active_account_of_that_address(mobile_address, sender, account):
+    # The claim answers whether an active account has the address; the email and mobile columns both count.
+    recorder = sender()
+    if account == "by mobile":
+        User.objects.create_user(mobile=mobile_address.value)
+    elif account == "deactivated":
+        User.objects.create_user(mobile=mobile_address.value, is_active=False)
+    else:
+        User.objects.create_user(email="alice@example.com")
+    delivery = services.code_issue(address=mobile_address, purpose=Purpose.LOGIN)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert (delivery.status == "sent") == (account == "by mobile")
+    assert [to for to, _ in recorder.sent] == ([mobile_address.value] if account == "by mobile" else [])
+
+
 def test_login_for_known_account_issues_a_code(email_address, fixed_code):
     User.objects.create_user(email="alice@example.com")
     services.code_request(address=email_address, purpose=Purpose.LOGIN)
