@@ -6,6 +6,7 @@ or, for open-loop delivery timing, with aiohttp, then prints a table and writes 
 latest.png. Figures are medians of what wrk reports; these machines are shared, so read the ratios.
 """
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ ACCOUNTS = 300_000
 # again only after minutes, so no request meets the resend cooldown (which would answer 429, not the service).
 MAX_RATE = 2_000
 SYNC_RATE = 10  # scenario 2's arrival rate, below the synchronous design's capacity
-WARM_UP_MOBILES = 59_000  # mobile(59_000 + i): numbers no scenario uses within a cooldown of a warm-up
+# mobile(59_000 + i): numbers no scenario uses within a cooldown of a warm-up; 20 fresh ones for each warm-up.
+warm_up_mobiles = itertools.count(59_000, 20)
 STEP_SECONDS = int(os.environ.get("BENCH_STEP_SECONDS", "6"))
 CONNECTIONS = [2, 4, 8, 16, 32, 64]
 WRK_THREADS = 2
@@ -235,7 +237,8 @@ def warm_up(sms) -> None:
     would otherwise carry."""
     wrk("/login/", "login", 8, seconds=3)
     accepted_before = len(sms.accepted)
-    asyncio.run(open_loop(20, 1, lambda i: ("/register/", {"mobile": mobile(WARM_UP_MOBILES + i)}, "")))
+    first = next(warm_up_mobiles)  # numbers of their own each time: two warm-ups may fall within a cooldown
+    asyncio.run(open_loop(20, 1, lambda i: ("/register/", {"mobile": mobile(first + i)}, "")))
     wait_until(lambda: queue_length("email") == 0, 60, "the warm-up's emails to be sent")
     wait_until(lambda: len(sms.accepted) - accepted_before >= 20, 60, "the warm-up's SMS to be sent")
 

@@ -340,8 +340,6 @@ if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://" or BENCH_SYNC_SEND
-# kombu's Redis transport, keeping its redis-py client (core/broker.py); other brokers keep kombu's own.
-CELERY_BROKER_TRANSPORT = "core.broker:Transport" if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True

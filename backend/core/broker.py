@@ -4,6 +4,7 @@ kombu's Redis channel builds a new redis-py client for every publish and every a
 one copies some 170 response callbacks: measured here, a tenth of a worker's CPU and 0.1 ms of each /login/.
 A client is only a handle on the channel's connection pool, and redis-py clients are safe to share between
 threads, so the channel keeps one for as long as it keeps that pool (a fork or a reconnect makes a new pool).
+config/celery.py makes it the transport of redis:// and rediss:// URLs.
 """
 from kombu.transport import redis as kombu_redis
 

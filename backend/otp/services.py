@@ -77,8 +77,9 @@ def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
 
 
 # On PostgreSQL the three writes of an issue are one statement (data-modifying CTEs), so one round trip and no
-# transaction of its own: the hot path of every /login/ and /register/. Its parts see one snapshot, so the
-# UPDATE never sees the code the INSERT adds. Every column is given: the models' defaults are Python's.
+# transaction of its own: the hot path of every /login/ and /register/ (which call it in autocommit; inside
+# an outer transaction its failure aborts that transaction). Its parts see one snapshot, so the UPDATE never
+# sees the code the INSERT adds. Every column is given: the models' defaults are Python's.
 _CODE_STORE_SQL = f"""
 WITH superseded AS (
     UPDATE {OneTimeCode._meta.db_table} SET status = %(superseded)s WHERE address = %(address)s AND status = %(active)s

@@ -21,3 +21,10 @@ def test_a_new_pool_gets_a_new_client():
         channel._disconnect_pools()
         second = channel._create_client()
         assert second is not first and second.connection_pool is channel.pool and second.ping()
+
+
+def test_a_tls_broker_url_keeps_kombus_tls_default():
+    # Registered under the scheme's own name, the transport leaves kombu reading TLS off `rediss://` as before.
+    with app.connection_for_write("rediss://127.0.0.1:6380/0") as connection:
+        assert isinstance(connection.transport, Transport)
+        assert connection.ssl
