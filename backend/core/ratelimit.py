@@ -3,7 +3,8 @@
 A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one sets it. A counter is a fixed
 window: `INCR` and `EXPIRE ... NX` in one round trip, the key carrying the window's start so the wait until it
 resets needs no TTL lookup. A cooldown guarding a counter (the per-address send limits) is one Lua script: one
-round trip where the two would take two. Without REDIS_URL (the quick local run) the same rules run on an in-process dict.
+round trip where the two would take two. Without REDIS_URL (the quick local run) the same rules run on an
+in-process dict.
 """
 import functools
 import math
@@ -141,9 +142,7 @@ def cooldown_then_window_hit(*, cooldown_key: str, seconds: int, key: str, limit
     taken, value = _store().cooldown_then_incr(cooldown_key, seconds, window_key, window + 1)
     if not taken:
         return max(1, math.ceil(value))
-    if value > limit:
-        return max(1, math.ceil(start + window - time.time()))
-    return 0
+    return _window_wait(count=value, limit=limit, start=start, window=window)
 
 
 def cooldown_remaining(*, key: str) -> int:
@@ -159,13 +158,15 @@ def _window_key(key: str, window: int) -> tuple[str, float]:
     return f"{key}:{start}", start
 
 
+def _window_wait(*, count: int, limit: int, start: float, window: int) -> int:
+    """0 while `count` is within `limit`, else the whole seconds to the end of the window that began at `start`."""
+    return max(1, math.ceil(start + window - time.time())) if count > limit else 0
+
+
 def window_hit(*, key: str, limit: int, window: int) -> int:
     """Count one hit in the current window; return 0 while within `limit`, else the seconds to the window's end."""
     window_key, start = _window_key(key, window)
-    count = _store().incr(window_key, window + 1)
-    if count > limit:
-        return max(1, math.ceil(start + window - time.time()))
-    return 0
+    return _window_wait(count=_store().incr(window_key, window + 1), limit=limit, start=start, window=window)
 
 
 def window_unhit(*, key: str, window: int) -> None:
