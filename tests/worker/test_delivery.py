@@ -4,6 +4,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -142,3 +143,22 @@ def test_maintenance_job_runs_on_the_worker(email_address):
     wait_for(lambda: not OneTimeCode.objects.exists(), message="expired codes to be purged")
     stale.refresh_from_db()
     assert stale.status == "failed"
+
+
+def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
+    # Each worker thread keeps its database connection from task to task (CELERY_DB_REUSE_MAX); after the
+    # server ends them all, a job that meets a dead one must drop it and be retried, not fail again and again.
+    for i in range(8):  # every worker thread holds a connection now
+        assert post("/register/", {"email": f"warm{i}@example.com"}).status_code == 202
+    for i in range(8):
+        inbox.wait_for_message(f"warm{i}@example.com")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert cursor.fetchone()[0] >= 1
+    addresses = [f"after{i}@example.com" for i in range(8)]
+    for address in addresses:
+        assert post("/register/", {"email": address}).status_code == 202
+    for address in addresses:
+        inbox.wait_for_message(address, timeout=20)
+    assert all(len(inbox.to(address)) == 1 for address in addresses)
