@@ -2,7 +2,7 @@
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 
 from core.observability import request_id_bound, request_id_current
 from otp import services
@@ -23,9 +23,7 @@ def delivery_send_task(self, delivery_id: int, code: str) -> None:
             countdown = exc.countdown
         except (OperationalError, InterfaceError) as exc:
             # The database is down: the job would be lost if it failed now. Try again soon; once the code
-            # has expired the service drops the job itself. This thread keeps its connection from task to
-            # task (CELERY_DB_REUSE_MAX): drop it, so the retry takes a sound one from the pool.
-            connection.close()
+            # has expired the service drops the job itself.
             countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(self.request.retries, 4))
             logger.warning("delivery %s: database unavailable (%s), trying again in %.1fs", delivery_id,
                            exc.__class__.__name__, countdown)

@@ -146,8 +146,8 @@ def test_maintenance_job_runs_on_the_worker(email_address):
 
 
 def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
-    # Each worker thread keeps its database connection from task to task (CELERY_DB_REUSE_MAX); after the
-    # server ends them all, a job that meets a dead one must drop it and be retried, not fail again and again.
+    # After the server ends every connection the worker holds or keeps in its pool, no job may meet a dead
+    # one and fail for good: each connection is checked as it leaves the pool.
     for i in range(8):  # every worker thread holds a connection now
         assert post("/register/", {"email": f"warm{i}@example.com"}).status_code == 202
     for i in range(8):
