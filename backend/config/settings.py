@@ -179,12 +179,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
     DATABASES["default"]["OPTIONS"].setdefault("options", "-c statement_timeout=5000")
-    # Parameters bound by the server, so PostgreSQL keeps the plan of a statement a connection runs again and
-    # again (psycopg prepares it on its 5th run): the hot statements of /login/ and of a delivery are planned
-    # once per connection, not on every run. Django turns preparing off by default for the sake of poolers; a
-    # PgBouncer in transaction mode needs 1.21 or later, with max_prepared_statements set.
-    DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
-    DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 
 
 REDIS_URL = env_str("REDIS_URL")

@@ -70,14 +70,6 @@ def test_login_code_for_unknown_account_is_never_sent(email_address, sender):
     assert len(recorder.sent) == 1
 
 
-def test_issuing_a_code_runs_a_statement_postgresql_keeps_planned(email_address):
-    for _ in range(6):  # psycopg prepares a statement on its fifth run on a connection
-        services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE position('superseded AS' IN statement) > 0")
-        assert cursor.fetchone()[0] == 1
-
-
 @pytest.mark.parametrize("account", ["by mobile", "deactivated", "other channel"])
 def test_login_code_goes_only_to_the_active_account_of_that_address(mobile_address, sender, account):
     # The claim answers whether an active account has the address; the email and mobile columns both count.
