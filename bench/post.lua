@@ -1,6 +1,7 @@
 -- wrk script: POST a JSON body per request, each for another address, and print one JSON line of results.
--- Arguments: kind (login | verify | bare), first account number, number of accounts to cycle through,
--- number of wrk threads (each thread takes every stride-th account, so no two requests share one).
+-- Arguments: kind (login | verify | bare), the account to start at, the first account and the number of accounts
+-- to cycle through, number of wrk threads (each thread takes every stride-th account, so no two requests share
+-- one).
 local threads = {}
 
 function setup(thread)
@@ -10,16 +11,17 @@ end
 
 function init(args)
   kind = args[1]
-  first = tonumber(args[2])
-  accounts = tonumber(args[3])
-  stride = tonumber(args[4])
+  start = tonumber(args[2])
+  first = tonumber(args[3])
+  accounts = tonumber(args[4])
+  stride = tonumber(args[5])
   n = id
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
 
 function request()
-  local account = (first + n) % accounts
+  local account = first + (start - first + n) % accounts
   n = n + stride
   local body
   if kind == "verify" then
