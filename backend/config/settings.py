@@ -328,7 +328,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # which without a pool meant a new PostgreSQL connection (about 14 % of a worker's CPU) for each delivery.
     DATABASES["default"]["OPTIONS"].setdefault("pool", {
         "min_size": 1,
-        "max_size": CELERY_WORKER_CONCURRENCY + 4,  # a worker's threads, and spare
+        # A worker's threads hold a connection only for their statements, not through a provider's answer
+        # (otp.services._database_connection_release), so a few connections serve many threads.
+        "max_size": min(CELERY_WORKER_CONCURRENCY, 8),
         "timeout": 5,
     })
     # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.

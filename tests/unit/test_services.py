@@ -240,6 +240,23 @@ def test_delivery_is_sent_once_even_when_the_job_runs_twice(email_address, sende
     assert delivery.sent_at is not None and "123456" not in repr(Delivery.objects.values().get())
 
 
+@pytest.mark.django_db(transaction=True)  # outside a transaction, as in a worker
+def test_no_database_connection_is_held_while_the_provider_answers(email_address, sender):
+    recorder = sender()
+    connection_held = []
+
+    def send(**kwargs):
+        connection_held.append(connection.connection is not None)
+        return RecordingSender.send(recorder, **kwargs)
+
+    recorder.send = send
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert connection_held == [False]
+    assert delivery.status == "sent" and delivery.provider_id == "provider-1"
+
+
 def test_transient_failure_asks_for_a_retry_with_backoff(email_address, sender, settings):
     settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 2
     recorder = sender(SendTransientError("SMTP 451"))
