@@ -308,8 +308,8 @@ def _database_connection_release() -> None:
 
     A provider may take seconds to answer. Held through the call, a connection was pinned by every send in
     flight: one 64-thread SMS worker against a 200 ms stand-in kept 84 PostgreSQL connections open, and four
-    such workers wanted more than PostgreSQL's default 100. Inside a transaction (a test's, or an eager run's
-    in one) the connection is not this function's to give back.
+    such workers wanted more than PostgreSQL's default 100. Inside a transaction (a test's, or an eager run
+    inside one) the connection is not this function's to give back.
     """
     if not connection.in_atomic_block:
         connection.close()
