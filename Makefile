@@ -18,7 +18,7 @@ test: $(VENV)/.test-installed nginx chromium
 	$(BIN)/pytest
 
 # Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx,
-# prints a table and writes bench/results/latest.json and latest.png. About 7 minutes.
+# prints a table and writes bench/results/latest.json and latest.png. About 12 minutes.
 bench: $(VENV)/.bench-installed nginx wrk
 	$(BIN)/python bench/run.py
 
