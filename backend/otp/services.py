@@ -119,14 +119,14 @@ def _code_store(*, address: Address, purpose: Purpose, code_hash_hex: str, now, 
 
 
 def _delivery_loaded(**fields) -> Delivery:
-    """A Delivery built from values a statement just wrote or returned, marked as a row of the database.
+    """A Delivery from the values a statement just wrote or returned, loaded as a queryset loads a row: the fields
+    not given are deferred (read from the database if ever used), not filled with defaults.
 
     On the hot paths (issuing, claiming) this replaces a raw queryset's mapping of `RETURNING *` onto the model,
     which cost as much CPU as the rest of the statement.
     """
-    delivery = Delivery(**fields)
-    delivery._state.adding, delivery._state.db = False, connection.alias  # as Model.from_db marks a loaded row
-    return delivery
+    names = [field.attname for field in Delivery._meta.concrete_fields if field.attname in fields]
+    return Delivery.from_db(connection.alias, names, [fields[name] for name in names])
 
 
 def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
@@ -308,10 +308,10 @@ def _database_connection_release() -> None:
 
     A provider may take seconds to answer. Held through the call, a connection was pinned by every send in
     flight: one 64-thread SMS worker against a 200 ms stand-in kept 84 PostgreSQL connections open, and four
-    such workers wanted more than PostgreSQL's default 100. Inside a transaction (a test's, or an eager run
-    inside one) the connection is not this function's to give back.
+    such workers wanted more than PostgreSQL's default 100. Inside a transaction (a test's, an eager run inside
+    one, or a caller's with autocommit off) the connection is not this function's to give back.
     """
-    if not connection.in_atomic_block:
+    if connection.autocommit and not connection.in_atomic_block:
         connection.close()
 
 

@@ -1,4 +1,5 @@
 """The compose file, checked without a Docker engine: it parses, and it runs what the native stack runs."""
+import io
 import re
 import shlex
 from pathlib import Path
@@ -121,6 +122,16 @@ def test_nginx_renders_the_template_the_native_stack_renders(services):
     assert services["nginx"]["volumes"] == ["./nginx/templates:/etc/nginx/templates:ro"]
     template = (REPO_DIR / "nginx" / "templates" / "default.conf.template").read_text()
     assert set(TEMPLATE_VARIABLE.findall(template)) == set(services["nginx"]["environment"])
+
+
+def test_nginx_keeps_its_pid_file_out_of_the_files_bin_stack_owns(tmp_path):
+    # nginx truncates its pid file when it starts; bin/stack polling the same file could read it empty and stop a
+    # healthy stack as "nginx exited during start-up".
+    from django.core.management import call_command
+
+    call_command("nginx_config", str(tmp_path), stdout=io.StringIO())
+    pid_file = re.search(r"^pid (\S+);", (tmp_path / "nginx" / "nginx.conf").read_text(), re.MULTILINE)[1]
+    assert Path(pid_file).parent == tmp_path / "nginx"
 
 
 def test_environment_names_are_the_contracts(compose, services):

@@ -1,10 +1,8 @@
 """A user's round trips through nginx on the native stack, reading codes from the SMTP server and the SMS stand-in."""
 import http.client
-import io
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import requests
@@ -151,16 +149,6 @@ def test_a_second_checkout_runs_beside_and_make_down_stops_exactly_its_own(stack
 
     wait_for(all_gone, timeout=30, message="the second stack's processes to exit")
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200  # the first is untouched
-
-
-def test_nginx_keeps_its_pid_file_out_of_the_files_bin_stack_owns(tmp_path):
-    # nginx truncates its pid file when it starts; bin/stack polling the same file could read it empty and stop a
-    # healthy stack as "nginx exited during start-up".
-    from django.core.management import call_command
-
-    call_command("nginx_config", str(tmp_path), stdout=io.StringIO())
-    pid_file = re.search(r"^pid (\S+);", (tmp_path / "nginx" / "nginx.conf").read_text(), re.MULTILINE)[1]
-    assert Path(pid_file).parent == tmp_path / "nginx"
 
 
 def test_make_up_refuses_a_port_in_use(stack):

@@ -74,3 +74,21 @@ def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quic
     again = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
     assert (first.status_code, again.status_code) == (202, 429)
     assert 1 <= int(again.headers["Retry-After"]) <= 60
+
+
+def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
+    # The claim reads its row through a plain cursor; SQLite gives datetimes back as text, and the retry decision
+    # compares the expiry with timezone.now().
+    _, _, env, tmp_path = quick_run
+    # A queued delivery of its own: code_issue would run the job in-process at once, and it would be sent.
+    script = ("from datetime import timedelta; from django.utils import timezone; from otp.models import Delivery; "
+              "from otp.services import _delivery_claim; "
+              "delivery = Delivery.objects.create(address='claim@example.com', channel='email', purpose='register', "
+              "expires_at=timezone.now() + timedelta(minutes=5)); "
+              "claimed = _delivery_claim(delivery_id=delivery.id, now=timezone.now()); "
+              "print('expiry', type(claimed.expires_at).__name__, claimed.expires_at.utcoffset(), "
+              "claimed.expires_at == delivery.expires_at, claimed.status)")
+    shell = ManagedProcess("quick-claim", [sys.executable, "manage.py", "shell", "-c", script], env=env,
+                           log_dir=tmp_path).start()
+    assert shell.process.wait(timeout=60) == 0, shell.log()
+    assert "expiry datetime 0:00:00 True sending" in shell.log()
