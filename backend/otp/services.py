@@ -1,6 +1,7 @@
 """The rules of the service: issuing, throttling, verifying and delivering codes, and the tokens they buy."""
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -361,8 +362,33 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         _delivery_update(delivery_id, status=Delivery.Status.QUEUED, last_error=str(exc)[:1000], lease_until=None)
         metric_count("otp_delivery_retries_total", channel=delivery.channel)
         raise DeliveryRetry(countdown) from exc
-    _delivery_finish(delivery, Delivery.Status.SENT, provider_id=provider_id, sent_at=timezone.now())
-    logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
+    if _delivery_sent_record(delivery=delivery, provider_id=provider_id):
+        logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
+
+
+# Pauses between tries to record an accepted send: about two seconds in all, well inside the delivery's lease.
+SENT_RECORD_PAUSES = (0.2, 0.5, 1.0)
+
+
+def _delivery_sent_record(*, delivery: Delivery, provider_id: str) -> bool:
+    """Record that the provider accepted the message; False if the database would not take it.
+
+    Never raises a database error: the job would run again and, once its lease lapsed, send the code a second
+    time, and the contract allows a duplicate only when the worker dies between acceptance and record. So the
+    update is tried a few times (on a fresh connection each time), then given up with an error line; the
+    delivery then stays `sending` with the provider's acceptance in the log.
+    """
+    for pause in (*SENT_RECORD_PAUSES, None):
+        try:
+            _delivery_finish(delivery, Delivery.Status.SENT, provider_id=provider_id, sent_at=timezone.now())
+            return True
+        except DatabaseError as exc:
+            _database_connection_release()  # a connection the error broke goes back, and the pool drops it
+            if pause is None:
+                logger.error("delivery %s was accepted by %s (provider id %s) but not recorded: %s", delivery.id,
+                             delivery.channel, provider_id, exc)
+                return False
+            time.sleep(pause)
 
 
 # Twilio's message states, folded into ours.

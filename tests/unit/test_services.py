@@ -1,4 +1,5 @@
 """The service rules, called directly, on the real PostgreSQL and Redis."""
+import threading
 from datetime import timedelta
 
 import pytest
@@ -255,6 +256,49 @@ def test_no_database_connection_is_held_while_the_provider_answers(email_address
     delivery.refresh_from_db()
     assert connection_held == [False]
     assert delivery.status == "sent" and delivery.provider_id == "provider-1"
+
+
+def _pool_held_while_sending(recorder, *, seconds):
+    """Makes the sender take every connection of this process's pool, as a busy worker's other threads would,
+    and give them back `seconds` later: the first try to record the send waits out the pool's timeout."""
+    from psycopg_pool import PoolTimeout
+
+    pool = connection.pool
+
+    def send(**kwargs):
+        held = []
+        while True:
+            try:
+                held.append(pool.getconn(timeout=0.2))
+            except PoolTimeout:
+                break
+        threading.Timer(seconds, lambda: [pool.putconn(conn) for conn in held]).start()
+        return RecordingSender.send(recorder, **kwargs)
+
+    recorder.send = send
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_address, sender):
+    recorder = sender()
+    _pool_held_while_sending(recorder, seconds=6)  # past the first try's 5 s wait, inside the later tries
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # raises nothing: no second run, no resend
+    delivery.refresh_from_db()
+    assert len(recorder.sent) == 1
+    assert (delivery.status, delivery.provider_id) == ("sent", "provider-1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_accepted_send_the_database_never_records_is_not_run_again(email_address, sender, monkeypatch, caplog):
+    monkeypatch.setattr(services, "SENT_RECORD_PAUSES", ())  # one try, so the test does not wait out all of them
+    recorder = sender()
+    _pool_held_while_sending(recorder, seconds=6)
+    delivery = _delivery(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # no database error reaches the task
+    assert len(recorder.sent) == 1
+    assert f"delivery {delivery.id} was accepted by email (provider id provider-1) but not recorded" in caplog.text
+    assert Delivery.objects.get(id=delivery.id).status == "sending"  # waits in the pool until it is given back
 
 
 def test_transient_failure_asks_for_a_retry_with_backoff(email_address, sender, settings):
