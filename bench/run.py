@@ -191,6 +191,13 @@ def process_tree_rss_mb(pid: int) -> dict[int, float]:
     return found
 
 
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) CPU ticks since boot, all cores, from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def queue_length(queue: str) -> int:
     import redis
 
@@ -504,7 +511,7 @@ def main() -> None:
         sms.latency_seconds = 0.2
         stack("up")
         os.killpg(stack_pid("worker-sms"), 15)
-        results["worker_scaling"], results["worker_scaling_errors"] = {}, {}
+        results["worker_scaling"], results["worker_scaling_errors"], results["worker_scaling_cpu_busy"] = {}, {}, {}
         for processes in (1, 2, 4):
             jobs = 1200
             first = accounts.take(jobs)
@@ -516,7 +523,13 @@ def main() -> None:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                        for k in range(processes)]
             extra_processes.extend(workers)
+            wait_until(lambda: len(sms.accepted) > accepted_before, 60, "the first SMS")  # start-up is not sending
+            busy_before, total_before = cpu_times()
             wait_until(lambda: len(sms.accepted) - accepted_before >= jobs * 0.99, 300, "the SMS to be sent")
+            busy_after, total_after = cpu_times()
+            # Whether the cores were the limit: the share of both that was busy while the workers sent.
+            results["worker_scaling_cpu_busy"][str(processes)] = round(
+                (busy_after - busy_before) / max(1, total_after - total_before), 2)
             stamps = sorted(m["received_at"] for m in sms.accepted[accepted_before:])
             # From the first send to the last: worker start-up is not sending.
             rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -527,7 +540,8 @@ def main() -> None:
                 time.sleep(0.2)
             results["worker_scaling_errors"][str(processes)] = jobs - (len(sms.accepted) - accepted_before)
             log(f"{processes} worker process(es): {rate:.1f} SMS/s, "
-                f"{results['worker_scaling_errors'][str(processes)]} not sent")
+                f"{results['worker_scaling_errors'][str(processes)]} not sent, CPU "
+                f"{results['worker_scaling_cpu_busy'][str(processes)]:.0%} busy")
             for worker in workers:
                 os.killpg(worker.pid, 15)
                 worker.wait(timeout=30)
@@ -570,7 +584,8 @@ def report(results: dict) -> None:
          f"p95 {results['delivery']['p95_ms']} ms, p99 {results['delivery']['p99_ms']} ms",
          f"targets 50 / 250 ms; {results['delivery']['errors']} not delivered"),
         ("4  SMS workers 1 / 2 / 4", " / ".join(f"{v}" for v in results["worker_scaling"].values()) + " SMS/s", "",
-         "target 150/s from one"),
+         "target 150/s from one; CPU busy "
+         + " / ".join(f"{v:.0%}" for v in results["worker_scaling_cpu_busy"].values())),
         ("5  /verify-otp/", f"{results['verify']['rps']} req/s",
          f"p50 {results['verify']['p50_ms']} ms, p99 {results['verify']['p99_ms']} ms",
          f"{results['verify']['errors']} errors"),
