@@ -366,7 +366,9 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
 
 
-# Pauses between tries to record an accepted send: about two seconds in all, well inside the delivery's lease.
+# Pauses between tries to record an accepted send. Each try may also wait up to 5 s (the pool's timeout, or the
+# statement timeout), so the tries end within about 22 s: inside the broker's visibility timeout (default 60 s),
+# so no other worker is handed the job meanwhile.
 SENT_RECORD_PAUSES = (0.2, 0.5, 1.0)
 
 
