@@ -278,6 +278,10 @@ RETURNING id, address, channel, purpose, expires_at, EXISTS (
 """
 
 
+# What Django's converters need to turn a returned expires_at into a datetime as the ORM would.
+_EXPIRES_AT_COLUMN = Delivery._meta.get_field("expires_at").get_col(Delivery._meta.db_table)
+
+
 def _delivery_claim(*, delivery_id: int, now) -> Delivery | None:
     """Take a delivery for this run, if it is queued (or its holder's lease lapsed) and its code still lives.
 
@@ -295,9 +299,8 @@ def _delivery_claim(*, delivery_id: int, now) -> Delivery | None:
     if row is None:
         return None
     id_, address, channel, purpose, expires_at, account_exists = row
-    expires_column = Delivery._meta.get_field("expires_at").get_col(Delivery._meta.db_table)
-    for convert in connection.ops.get_db_converters(expires_column):  # SQLite returns text, psycopg a datetime
-        expires_at = convert(expires_at, expires_column, connection)
+    for convert in connection.ops.get_db_converters(_EXPIRES_AT_COLUMN):  # SQLite returns text, psycopg a datetime
+        expires_at = convert(expires_at, _EXPIRES_AT_COLUMN, connection)
     delivery = _delivery_loaded(id=id_, address=address, channel=channel, purpose=purpose, expires_at=expires_at,
                                 status=Delivery.Status.SENDING)
     delivery.account_exists = bool(account_exists)
@@ -309,8 +312,9 @@ def _database_connection_release() -> None:
 
     A provider may take seconds to answer. Held through the call, a connection was pinned by every send in
     flight: with one 64-thread SMS worker sending against a 200 ms stand-in, the database's peak was 84
-    connections (26 without), and four such workers wanted more than PostgreSQL's default 100. Inside a transaction (a test's, an eager run inside
-    one, or a caller's with autocommit off) the connection is not this function's to give back.
+    connections (26 without), and four such workers wanted more than PostgreSQL's default 100. Inside a
+    transaction (a test's, an eager run inside one, or a caller's with autocommit off) the connection is not
+    this function's to give back.
     """
     if connection.autocommit and not connection.in_atomic_block:
         connection.close()

@@ -41,6 +41,15 @@ def quick_run(tmp_path):
     server.stop()
 
 
+def quick_shell(quick_run, name: str, script: str) -> str:
+    """Runs `script` in `manage.py shell` on the quick run's settings and database; returns what it printed."""
+    _, _, env, tmp_path = quick_run
+    shell = ManagedProcess(name, [sys.executable, "manage.py", "shell", "-c", script], env=env,
+                           log_dir=tmp_path).start()
+    assert shell.process.wait(timeout=60) == 0, shell.log()
+    return shell.log()
+
+
 def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     url, server, _, _ = quick_run
     assert requests.post(f"{url}/register/", json={"email": "quick@example.com"}, timeout=10).status_code == 202
@@ -58,16 +67,13 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
 
 def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quick_run):
     # PostgreSQL issues a code in one statement that SQLite cannot run; the quick run takes the ORM's way.
-    url, _, env, tmp_path = quick_run
+    url = quick_run[0]
     script = ("from otp.addresses import email_normalize; from otp.models import OneTimeCode; "
               "from otp.services import code_issue; address = email_normalize('twice@example.com'); "
               "[code_issue(address=address, purpose='register') for _ in range(2)]; "
               "print('statuses', sorted(OneTimeCode.objects.filter(address=address.value)"
               ".values_list('status', flat=True)))")
-    shell = ManagedProcess("quick-shell", [sys.executable, "manage.py", "shell", "-c", script], env=env,
-                           log_dir=tmp_path).start()
-    assert shell.process.wait(timeout=60) == 0, shell.log()
-    assert "statuses ['active', 'superseded']" in shell.log()
+    assert "statuses ['active', 'superseded']" in quick_shell(quick_run, "quick-shell", script)
 
     # The send limits live in the server's own process when there is no Redis.
     first = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
@@ -79,7 +85,6 @@ def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quic
 def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
     # The claim reads its row through a plain cursor; SQLite gives datetimes back as text, and the retry decision
     # compares the expiry with timezone.now().
-    _, _, env, tmp_path = quick_run
     # A queued delivery of its own: code_issue would run the job in-process at once, and it would be sent.
     script = ("from datetime import timedelta; from django.utils import timezone; from otp.models import Delivery; "
               "from otp.services import _delivery_claim; "
@@ -88,7 +93,4 @@ def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
               "claimed = _delivery_claim(delivery_id=delivery.id, now=timezone.now()); "
               "print('expiry', type(claimed.expires_at).__name__, claimed.expires_at.utcoffset(), "
               "claimed.expires_at == delivery.expires_at, claimed.status)")
-    shell = ManagedProcess("quick-claim", [sys.executable, "manage.py", "shell", "-c", script], env=env,
-                           log_dir=tmp_path).start()
-    assert shell.process.wait(timeout=60) == 0, shell.log()
-    assert "expiry datetime 0:00:00 True sending" in shell.log()
+    assert "expiry datetime 0:00:00 True sending" in quick_shell(quick_run, "quick-claim", script)
