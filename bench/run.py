@@ -45,7 +45,6 @@ BASE_ENV = {
     "STACK_DIR": str(STACK_DIR),
     "HTTP_PORT": "18480",
     "API_PORT": "18400",
-    "BENCH_MODE": "true",
     # The load must measure the service, not its guards.
     "OTP_IP_SEND_RATE": "100000000/min",
     "OTP_IP_VERIFY_RATE": "100000000/min",
@@ -66,7 +65,11 @@ BASE_ENV = {
     "OTP_PURGE_INTERVAL_SECONDS": "86400",
 }
 os.environ.update(BASE_ENV)
-os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+# The product's settings plus the bare view and scenario 2's switch (bench/settings.py). Every process started
+# from here (manage.py, bin/stack's gunicorn, workers and beat) only sets a default, so this wins; they run from
+# backend/, so the repository root goes on PYTHONPATH for `bench` to import.
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
 # The start scripts run `celery` from PATH: this interpreter's, i.e. the project's .venv.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 

@@ -302,15 +302,6 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# --- Benchmark switches (bench/run.py only; never set in a deployment) ----------------------------
-
-# Adds the bare one-INSERT view the benchmark measures the API against.
-BENCH_MODE = env_bool("BENCH_MODE", False)
-# Sends inside the request, like the synchronous design this service replaces (scenario 2 of the benchmark).
-BENCH_SYNC_SEND = env_bool("BENCH_SYNC_SEND", False)
-if BENCH_MODE:
-    INSTALLED_APPS.append("benchapp")
-
 # --- Processes and Celery ---------------------------------------------------------------------
 
 API_PORT = env_int("API_PORT", 8000, minimum=1, maximum=65535)
@@ -341,7 +332,7 @@ if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
-CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://" or BENCH_SYNC_SEND
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True

@@ -1,5 +1,4 @@
 """URL map of the whole service."""
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -20,11 +19,6 @@ urlpatterns = [
     # Last: any other path is a JSON 404, even with DEBUG on (Django's debug 404 page is HTML).
     re_path(r"", core_views.not_found),
 ]
-
-if settings.BENCH_MODE:
-    from benchapp.views import BareInsertApi
-
-    urlpatterns.insert(0, path("bench/bare/", BareInsertApi.as_view()))
 
 handler400 = "core.views.bad_request"
 handler403 = "core.views.permission_denied"

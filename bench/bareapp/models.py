@@ -1,4 +1,4 @@
-"""The benchmark's ceiling: a table that one bare view inserts into. Installed only with BENCH_MODE on."""
+"""The benchmark's ceiling: a table that one bare view inserts into. Installed only by bench/settings.py."""
 from django.db import models
 
 
