@@ -1,23 +1,36 @@
 """Prometheus metrics kept in Redis, so every API process and every worker adds to one set of figures.
 
+Why Redis and a custom collector: prometheus_client's multiprocess mode needs one directory shared on one host,
+and our workers run in other containers and hosts, so the figures live in Redis and the library only writes them out.
+
 Counters and histograms are fields of one Redis hash, updated with HINCRBYFLOAT; each process adds up its
 counts and writes them at most once a second (see _RedisStore), so figures lag by up to a second. /metrics
-reads them back (plus queue depths from the broker) in Prometheus' text format. Without
+reads them back through StoreCollector (plus queue depths from the broker), and prometheus_client renders
+them in its text format: names, escaping, HELP and TYPE lines and histogram series are the library's. Without
 REDIS_URL (the quick local run) they are kept in this process.
 """
 import atexit
 import functools
+import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 
 import redis
 from django.conf import settings
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 HASH_KEY = "otp:metrics"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# generate_latest writes the classic text format, 0.0.4. The library's CONTENT_TYPE_LATEST announces 1.0.0, which
+# the body does not need; its own exposition handler also answers 0.0.4 unless the scraper asks for 1.0.0.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-# name -> (type, help); every metric the service records, in one place.
+# name -> (type, help); every metric the service records, in one place. Counter names keep their `_total`:
+# CounterMetricFamily strips it and generate_latest puts it back, so the exposed name is the one written here.
 METRICS = {
     "http_requests_total": ("counter", "HTTP requests answered by the API, by method, route and status."),
     "http_request_duration_seconds": ("histogram", "Time the API took to answer, by route."),
@@ -26,13 +39,28 @@ METRICS = {
     "otp_deliveries_total": ("counter", "Deliveries that reached a final state, by channel and status."),
     "otp_delivery_retries_total": ("counter", "Transient delivery failures that were retried, by channel."),
 }
+QUEUE_DEPTH = ("otp_queue_depth", "Jobs waiting in each broker queue.")
+
+# A stored field is `sample_name|key="value",...`: the name, then the labels sorted by key, values escaped
+# as in Prometheus' text format so that the collector can split them back whatever they hold.
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+_BUCKET_LABELS = tuple(f'le="{bound}"' for bound in LATENCY_BUCKETS)
 
 
-def _field(name: str, labels: dict, le: str | None = None) -> str:
-    pairs = [f'{key}="{value}"' for key, value in sorted(labels.items())]
-    if le is not None:
-        pairs.append(f'le="{le}"')  # always last, so buckets sort by bound (see _bucket_order)
-    return name + "|" + ",".join(pairs)
+def _escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _label_text(labels: dict) -> str:
+    return ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(labels.items()))
+
+
+def _parse_field(field: str) -> tuple[str, dict[str, str]]:
+    name, _, label_text = field.partition("|")
+    labels = {key: re.sub(r"\\.", lambda m: _UNESCAPE.get(m.group(0), m.group(0)), value)
+              for key, value in _LABEL.findall(label_text)}
+    return name, labels
 
 
 class _LocalStore:
@@ -52,7 +80,7 @@ class _LocalStore:
 
 class _RedisStore:
     """Adds up in this process and writes to Redis once per FLUSH_SECONDS from a background thread (and at exit):
-    one pipeline a second instead of a dozen Redis commands per request, which cost about 1 ms a request."""
+    one pipeline a second instead of a dozen Redis commands per request (see docs/performance.md)."""
 
     FLUSH_SECONDS = 1.0
 
@@ -104,40 +132,96 @@ def _get_store():
 
 
 def metric_count(name: str, amount: float = 1, **labels) -> None:
-    """Add to a counter (in memory; see _RedisStore), so metrics never slow or fail a request or a job."""
-    _get_store().add({_field(name, labels): amount})
+    """Add `amount` to the counter `name` (a key of METRICS, `_total` included) for these label values.
+
+    Labels are keyword arguments, label name -> value (any value; str() is exposed). The sum is kept in this
+    process and written to Redis by the store's background flush (see _RedisStore), so metrics never slow or
+    fail a request or a job. Returns None.
+    """
+    _get_store().add({f"{name}|{_label_text(labels)}": amount})
 
 
 def metric_observe(name: str, seconds: float, **labels) -> None:
-    increments = {_field(f"{name}_count", labels): 1, _field(f"{name}_sum", labels): seconds}
-    # Every bucket whose bound is at or above the value counts it: Prometheus' cumulative buckets, as stored.
-    # The others get 0, so that every bucket exists from the first observation on.
-    for bound in LATENCY_BUCKETS:
-        increments[_field(f"{name}_bucket", labels, le=str(bound))] = 1 if seconds <= bound else 0
-    increments[_field(f"{name}_bucket", labels, le="+Inf")] = 1
+    """Record one observation of `seconds` (seconds) in the histogram `name` (a key of METRICS).
+
+    Labels as for metric_count. Adds 1 to `{name}_count`, `seconds` to `{name}_sum` and 1 to every bucket of
+    LATENCY_BUCKETS whose bound is at or above the value, and to +Inf. Kept in memory like metric_count.
+    Returns None.
+    """
+    text = _label_text(labels)
+    prefix = f"{name}_bucket|{text}," if text else f"{name}_bucket|"
+    increments = {f"{name}_count|{text}": 1, f"{name}_sum|{text}": seconds}
+    # Buckets are stored cumulative, as Prometheus exposes them. The others get 0, so that every bucket exists
+    # from the first observation on.
+    for bound, le in zip(LATENCY_BUCKETS, _BUCKET_LABELS):
+        increments[prefix + le] = 1 if seconds <= bound else 0
+    increments[prefix + 'le="+Inf"'] = 1
     _get_store().add(increments)
 
 
-def metrics_render(*, queue_depths: dict[str, int]) -> str:
-    """Prometheus text format 0.0.4."""
-    values = _get_store().read()
-    lines = []
-    for name, (kind, help_text) in METRICS.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        prefixes = ([name] if kind == "counter" else [f"{name}_bucket", f"{name}_sum", f"{name}_count"])
-        for prefix in prefixes:
-            samples = sorted((field, value) for field, value in values.items() if field.split("|")[0] == prefix)
-            if prefix.endswith("_bucket"):
-                samples.sort(key=_bucket_order)
-            lines += [f"{prefix}{{{field.split('|', 1)[1]}}} {value:g}" for field, value in samples]
-    lines += ["# HELP otp_queue_depth Jobs waiting in each broker queue.", "# TYPE otp_queue_depth gauge"]
-    lines += [f'otp_queue_depth{{queue="{queue}"}} {depth}' for queue, depth in sorted(queue_depths.items())]
-    return "\n".join(lines) + "\n"
+class StoreCollector(Collector):
+    """Reads the metrics store (Redis, or this process without REDIS_URL) into prometheus_client families.
+
+    `queue_depths` maps a broker queue name to the number of jobs waiting in it, read by the caller (an
+    unreachable broker gives an empty mapping and no otp_queue_depth samples).
+    """
+
+    def __init__(self, queue_depths: Mapping[str, int]) -> None:
+        self.queue_depths = queue_depths
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one family per entry of METRICS, in that order, then otp_queue_depth (a gauge per queue)."""
+        samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        for field, value in _get_store().read().items():
+            name, labels = _parse_field(field)
+            samples[name].append((labels, value))
+        for name, (kind, help_text) in METRICS.items():
+            if kind == "counter":
+                yield _counter(name, help_text, samples[name])
+            else:
+                yield _histogram(name, help_text, samples[f"{name}_bucket"], samples[f"{name}_sum"])
+        depth = GaugeMetricFamily(*QUEUE_DEPTH, labels=["queue"])
+        for queue, jobs in sorted(self.queue_depths.items()):
+            depth.add_metric([queue], jobs)
+        yield depth
 
 
-def _bucket_order(sample: tuple[str, float]) -> tuple[str, float]:
-    labels, _, le = sample[0].rpartition(',le="')
-    if not labels:  # a histogram without labels of its own
-        labels, _, le = sample[0].rpartition('le="')
-    le = le.rstrip('"')
-    return labels, float("inf") if le == "+Inf" else float(le)
+def _label_names(label_sets) -> list[str]:
+    # The union, so that a series recorded without some label shows it empty (which Prometheus reads as absent).
+    return sorted({key for labels in label_sets for key in labels})
+
+
+def _counter(name: str, help_text: str, samples) -> CounterMetricFamily:
+    names = _label_names(labels for labels, _ in samples)
+    family = CounterMetricFamily(name, help_text, labels=names)
+    for values, value in sorted(([labels.get(key, "") for key in names], value) for labels, value in samples):
+        family.add_metric(values, value)
+    return family
+
+
+def _histogram(name: str, help_text: str, buckets, sums) -> HistogramMetricFamily:
+    series: dict[tuple, list[tuple[float, str, float]]] = defaultdict(list)
+    for labels, value in buckets:
+        labels = dict(labels)
+        le = labels.pop("le", "+Inf")
+        series[tuple(sorted(labels.items()))].append((float(le), le, value))
+    names = _label_names(dict(key) for key in series)
+    sum_of = {tuple(sorted(labels.items())): value for labels, value in sums}
+    family = HistogramMetricFamily(name, help_text, labels=names)
+    for key in sorted(series, key=lambda key: [dict(key).get(label, "") for label in names]):
+        labels = dict(key)
+        # _count is the +Inf bucket, as the library derives it; both are added in the same flush.
+        family.add_metric([labels.get(label, "") for label in names],
+                          [(le, value) for _, le, value in sorted(series[key])], sum_of.get(key, 0.0))
+    return family
+
+
+def metrics_render(*, queue_depths: Mapping[str, int]) -> bytes:
+    """The /metrics body: every metric of the store plus `queue_depths` (queue name -> jobs waiting).
+
+    Rendered by prometheus_client's generate_latest from a private registry (so no default collector, such as
+    the process or GC ones, joins in); serve it with CONTENT_TYPE. Returns UTF-8 bytes.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(queue_depths))
+    return generate_latest(registry)

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from config.celery import app as celery_app
 from core.exceptions import error_body
+from core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.metrics import metrics_render
 from core.ratelimit import store_ping
 
@@ -89,4 +90,4 @@ def metrics(request):
                 depths = {queue: client.llen(queue) for queue in ("email", "sms", "maintenance")}
         except Exception as exc:  # an unreachable broker must not hide the other figures
             logger.warning("queue depth unavailable: %s", exc)
-    return HttpResponse(metrics_render(queue_depths=depths), content_type="text/plain; version=0.0.4; charset=utf-8")
+    return HttpResponse(metrics_render(queue_depths=depths), content_type=METRICS_CONTENT_TYPE)

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from django.core.management import call_command
+from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from core.observability import JsonFormatter, RequestIdFilter, request_id_bound
@@ -18,14 +19,12 @@ def post(client, path, body, **extra):
 
 
 def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text, 0 when absent."""
-    labels = dict(labels)
-    le = labels.pop("le", None)
-    pairs = [f'{key}="{value}"' for key, value in sorted(labels.items())] + ([f'le="{le}"'] if le else [])
-    wanted = ",".join(pairs)
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{wanted}}} "):
-            return float(line.rsplit(" ", 1)[1])
+    """The value of one sample in Prometheus text, 0 when absent; labels match whatever their order."""
+    wanted = {key: str(value) for key, value in labels.items()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == wanted:
+                return sample.value
     return 0.0
 
 
@@ -50,9 +49,11 @@ def test_metrics_move_when_codes_are_issued_and_verified(fixed_code):
     assert grew("http_request_duration_seconds_count", route="verify-otp/") == 2
     assert grew("http_request_duration_seconds_bucket", route="verify-otp/", le="+Inf") == 2
     assert metric(text, "otp_queue_depth", queue="email") == 1  # no worker here: the job waits in Redis
-    buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('http_request_duration_seconds_bucket{route="register/"')]
-    assert buckets == sorted(buckets) and len(buckets) == 11  # cumulative, +Inf last
+    buckets = [(sample.labels["le"], sample.value) for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "http_request_duration_seconds_bucket" and sample.labels["route"] == "register/"]
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts) and len(buckets) == 11 and buckets[-1][0] == "+Inf"  # cumulative, +Inf last
 
 
 def test_request_id_is_echoed_or_made():
