@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from tests.support.redis_state import redis_flush
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_standin import TwilioStandIn
 
@@ -37,18 +38,12 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def redis_clean():
-    """Each test starts with no throttle state and no queued jobs.
-
-    Kombu's exchange bindings (`_kombu.binding.*`) stay: a publisher that declared its queues once does
-    not declare them again, so deleting them would make later jobs unroutable.
-    """
+    """Each test starts with no throttle state and no queued jobs (kombu's exchange bindings stay)."""
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    stale = [key for key in client.scan_iter("*") if not key.startswith(b"_kombu.binding.")]
-    if stale:
-        client.delete(*stale)
+    redis_flush(client)
     yield client
     client.close()
 

@@ -7,6 +7,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from otp.models import Delivery, OneTimeCode
+from tests.support import factories
+from tests.support.http import post
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -16,10 +18,6 @@ INVALID = {"detail": "Invalid or expired code.", "code": "invalid_code"}
 @pytest.fixture
 def client():
     return APIClient()
-
-
-def post(client, path, body, **extra):
-    return client.post(path, data=json.dumps(body), content_type="application/json", **extra)
 
 
 def sign_in(client, fixed_code, **address):
@@ -80,7 +78,7 @@ def test_other_content_types_are_415_json(client):
 
 
 def test_login_reads_the_same_for_known_and_unknown_accounts(client, redis_clean):
-    User.objects.create_user(email="known@example.com")
+    factories.user(email="known@example.com")
     known = post(client, "/login/", {"email": "known@example.com"})
     unknown = post(client, "/login/", {"email": "unknown@example.com"})
     assert (known.status_code, known.json()) == (unknown.status_code, unknown.json())
@@ -314,8 +312,8 @@ def test_twilio_webhook_rejects_unsigned_and_forged_calls(client, settings):
 
 def test_twilio_webhook_updates_the_delivery(client, settings):
     settings.TWILIO_AUTH_TOKEN = "test-auth-token"
-    delivery = Delivery.objects.create(address="+14155552671", channel="sms", purpose="login", status="sent", provider_id="SM1",
-                                       expires_at=timezone.now())
+    delivery = factories.delivery_row("+14155552671", channel="sms", status="sent", provider_id="SM1",
+                                      expires_at=timezone.now())
     params = {"MessageSid": "SM1", "MessageStatus": "delivered"}
     response = post_form(client, params, HTTP_X_TWILIO_SIGNATURE=_signed(settings, params))
     assert response.status_code == 204 and response.content == b""

@@ -11,11 +11,8 @@ from rest_framework.test import APIClient
 
 from core.observability import JsonFormatter, RequestIdFilter, request_id_bound
 from otp.models import Delivery, OneTimeCode
+from tests.support.http import post
 from users.models import User
-
-
-def post(client, path, body, **extra):
-    return client.post(path, data=json.dumps(body), content_type="application/json", **extra)
 
 
 def metric(text: str, name: str, **labels) -> float:

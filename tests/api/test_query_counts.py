@@ -1,20 +1,15 @@
 """The hot endpoints' database work, pinned: a change that adds a query here shows up as a failing test."""
-import json
-
 import pytest
 from rest_framework.test import APIClient
 
-from users.models import User
+from tests.support import factories
+from tests.support.http import post
 
 pytestmark = pytest.mark.django_db
 
 
-def post(client, path, body):
-    return client.post(path, data=json.dumps(body), content_type="application/json")
-
-
 def test_login_and_register_queries(django_assert_num_queries):
-    User.objects.create_user(email="alice@example.com")
+    factories.user(email="alice@example.com")
     client = APIClient()
     # one statement: supersede older codes, insert the code, insert the delivery record
     with django_assert_num_queries(1):

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.support.env import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER
+from tests.support.http import post
 from tests.support.processes import REPO_DIR
 from tests.support.smtp import SmtpServer, code_from_email
 from tests.support.twilio_standin import TwilioStandIn, code_from_sms
@@ -71,16 +72,14 @@ def compose_url(host_services, docker_services):
 
 def test_round_trip_through_the_compose_stack(compose_url, host_services):
     smtp, twilio = host_services
-    assert requests.post(f"{compose_url}/register/", json={"email": "compose@example.com"}, timeout=10).status_code == 202
+    assert post(compose_url, "/register/", {"email": "compose@example.com"}).status_code == 202
     code = code_from_email(smtp.inbox.wait_for_message("compose@example.com", timeout=60))
-    tokens = requests.post(f"{compose_url}/verify-otp/", json={"email": "compose@example.com", "code": code},
-                           timeout=10).json()
+    tokens = post(compose_url, "/verify-otp/", {"email": "compose@example.com", "code": code}).json()
     profile = requests.get(f"{compose_url}/profile/", headers={"Authorization": f"Bearer {tokens['access']}"},
                            timeout=10)
     assert profile.json()["email"] == "compose@example.com"
 
-    assert requests.post(f"{compose_url}/register/", json={"mobile": "+14155552698"}, timeout=10).status_code == 202
+    assert post(compose_url, "/register/", {"mobile": "+14155552698"}).status_code == 202
     code = code_from_sms(twilio.wait_for_message("+14155552698", timeout=60))
-    assert requests.post(f"{compose_url}/verify-otp/", json={"mobile": "+14155552698", "code": code},
-                         timeout=10).status_code == 200
+    assert post(compose_url, "/verify-otp/", {"mobile": "+14155552698", "code": code}).status_code == 200
     assert requests.get(f"{compose_url}/metrics", timeout=10).status_code == 404

@@ -7,15 +7,12 @@ import re
 import pytest
 import requests
 
+from tests.support.http import post
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def post(stack, path, body, **kwargs):
-    return requests.post(f"{stack.url}{path}", json=body, timeout=10, **kwargs)
 
 
 def test_email_round_trip_through_nginx(stack, inbox):

@@ -9,6 +9,7 @@ import sys
 import pytest
 import requests
 
+from tests.support.http import post
 from tests.support.processes import ManagedProcess
 from tests.support.waiting import free_port, wait_for
 
@@ -52,11 +53,11 @@ def quick_shell(quick_run, name: str, script: str) -> str:
 
 def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     url, server, _, _ = quick_run
-    assert requests.post(f"{url}/register/", json={"email": "quick@example.com"}, timeout=10).status_code == 202
+    assert post(url, "/register/", {"email": "quick@example.com"}).status_code == 202
     code = wait_for(lambda: "To: quick@example.com" in server.log() and code_from_console(server.log(), "quick@example.com"),
                     message="the email on the console")
 
-    tokens = requests.post(f"{url}/verify-otp/", json={"email": "quick@example.com", "code": code}, timeout=10)
+    tokens = post(url, "/verify-otp/", {"email": "quick@example.com", "code": code})
     assert tokens.status_code == 200, tokens.text
     profile = requests.get(f"{url}/profile/", headers={"Authorization": f"Bearer {tokens.json()['access']}"},
                            timeout=10)
@@ -76,8 +77,8 @@ def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quic
     assert "statuses ['active', 'superseded']" in quick_shell(quick_run, "quick-shell", script)
 
     # The send limits live in the server's own process when there is no Redis.
-    first = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
-    again = requests.post(f"{url}/login/", json={"email": "again@example.com"}, timeout=10)
+    first = post(url, "/login/", {"email": "again@example.com"})
+    again = post(url, "/login/", {"email": "again@example.com"})
     assert (first.status_code, again.status_code) == (202, 429)
     assert 1 <= int(again.headers["Retry-After"]) <= 60
 

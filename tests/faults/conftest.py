@@ -2,7 +2,8 @@
 import pytest
 
 from tests.support.env import delivery_env
-from tests.support.mini_stack import MiniStack, PrivateRedis
+from tests.support.mini_stack import MiniStack
+from tests.support.redis_state import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -14,7 +15,7 @@ def base_env(django_db_blocker, smtp_server, twilio_standin, inbox, sms):
 
 @pytest.fixture
 def private_redis(tmp_path):
-    server = PrivateRedis(tmp_path / "redis").start()
+    server = RedisServer(tmp_path / "redis", persistent=True).start()
     yield server
     server.stop()
 

@@ -1,13 +1,15 @@
 """Attacks against a live API with several gunicorn processes: limits hold across processes, and nothing leaks."""
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 import requests
 
 from otp.models import Delivery, OneTimeCode
+from tests.support import factories
+from tests.support.parallel import run_in_parallel
+from tests.support.redis_state import redis_flush
 from users.models import User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,14 +23,10 @@ def api(base_env, stacks, private_redis):
     return stacks(env, api_workers=3).start_api()
 
 
-def parallel(count, call):
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(call, range(count)))
-
-
 def test_parallel_wrong_guesses_across_processes_stop_at_max_attempts(api):
     assert api.post("/register/", {"email": "victim@example.com"}).status_code == 202
-    results = parallel(30, lambda i: api.post("/verify-otp/", {"email": "victim@example.com", "code": f"{i:06d}"}))
+    results = run_in_parallel(30, lambda i: api.post("/verify-otp/", {"email": "victim@example.com",
+                                                                     "code": f"{i:06d}"}))
     statuses = [r.status_code for r in results]
     code = OneTimeCode.objects.get()
     # Only OTP_MAX_ATTEMPTS guesses were ever compared with the code; then it was burned.
@@ -38,7 +36,7 @@ def test_parallel_wrong_guesses_across_processes_stop_at_max_attempts(api):
 
 
 def test_parallel_sends_across_processes_respect_the_cooldown_exactly(api):
-    statuses = parallel(20, lambda i: api.post("/login/", {"email": "racer@example.com"}).status_code)
+    statuses = run_in_parallel(20, lambda i: api.post("/login/", {"email": "racer@example.com"}).status_code)
     assert sorted(statuses) == [202] + [429] * 19
 
 
@@ -46,8 +44,7 @@ def test_fresh_codes_do_not_reset_the_hourly_failure_budget(api):
     wrong = 0
     api_redis = redis.Redis.from_url(api.env["REDIS_URL"])
     for _ in range(6):  # an attacker asking for a new code each time the old one burns
-        for key in api_redis.scan_iter("*otp:cooldown:*"):
-            api_redis.delete(key)  # as if the cooldown had passed
+        redis_flush(api_redis, "*otp:cooldown:*")  # as if the cooldown had passed
         assert api.post("/register/", {"email": "target@example.com"}).status_code == 202
         for _ in range(5):
             response = api.post("/verify-otp/", {"email": "target@example.com", "code": "000000"})
@@ -58,7 +55,7 @@ def test_fresh_codes_do_not_reset_the_hourly_failure_budget(api):
 
 
 def test_login_reveals_nothing_about_accounts(api, capsys):
-    User.objects.create_user(email="member@example.com")
+    factories.user(email="member@example.com")
     known = [api.post("/login/", {"email": "member@example.com"})]
     unknown = [api.post("/login/", {"email": "stranger@example.com"})]
     assert known[0].status_code == unknown[0].status_code == 202
@@ -98,8 +95,8 @@ def test_brute_force_at_the_maximum_allowed_rate_is_bounded(api, settings):
     deadline = time.monotonic() + 10  # guess flat out (the code would live 120 s; its guesses run out long before)
     sent = 0
     while time.monotonic() < deadline:
-        batch = parallel(10, lambda i: api.post("/verify-otp/", {"email": "bruteforced@example.com",
-                                                                 "code": f"{(sent + i) * 7919 % 10**6:06d}"}))
+        batch = run_in_parallel(10, lambda i: api.post("/verify-otp/", {"email": "bruteforced@example.com",
+                                                                        "code": f"{(sent + i) * 7919 % 10**6:06d}"}))
         sent += len(batch)
         assert all(r.status_code in (400, 429) for r in batch)
     compared = OneTimeCode.objects.get().attempts

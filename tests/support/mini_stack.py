@@ -3,44 +3,15 @@
 Everything a fault test breaks (a Redis server, a proxy in front of PostgreSQL) belongs to that test, so the
 shared PostgreSQL and Redis stay up for the rest of the suite.
 """
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import requests
 
-from tests.support.processes import BACKEND_DIR, REPO_DIR, ManagedProcess
+from tests.support import http
+from tests.support.processes import BACKEND_DIR, LOG_DIR, ManagedProcess, celery_worker
 from tests.support.waiting import free_port, wait_for
-
-LOG_DIR = REPO_DIR / "var" / "test-logs"
-
-
-class PrivateRedis(ManagedProcess):
-    """A redis-server of the test's own, with append-only persistence in a folder that outlives restarts."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
-                "--appendfsync", "always", "--save", "", "--dir", str(data_dir)]
-        super().__init__(f"redis-{self.port}", args, env=dict(os.environ), log_dir=LOG_DIR, cwd=data_dir)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "PrivateRedis":
-        super().start()
-        self.wait_for_log("Ready to accept connections")
-        return self
-
-    def restart(self) -> None:
-        self.stop()  # SIGTERM: Redis flushes its append-only file and exits, as in a routine restart
-        self.start()
 
 
 class MiniStack:
@@ -67,12 +38,9 @@ class MiniStack:
             return False
 
     def start_worker(self, *, pool: str = "threads", concurrency: int = 4, **env) -> ManagedProcess:
-        name = f"worker-{uuid.uuid4().hex[:8]}"
-        args = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "email,sms,maintenance",
-                "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
         # Through the settings: Celery takes `-P prefork` for its default and lets the configured pool win.
-        env = {**self.env, "CELERY_WORKER_POOL": pool, "CELERY_WORKER_CONCURRENCY": str(concurrency), **env}
-        worker = ManagedProcess(name, args, env=env, log_dir=LOG_DIR).start()
+        worker = celery_worker(f"worker-{uuid.uuid4().hex[:8]}", {**self.env, **env}, pool=pool,
+                               concurrency=concurrency).start()
         worker.wait_for_log("ready.")
         self.workers.append(worker)
         return worker
@@ -86,7 +54,7 @@ class MiniStack:
         worker.process.wait(timeout=10)
 
     def post(self, path: str, body: dict, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}{path}", json=body, timeout=15, **kwargs)
+        return http.post(self.url, path, body, **kwargs)
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -2,12 +2,15 @@
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 from tests.support.waiting import wait_for
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 BACKEND_DIR = REPO_DIR / "backend"
+LOG_DIR = REPO_DIR / "var" / "test-logs"
+WORKER_START = REPO_DIR / "worker" / "start-worker.sh"
 
 
 class ManagedProcess:
@@ -55,3 +58,16 @@ class ManagedProcess:
                 self.process.wait(timeout=timeout)
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def celery_worker(name: str, env: dict, *, queues: str = "email,sms,maintenance", pool: str = "threads",
+                  concurrency: int = 4, log_dir: Path = LOG_DIR) -> ManagedProcess:
+    """A Celery worker started as the stack starts one, through worker/start-worker.sh (call `start()`).
+
+    Pool and concurrency reach it through the settings, as in the stack. Its hostname is made unique: the script's
+    own, `<queues>@<host>`, would clash between two workers on the same queues, and Celery takes the last
+    --hostname it is given.
+    """
+    args = [str(WORKER_START), queues, "--hostname", f"{name}-{uuid.uuid4().hex[:8]}@%h", "--without-heartbeat"]
+    env = {**env, "CELERY_WORKER_POOL": pool, "CELERY_WORKER_CONCURRENCY": str(concurrency)}
+    return ManagedProcess(name, args, env=env, log_dir=log_dir)

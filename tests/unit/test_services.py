@@ -13,6 +13,8 @@ from core.errors import InvalidCode, RateLimited, TokenRejected
 from otp import services
 from otp.models import Delivery, OneTimeCode, Purpose
 from otp.senders import SendPermanentError, SendTransientError
+from tests.support import factories
+from tests.support.redis_state import redis_flush
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +67,7 @@ def test_login_code_for_unknown_account_is_never_sent(email_address, sender):
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
     assert delivery.status == "failed" and "No account" in delivery.last_error and not recorder.sent
-    User.objects.create_user(email="alice@example.com")
+    factories.user(email="alice@example.com")
     delivery = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     assert len(recorder.sent) == 1
@@ -76,11 +78,11 @@ def test_login_code_goes_only_to_the_active_account_of_that_address(mobile_addre
     # The claim answers whether an active account has the address; the email and mobile columns both count.
     recorder = sender()
     if account == "by mobile":
-        User.objects.create_user(mobile=mobile_address.value)
+        factories.user(mobile=mobile_address.value)
     elif account == "deactivated":
-        User.objects.create_user(mobile=mobile_address.value, is_active=False)
+        factories.user(mobile=mobile_address.value, is_active=False)
     else:
-        User.objects.create_user(email="alice@example.com")
+        factories.user(email="alice@example.com")
     delivery = services.code_issue(address=mobile_address, purpose=Purpose.LOGIN)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
@@ -89,14 +91,14 @@ def test_login_code_goes_only_to_the_active_account_of_that_address(mobile_addre
 
 
 def test_login_for_known_account_issues_a_code(email_address, fixed_code):
-    User.objects.create_user(email="alice@example.com")
+    factories.user(email="alice@example.com")
     services.code_request(address=email_address, purpose=Purpose.LOGIN)
     assert OneTimeCode.objects.get().purpose == Purpose.LOGIN
     services.code_verify(address=email_address, code=fixed_code[0])
 
 
 def test_login_code_never_creates_an_account(email_address, fixed_code):
-    user = User.objects.create_user(email="alice@example.com")
+    user = factories.user(email="alice@example.com")
     services.code_request(address=email_address, purpose=Purpose.LOGIN)
     user.delete()
     with pytest.raises(InvalidCode):
@@ -169,11 +171,9 @@ def test_resend_cooldown_and_hourly_cap(email_address, settings, redis_clean):
 
     settings.OTP_SENDS_PER_HOUR = 3
     for _ in range(2):
-        for key in redis_clean.scan_iter("*otp:cooldown:*"):
-            redis_clean.delete(key)  # as if the cooldown had passed
+        redis_flush(redis_clean, "*otp:cooldown:*")  # as if the cooldown had passed
         services.code_request(address=email_address, purpose=Purpose.REGISTER)
-    for key in redis_clean.scan_iter("*otp:cooldown:*"):
-        redis_clean.delete(key)
+    redis_flush(redis_clean, "*otp:cooldown:*")
     with pytest.raises(RateLimited) as exc:
         services.code_request(address=email_address, purpose=Purpose.REGISTER)
     assert 0 < exc.value.wait_seconds <= 3600
@@ -187,8 +187,8 @@ def test_throttle_keys_hold_no_address_in_clear(email_address, redis_clean):
 
 
 def test_logout_blacklists_only_the_callers_refresh(email_address):
-    alice = User.objects.create_user(email="alice@example.com")
-    bob = User.objects.create_user(email="bob@example.com")
+    alice = factories.user(email="alice@example.com")
+    bob = factories.user(email="bob@example.com")
     refresh = str(RefreshToken.for_user(alice))
     with pytest.raises(TokenRejected):
         services.token_revoke(user=bob, refresh=refresh)
@@ -226,13 +226,9 @@ def sender(monkeypatch):
     return use
 
 
-def _delivery(email_address):
-    return services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-
-
 def test_delivery_is_sent_once_even_when_the_job_runs_twice(email_address, sender):
     recorder = sender()
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
@@ -251,7 +247,7 @@ def test_no_database_connection_is_held_while_the_provider_answers(email_address
         return RecordingSender.send(recorder, **kwargs)
 
     recorder.send = send
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
     assert connection_held == [False]
@@ -282,7 +278,7 @@ def _pool_held_while_sending(recorder, *, seconds):
 def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_address, sender):
     recorder = sender()
     _pool_held_while_sending(recorder, seconds=6)  # past the first try's 5 s wait, inside the later tries
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")  # raises nothing: no second run, no resend
     delivery.refresh_from_db()
     assert len(recorder.sent) == 1
@@ -294,7 +290,7 @@ def test_an_accepted_send_the_database_never_records_is_not_run_again(email_addr
     monkeypatch.setattr(services, "SENT_RECORD_PAUSES", ())  # one try, so the test does not wait out all of them
     recorder = sender()
     _pool_held_while_sending(recorder, seconds=6)
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")  # no database error reaches the task
     assert len(recorder.sent) == 1
     assert f"delivery {delivery.id} was accepted by email (provider id provider-1) but not recorded" in caplog.text
@@ -304,7 +300,7 @@ def test_an_accepted_send_the_database_never_records_is_not_run_again(email_addr
 def test_transient_failure_asks_for_a_retry_with_backoff(email_address, sender, settings):
     settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 2
     recorder = sender(SendTransientError("SMTP 451"))
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     with pytest.raises(services.DeliveryRetry) as exc:
         services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)
     assert 4 <= exc.value.countdown <= 8  # half to all of 2 * 2^2
@@ -318,7 +314,7 @@ def test_transient_failure_asks_for_a_retry_with_backoff(email_address, sender, 
 def test_transient_failures_stop_at_max_retries(email_address, sender, settings):
     settings.OTP_SEND_MAX_RETRIES = 2
     sender(SendTransientError("down"))
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)
     delivery.refresh_from_db()
     assert delivery.status == "failed"
@@ -327,7 +323,7 @@ def test_transient_failures_stop_at_max_retries(email_address, sender, settings)
 def test_no_retry_is_scheduled_past_the_codes_expiry(email_address, sender, settings):
     settings.OTP_SEND_RETRY_BACKOFF_SECONDS = 100
     sender(SendTransientError("down"))
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=2)  # 200..400 s > 120 s left
     delivery.refresh_from_db()
     assert delivery.status == "failed"
@@ -335,7 +331,7 @@ def test_no_retry_is_scheduled_past_the_codes_expiry(email_address, sender, sett
 
 def test_permanent_failure_is_recorded_and_not_retried(email_address, sender):
     recorder = sender(SendPermanentError("Twilio 400 (code 21211): invalid number"))
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
     assert delivery.status == "failed" and "21211" in delivery.last_error and not recorder.sent
@@ -343,7 +339,7 @@ def test_permanent_failure_is_recorded_and_not_retried(email_address, sender):
 
 def test_expired_job_is_dropped_and_recorded(email_address, sender):
     recorder = sender()
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     Delivery.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
@@ -352,7 +348,7 @@ def test_expired_job_is_dropped_and_recorded(email_address, sender):
 
 def test_held_lease_blocks_a_second_worker_until_it_lapses(email_address, sender):
     recorder = sender()
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     Delivery.objects.update(status="sending", lease_until=timezone.now() + timedelta(seconds=10))
     with pytest.raises(services.DeliveryRetry) as retry:  # look again when the lease lapses, not never
         services.delivery_send(delivery_id=delivery.id, code="123456")
@@ -364,7 +360,7 @@ def test_held_lease_blocks_a_second_worker_until_it_lapses(email_address, sender
 
 def test_provider_status_callback_updates_the_record(email_address, sender):
     sender()
-    delivery = _delivery(email_address)
+    delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     assert services.delivery_status_record(provider_id="provider-1", provider_status="undelivered", error_code="30003")
     delivery.refresh_from_db()
@@ -379,14 +375,12 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
     now = timezone.now()
     past = now - timedelta(minutes=5)
     OneTimeCode.objects.bulk_create(
-        [OneTimeCode(address=f"u{i}@example.com", channel="email", purpose="login", code_hash="x" * 64,
-                     expires_at=past) for i in range(25)]
-        + [OneTimeCode(address="used@example.com", channel="email", purpose="login", code_hash="x" * 64,
-                       status="used", expires_at=now + timedelta(minutes=1))]
+        [factories.code_row(f"u{i}@example.com", expires_at=past, save=False) for i in range(25)]
+        + [factories.code_row("used@example.com", status="used", expires_at=now + timedelta(minutes=1), save=False)]
     )
-    live = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    stale = Delivery.objects.create(address="u1@example.com", channel="email", purpose="login", expires_at=past)
-    user = User.objects.create_user(email="alice@example.com")
+    live = factories.issued_code(email_address)
+    stale = factories.delivery_row("u1@example.com", expires_at=past)
+    user = factories.user(email="alice@example.com")
     token = RefreshToken.for_user(user)
     OutstandingToken.objects.update(expires_at=past)
 
@@ -405,8 +399,7 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
 def test_any_wrong_guess_is_refused_and_counted_once(guess, email_address, monkeypatch, redis_clean):
     assume(guess != "482913")
     monkeypatch.setattr(services, "code_generate", lambda: "482913")
-    for key in redis_clean.scan_iter("*otp:*"):
-        redis_clean.delete(key)
+    redis_flush(redis_clean, "*otp:*")
     OneTimeCode.objects.all().delete()
     services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     with pytest.raises(InvalidCode):

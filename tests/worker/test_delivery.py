@@ -1,5 +1,4 @@
 """Delivery through a real Celery worker: the code is read out of the email or SMS, as a user would."""
-import json
 import re
 from datetime import timedelta
 
@@ -10,7 +9,9 @@ from rest_framework.test import APIClient
 
 from otp.models import Delivery, OneTimeCode
 from otp.tasks import delivery_send_task, maintenance_run
-from tests.api.test_races import run_in_parallel
+from tests.support import factories
+from tests.support.http import post
+from tests.support.parallel import run_in_parallel
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import wait_for
@@ -20,23 +21,19 @@ from users.models import User
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("worker")]
 
 
-def post(path, body, **extra):
-    return APIClient().post(path, data=json.dumps(body), content_type="application/json", **extra)
-
-
 def delivery_in_state(address, *states):
     return wait_for(lambda: Delivery.objects.filter(address=address, status__in=states).first(),
                     message=f"delivery to {address} in {states}")
 
 
 def test_email_round_trip(inbox):
-    assert post("/register/", {"email": "Alice@Example.com"}).status_code == 202
+    assert post(APIClient(), "/register/", {"email": "Alice@Example.com"}).status_code == 202
     message = inbox.wait_for_message("alice@example.com")
     assert message["Subject"] == "Your OTP Login sign-in code"
     assert message.get_body(preferencelist=("html",)) is not None  # a plain-text and an HTML part
     code = code_from_email(message)
 
-    tokens = post("/verify-otp/", {"email": "alice@example.com", "code": code})
+    tokens = post(APIClient(), "/verify-otp/", {"email": "alice@example.com", "code": code})
     assert tokens.status_code == 200
     profile = APIClient().get("/profile/", HTTP_AUTHORIZATION=f"Bearer {tokens.json()['access']}")
     assert profile.json()["email"] == "alice@example.com"
@@ -53,7 +50,7 @@ def test_email_round_trip(inbox):
 
 
 def test_sms_round_trip_through_the_twilio_client(sms):
-    assert post("/register/", {"mobile": "415 555 2671"}).status_code == 202
+    assert post(APIClient(), "/register/", {"mobile": "415 555 2671"}).status_code == 202
     message = sms.wait_for_message("+14155552671")
     assert message["from"] == TWILIO_FROM_NUMBER and message["account_sid"] == TWILIO_ACCOUNT_SID
     code = code_from_sms(message)
@@ -61,18 +58,18 @@ def test_sms_round_trip_through_the_twilio_client(sms):
     assert sms.requests[0]["StatusCallback"] == "http://localhost:8080/webhooks/twilio/status/"
     assert sms.requests[0]["authorization"].startswith("Basic ")
 
-    assert post("/verify-otp/", {"mobile": "+14155552671", "code": code}).status_code == 200
+    assert post(APIClient(), "/verify-otp/", {"mobile": "+14155552671", "code": code}).status_code == 200
     delivery = delivery_in_state("+14155552671", "sent")
     assert delivery.provider_id == message["sid"]
     assert User.objects.get().mobile == "+14155552671"
 
 
 def test_login_sends_only_to_existing_accounts(inbox):
-    User.objects.create_user(email="known@example.com")
-    assert post("/login/", {"email": "unknown@example.com"}).status_code == 202
-    assert post("/login/", {"email": "known@example.com"}).status_code == 202
+    factories.user(email="known@example.com")
+    assert post(APIClient(), "/login/", {"email": "unknown@example.com"}).status_code == 202
+    assert post(APIClient(), "/login/", {"email": "known@example.com"}).status_code == 202
     code = code_from_email(inbox.wait_for_message("known@example.com"))
-    assert post("/verify-otp/", {"email": "known@example.com", "code": code}).status_code == 200
+    assert post(APIClient(), "/verify-otp/", {"email": "known@example.com", "code": code}).status_code == 200
     unknown = delivery_in_state("unknown@example.com", "failed")
     assert unknown.last_error == "No account for this address: not sent." and unknown.attempts == 1
     assert inbox.to("unknown@example.com") == []
@@ -80,19 +77,20 @@ def test_login_sends_only_to_existing_accounts(inbox):
 
 def test_twilio_429_and_500_are_retried_until_delivered_once(sms):
     sms.script[:] = [500, 429]
-    assert post("/register/", {"mobile": "+14155552672"}).status_code == 202
+    assert post(APIClient(), "/register/", {"mobile": "+14155552672"}).status_code == 202
     message = sms.wait_for_message("+14155552672")
     delivery = delivery_in_state("+14155552672", "sent")
     assert delivery.attempts == 3 and len(sms.requests) == 3 and len(sms.to("+14155552672")) == 1
     wait_for(lambda: re.search(r'otp_delivery_retries_total\{channel="sms"\} [2-9]',
                                APIClient().get("/metrics").content.decode()),
              timeout=5, message="the worker's retry count in /metrics")
-    assert post("/verify-otp/", {"mobile": "+14155552672", "code": code_from_sms(message)}).status_code == 200
+    verified = post(APIClient(), "/verify-otp/", {"mobile": "+14155552672", "code": code_from_sms(message)})
+    assert verified.status_code == 200
 
 
 def test_twilio_400_is_recorded_failed_and_not_retried(sms, worker):
     sms.script[:] = [400]
-    assert post("/register/", {"mobile": "+14155552673"}).status_code == 202
+    assert post(APIClient(), "/register/", {"mobile": "+14155552673"}).status_code == 202
     delivery = delivery_in_state("+14155552673", "failed")
     assert "21211" in delivery.last_error and delivery.attempts == 1
     assert len(sms.requests) == 1 and sms.accepted == []
@@ -100,14 +98,14 @@ def test_twilio_400_is_recorded_failed_and_not_retried(sms, worker):
 
 def test_smtp_4xx_is_retried_until_delivered_once(inbox):
     inbox.refuse_next = 2
-    assert post("/register/", {"email": "bob@example.com"}).status_code == 202
+    assert post(APIClient(), "/register/", {"email": "bob@example.com"}).status_code == 202
     inbox.wait_for_message("bob@example.com")
     delivery = delivery_in_state("bob@example.com", "sent")
     assert inbox.refused == 2 and delivery.attempts == 3 and len(inbox.to("bob@example.com")) == 1
 
 
 def test_ten_parallel_registers_send_exactly_one_email(inbox):
-    results = run_in_parallel(10, lambda i: post("/register/", {"email": "carol@example.com"}).status_code)
+    results = run_in_parallel(10, lambda i: post(APIClient(), "/register/", {"email": "carol@example.com"}).status_code)
     assert sorted(results) == [202] + [429] * 9
     inbox.wait_for_message("carol@example.com")
     delivery_in_state("carol@example.com", "sent")
@@ -115,7 +113,7 @@ def test_ten_parallel_registers_send_exactly_one_email(inbox):
 
 
 def test_a_job_run_again_after_success_does_not_send_again(inbox, worker):
-    assert post("/register/", {"email": "dave@example.com"}).status_code == 202
+    assert post(APIClient(), "/register/", {"email": "dave@example.com"}).status_code == 202
     code = code_from_email(inbox.wait_for_message("dave@example.com"))
     delivery = delivery_in_state("dave@example.com", "sent")
     delivery_send_task.apply_async(kwargs={"delivery_id": delivery.id, "code": code}, queue="email")
@@ -127,7 +125,7 @@ def test_a_job_run_again_after_success_does_not_send_again(inbox, worker):
 
 
 def test_worker_log_never_shows_the_code(inbox, worker):
-    assert post("/register/", {"email": "erin@example.com"}).status_code == 202
+    assert post(APIClient(), "/register/", {"email": "erin@example.com"}).status_code == 202
     code = code_from_email(inbox.wait_for_message("erin@example.com"))
     delivery = delivery_in_state("erin@example.com", "sent")
     wait_for(lambda: f"delivery {delivery.id} sent by email" in worker.log(), message="the job's log line")
@@ -136,9 +134,8 @@ def test_worker_log_never_shows_the_code(inbox, worker):
 
 def test_maintenance_job_runs_on_the_worker(email_address):
     past = timezone.now() - timedelta(minutes=10)
-    OneTimeCode.objects.create(address="old@example.com", channel="email", purpose="login", code_hash="x" * 64,
-                               expires_at=past)
-    stale = Delivery.objects.create(address="old@example.com", channel="email", purpose="login", expires_at=past)
+    factories.code_row("old@example.com", expires_at=past)
+    stale = factories.delivery_row("old@example.com", expires_at=past)
     maintenance_run.delay()
     wait_for(lambda: not OneTimeCode.objects.exists(), message="expired codes to be purged")
     stale.refresh_from_db()
@@ -150,7 +147,7 @@ def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
     # Two things each suffice: the pool checks a connection as it leaves (CONN_HEALTH_CHECKS), and a task that
     # meets a database error is retried. Without both, this test fails.
     for i in range(8):  # the worker has connections in use and in its pool now
-        assert post("/register/", {"email": f"warm{i}@example.com"}).status_code == 202
+        assert post(APIClient(), "/register/", {"email": f"warm{i}@example.com"}).status_code == 202
     for i in range(8):
         inbox.wait_for_message(f"warm{i}@example.com")
     with connection.cursor() as cursor:
@@ -159,7 +156,7 @@ def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
         assert cursor.fetchone()[0] >= 1
     addresses = [f"after{i}@example.com" for i in range(8)]
     for address in addresses:
-        assert post("/register/", {"email": address}).status_code == 202
+        assert post(APIClient(), "/register/", {"email": address}).status_code == 202
     for address in addresses:
         inbox.wait_for_message(address, timeout=20)
     assert all(len(inbox.to(address)) == 1 for address in addresses)
