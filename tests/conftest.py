@@ -51,16 +51,16 @@ def redis_clean():
 @pytest.fixture
 def fixed_code(monkeypatch):
     """Codes travel only inside the delivery job; tests that do not run a worker pin the next code instead."""
-    from otp import services
+    from otp import codes
 
-    codes = iter(["123456", "654321", "111222", "333444", "555666", "777888", "999000", "246802"])
+    pinned = iter(["123456", "654321", "111222", "333444", "555666", "777888", "999000", "246802"])
     issued = []
 
     def generate():
-        issued.append(next(codes))
+        issued.append(next(pinned))
         return issued[-1]
 
-    monkeypatch.setattr(services, "code_generate", generate)
+    monkeypatch.setattr(codes, "code_generate", generate)
     return issued
 
 

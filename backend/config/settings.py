@@ -9,6 +9,9 @@ from pathlib import Path
 
 import environ
 
+from otp import queues
+from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
+
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
 REPO_DIR = BASE_DIR.parent
 
@@ -199,31 +202,34 @@ else:
 
 # --- Mail and SMS -----------------------------------------------------------------------------
 
-_EMAIL_BACKENDS = {
+# Django's mail backend for each EMAIL_BACKEND name; the provider class for each name is in the registry.
+_DJANGO_MAIL_BACKENDS = {
     "smtp": "django.core.mail.backends.smtp.EmailBackend",
     "console": "django.core.mail.backends.console.EmailBackend",
     "locmem": "django.core.mail.backends.locmem.EmailBackend",
 }
 _email_backend = env_str("EMAIL_BACKEND", "console").strip()
-EMAIL_BACKEND = _EMAIL_BACKENDS.get(_email_backend.lower(), _email_backend)
+if _email_backend.lower() in EMAIL_PROVIDERS:
+    # The registry name of the email provider (otp.providers.registry), recorded on each delivery.
+    EMAIL_PROVIDER = _email_backend.lower()
+    EMAIL_BACKEND = _DJANGO_MAIL_BACKENDS[EMAIL_PROVIDER]
+else:
+    # A Django mail backend's dotted path, sent through the SMTP provider's code.
+    EMAIL_PROVIDER = "smtp"
+    EMAIL_BACKEND = _email_backend
 if "." not in EMAIL_BACKEND or importlib.util.find_spec(EMAIL_BACKEND.rsplit(".", 1)[0]) is None:
-    _fail("EMAIL_BACKEND", _email_backend, "smtp, console, locmem or an importable backend path")
+    _fail("EMAIL_BACKEND", _email_backend, "one of " + ", ".join(sorted(EMAIL_PROVIDERS)) + " or an importable Django mail backend path")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
-EMAIL_TIMEOUT = 10
 # A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
-# NAT may have dropped it without a word, and finding that out would cost a full EMAIL_TIMEOUT.
+# NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
-TWILIO_TIMEOUT_SECONDS = 10
-# How long a worker holds a delivery while it talks to the provider: longer than either send's timeout, so
-# two workers never send one code at once, and short, because a redelivered job waits it out after a crash.
-OTP_DELIVERY_LEASE_SECONDS = max(EMAIL_TIMEOUT, TWILIO_TIMEOUT_SECONDS) + 5
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
 
-SMS_BACKEND = env_choice("SMS_BACKEND", "console", {"console", "twilio"})
+SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
@@ -249,8 +255,8 @@ OTP_IP_SEND_RATE = env_rate("OTP_IP_SEND_RATE", "30/min")
 OTP_IP_VERIFY_RATE = env_rate("OTP_IP_VERIFY_RATE", "60/min")
 OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
-# Each batch is one short transaction (about 0.1 s for 50,000 rows); smaller batches rescan more of the
-# index entries the previous batches left dead: 10,000 took three times as long for a million codes.
+# Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
+# left dead (figures in docs/performance.md).
 OTP_PURGE_BATCH_SIZE = 50_000
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
@@ -286,7 +292,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
+    "EXCEPTION_HANDLER": "core.exception_handler.exception_handler",
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "UNAUTHENTICATED_USER": None,
 }
@@ -316,11 +322,11 @@ CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,
-    # which without a pool meant a new PostgreSQL connection (about 14 % of a worker's CPU) for each delivery.
+    # which without a pool meant a new PostgreSQL connection for each delivery (cost in docs/performance.md).
     DATABASES["default"]["OPTIONS"].setdefault("pool", {
         "min_size": 1,
         # A worker's threads hold a connection only for their statements, not through a provider's answer
-        # (otp.services._database_connection_release), so a few connections serve many threads.
+        # (otp.services.delivering._database_connection_release), so a few connections serve many threads.
         "max_size": min(CELERY_WORKER_CONCURRENCY, 8),
         "timeout": 5,
     })
@@ -338,7 +344,9 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_TASK_DEFAULT_QUEUE = queues.MAINTENANCE
+# The queues /metrics reports the depth of.
+OTP_QUEUE_NAMES = queues.ALL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
@@ -352,7 +360,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # A request that cannot reach the broker must answer quickly (503), not wait out long retries.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_BEAT_SCHEDULE = {
-    "otp-maintenance": {"task": "otp.tasks.maintenance_run", "schedule": float(OTP_PURGE_INTERVAL_SECONDS)},
+    # By name (otp.tasks.MAINTENANCE_RUN): the schedule must not import the tasks.
+    "otp-maintenance": {"task": "otp.maintenance_run", "schedule": float(OTP_PURGE_INTERVAL_SECONDS)},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -373,7 +382,7 @@ LOGGING = {
         # Our access line (core.observability) replaces Django's: one line per request.
         "django.request": {"level": "ERROR"}, "django.server": {"level": "WARNING"},
         # A delivery's one INFO line is otp.services' "sent"; Celery's "received"/"succeeded" lines repeat it and
-        # twilio's client writes eleven lines per SMS. Together they were a sixth of a worker's CPU. Their
+        # twilio's client dumps every request, at a real cost in a worker's CPU (docs/performance.md). Their
         # warnings and errors still show.
         "celery.app.trace": {"level": "WARNING"}, "celery.worker.strategy": {"level": "WARNING"},
         "twilio.http_client": {"level": "WARNING"},

@@ -1,7 +1,7 @@
 """Celery's Redis transport, with one redis-py client per channel instead of one per message.
 
 kombu's Redis channel builds a new redis-py client for every publish and every acknowledgement, and building
-one copies some 170 response callbacks: measured here, a tenth of a worker's CPU and 0.1 ms of each /login/.
+one copies all of redis-py's response callbacks (its cost: docs/performance.md).
 A client is only a handle on the channel's connection pool, and redis-py clients are safe to share between
 threads, so the channel keeps one for as long as it keeps that pool (a fork or a reconnect makes a new pool).
 config/celery.py makes it the transport of redis:// and rediss:// URLs.

@@ -1,4 +1,4 @@
-"""Expected failures raised by services; core.exceptions turns each into the contract's JSON."""
+"""Expected failures raised by services; core.exception_handler turns each into the contract's JSON."""
 
 
 class ServiceError(Exception):
@@ -31,6 +31,14 @@ class TokenRejected(ServiceError):
     status_code = 401
     default_detail = "Token is invalid or expired."
     default_code = "token_not_valid"
+
+
+class SignatureInvalid(ServiceError):
+    """A callback whose signature is missing or wrong: not from the provider it claims."""
+
+    status_code = 403
+    default_detail = "Missing or invalid signature."
+    default_code = "permission_denied"
 
 
 class DependencyUnavailable(ServiceError):

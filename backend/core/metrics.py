@@ -89,7 +89,7 @@ class _RedisStore:
         self.lock = threading.Lock()
         self.pending: dict[str, float] = defaultdict(float)
         threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True).start()
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
 
     def add(self, increments: dict[str, float]) -> None:
         with self.lock:
@@ -103,6 +103,12 @@ class _RedisStore:
                 self.flush()
             except redis.RedisError:
                 pass  # kept for the next try
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except redis.RedisError:
+            pass  # Redis is gone too (a stack stopping): the last second's counts are lost, and nothing else
 
     def flush(self) -> None:
         with self.lock:

@@ -12,6 +12,9 @@ import uuid
 
 from core.metrics import metric_count, metric_observe
 
+# The Celery message header that carries the request id from the API to the job it enqueued.
+REQUEST_ID_HEADER = "otp_request_id"
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -80,7 +83,8 @@ class RequestObservabilityMiddleware:
             metric_count("http_requests_total", method=request.method, route=route, status=response.status_code)
             metric_observe("http_request_duration_seconds", elapsed, route=route)
             # The path only: query strings are not logged, so nothing a client puts there reaches the logs.
-            # DEBUG: nginx's access log already has every request with its id; this line costs ~0.7 ms a request.
+            # DEBUG: nginx's access log already has every request with its id, and this line is costly
+            # (docs/performance.md).
             access_logger.debug("request", extra={"method": request.method, "path": request.path,
                                                  "status": response.status_code,
                                                  "duration_ms": round(elapsed * 1000, 2)})

@@ -39,7 +39,7 @@ return {0, redis.call('PTTL', KEYS[1])}
 
 class _RedisCounters:
     def __init__(self, url: str) -> None:
-        # An outage must answer fast (503 through core.exceptions), not hang a request.
+        # An outage must answer fast (503 through core.exception_handler), not hang a request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self.cooldown_then_incr_script = self.client.register_script(_COOLDOWN_THEN_INCR)
 

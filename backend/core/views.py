@@ -1,6 +1,8 @@
 """Liveness and readiness probes, and JSON answers for errors Django raises before a DRF view runs."""
 import logging
 
+from celery import current_app as celery_app
+from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -9,8 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.celery import app as celery_app
-from core.exceptions import error_body
+from core.exception_handler import error_body
 from core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.metrics import metrics_render
 from core.ratelimit import store_ping
@@ -87,7 +88,7 @@ def metrics(request):
         try:
             with celery_app.connection_for_read() as conn:
                 client = conn.default_channel.client
-                depths = {queue: client.llen(queue) for queue in ("email", "sms", "maintenance")}
+                depths = {queue: client.llen(queue) for queue in settings.OTP_QUEUE_NAMES}
         except Exception as exc:  # an unreachable broker must not hide the other figures
             logger.warning("queue depth unavailable: %s", exc)
     return HttpResponse(metrics_render(queue_depths=depths), content_type=METRICS_CONTENT_TYPE)

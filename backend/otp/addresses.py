@@ -1,5 +1,4 @@
 """Normalising the addresses codes are sent to: one spelling per mailbox or phone, so one account each."""
-import hashlib
 import unicodedata
 from dataclasses import dataclass
 
@@ -30,11 +29,6 @@ def _reject_invisible(raw: str, message: str) -> None:
     # address; some parsers would skip them and accept a string that reads differently from what is stored.
     if any(unicodedata.category(char) in ("Cc", "Cf") for char in raw.strip()):
         raise ValidationError(message)
-
-
-def address_cache_key(prefix: str, address: Address) -> str:
-    """The cache key of an address's throttle state; hashed, so Redis holds no addresses in clear."""
-    return f"{prefix}:{hashlib.sha256(address.value.encode()).hexdigest()[:32]}"
 
 
 def email_normalize(raw: str) -> Address:

@@ -4,18 +4,18 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import FormParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenRefreshView
-from twilio.request_validator import RequestValidator
 
 from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
+from otp.codes import code_is_well_formed, code_length
 from otp.models import Purpose
-from otp.services import code_request, code_verify, delivery_status_record, token_revoke
+from otp.services import code_request, code_verify, delivery_status_callback_record
+from users.services import token_revoke
 
 
 class StrictCharField(serializers.CharField):
@@ -122,8 +122,8 @@ class VerifyInputSerializer(AddressInputSerializer):
     code = StrictCharField(help_text="The digits from the email or SMS.")
 
     def validate_code(self, value: str) -> str:
-        if len(value) != settings.OTP_LENGTH or not value.isascii() or not value.isdigit():
-            raise serializers.ValidationError(f"Enter the {settings.OTP_LENGTH}-digit code.")
+        if not code_is_well_formed(value):
+            raise serializers.ValidationError(f"Enter the {code_length()}-digit code.")
         return value
 
 
@@ -198,26 +198,21 @@ class LogoutApi(APIView):
         return Response(status=status.HTTP_205_RESET_CONTENT)
 
 
-class TwilioStatusApi(APIView):
+class ProviderStatusApi(APIView):
+    """A provider's signed delivery-status callback; `provider_name` (set in otp.urls) is its registry name."""
+
     authentication_classes = []
     permission_classes = [AllowAny]
     parser_classes = [FormParser]
+    provider_name = ""
 
-    @extend_schema(summary="Twilio delivery status callback",
-                   request={"application/x-www-form-urlencoded": inline_serializer(
-                       "TwilioStatusCallback", {"MessageSid": serializers.CharField(),
-                                                "MessageStatus": serializers.CharField(),
-                                                "ErrorCode": serializers.CharField(required=False)})},
+    @extend_schema(summary="Delivery status callback from the SMS provider",
+                   description="The form the provider posts, signed by it over this URL as the public sees it.",
+                   request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
                    responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE, 415: ERROR_SHAPE})
     def post(self, request):
-        signature = request.headers.get("X-Twilio-Signature", "")
         params = request.data.dict() if hasattr(request.data, "dict") else {}
-        # Twilio signs the URL it called, which is the public one, not the one behind the proxy.
-        url = f"{settings.PUBLIC_BASE_URL}{request.path}"
-        if not (settings.TWILIO_AUTH_TOKEN and signature
-                and RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, params, signature)):
-            raise PermissionDenied("Missing or invalid X-Twilio-Signature.")
-        delivery_status_record(provider_id=params.get("MessageSid", ""),
-                               provider_status=params.get("MessageStatus", ""),
-                               error_code=params.get("ErrorCode", ""))
+        # The provider signs the URL it called, which is the public one, not the one behind the proxy.
+        delivery_status_callback_record(provider_name=self.provider_name, url=f"{settings.PUBLIC_BASE_URL}{request.path}",
+                                        params=params, headers=request.headers)
         return Response(status=status.HTTP_204_NO_CONTENT)

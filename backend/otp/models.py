@@ -51,6 +51,8 @@ class Delivery(models.Model):
     channel = models.CharField(max_length=8, choices=Channel.choices)
     # A login code is sent only if the account exists when the worker sends it.
     purpose = models.CharField(max_length=16, choices=Purpose.choices)
+    # The registry name of the provider that delivers it (otp.providers.registry).
+    provider = models.CharField(max_length=32, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     provider_id = models.CharField(max_length=255, blank=True, default="")
     provider_status = models.CharField(max_length=32, blank=True, default="")

@@ -1,38 +1,114 @@
-"""Celery tasks: thin wrappers that take ids and plain values and call a service. Safe to run twice."""
+"""Celery tasks: thin, explicitly named, safe to run twice. They take ids and plain values and call a service.
+
+Task names are part of the wire format: a queued job names its task, so a name must never change with the code
+(tests/unit/test_tasks.py pins them). Services import this module; a task imports the services inside its body,
+so there is no import cycle.
+"""
 import logging
+import time
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from core.observability import request_id_bound, request_id_current
-from otp import services
+from core.observability import REQUEST_ID_HEADER, request_id_bound, request_id_current
 
 logger = logging.getLogger(__name__)
 
+DELIVERY_SEND = "otp.delivery_send"
+MAINTENANCE_RUN = "otp.maintenance_run"
+# The names these tasks had before they were named explicitly. Jobs queued under them before a deploy must
+# still run after it: keep them registered for at least one release after the rename.
+DELIVERY_SEND_OLD_NAME = "otp.tasks.delivery_send_task"
+MAINTENANCE_RUN_OLD_NAME = "otp.tasks.maintenance_run"
+
 DATABASE_RETRY_MAX_SECONDS = 5
 
+_DELIVERY_OPTIONS = dict(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def delivery_send_task(self, delivery_id: int, code: str) -> None:
+
+# The newest payload version this code reads (otp.services.issuing.DELIVERY_PAYLOAD_VERSION writes it).
+DELIVERY_PAYLOAD_VERSION_READ = 1
+UNKNOWN_VERSION_RETRY_SECONDS = 1.0
+
+
+class PayloadVersionUnknown(Exception):
+    """A job written by a newer release: a worker of that release must run it."""
+
+
+def _delivery_arguments(delivery_id: int | None, code: str | None, payload: dict | None) -> tuple[int, str, float | None]:
+    """(delivery id, code, code's expiry as a Unix time in seconds or None) from either message format: the
+    versioned payload, or the keyword arguments jobs were published with before it.
+
+    Raises PayloadVersionUnknown for a payload version newer than DELIVERY_PAYLOAD_VERSION_READ.
+    """
+    if payload is None:
+        return delivery_id, code, None
+    if int(payload.get("v", 1)) > DELIVERY_PAYLOAD_VERSION_READ:
+        raise PayloadVersionUnknown(f"payload version {payload.get('v')}")
+    return payload["delivery_id"], payload["code"], payload.get("expires_at")
+
+
+def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
+    from otp import services
+
+    try:
+        delivery_id, code, expires_at = _delivery_arguments(delivery_id, code, payload)
+    except PayloadVersionUnknown as exc:
+        # Mid-deploy, an older worker may meet a newer job: put it back for a newer worker, within its code's life.
+        if time.time() >= float(payload.get("expires_at", 0)):
+            logger.warning("delivery %s: %s, and its code has expired: job dropped", payload.get("delivery_id"), exc)
+            return
+        logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
+        raise task.retry(countdown=UNKNOWN_VERSION_RETRY_SECONDS, max_retries=None)
     # The id of the request that issued the code travels as a message header, so this job's lines carry it.
-    with request_id_bound(getattr(self.request, services.REQUEST_ID_HEADER, None)):
+    with request_id_bound(getattr(task.request, REQUEST_ID_HEADER, None)):
         try:
-            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=self.request.retries)
+            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries)
         except services.DeliveryRetry as exc:
             # The service bounds the number of tries and keeps them inside the code's life.
             countdown = exc.countdown
         except (OperationalError, InterfaceError) as exc:
-            # The database is down: the job would be lost if it failed now. Try again soon; once the code
-            # has expired the service drops the job itself.
-            countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(self.request.retries, 4))
+            if expires_at is not None and time.time() >= expires_at:
+                # The code is dead: no try can deliver it, and no record can be written while the database is down.
+                logger.warning("delivery %s: database unavailable (%s) and the code has expired: job dropped",
+                               delivery_id, exc.__class__.__name__)
+                return
+            # The database is down: the job would be lost if it failed now. Try again soon.
+            countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(task.request.retries, 4))
             logger.warning("delivery %s: database unavailable (%s), trying again in %.1fs", delivery_id,
                            exc.__class__.__name__, countdown)
         else:
             return
-        raise self.retry(countdown=countdown, max_retries=None,
-                         headers={services.REQUEST_ID_HEADER: request_id_current()})
+        raise task.retry(countdown=countdown, max_retries=None, headers={REQUEST_ID_HEADER: request_id_current()})
 
 
-@shared_task(ignore_result=True)
-def maintenance_run() -> None:
+@shared_task(name=DELIVERY_SEND, **_DELIVERY_OPTIONS)
+def delivery_send(self, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
+    """Deliver one code. `payload` is {"v": 1, "delivery_id": int, "code": str, "expires_at": Unix seconds};
+    the bare `delivery_id` and `code` keywords are the format of jobs queued before the payload existed."""
+    _delivery_send_run(self, delivery_id, code, payload)
+
+
+@shared_task(name=DELIVERY_SEND_OLD_NAME, **_DELIVERY_OPTIONS)
+def delivery_send_old_name(self, delivery_id: int | None = None, code: str | None = None,
+                           payload: dict | None = None) -> None:
+    """delivery_send under its name before the rename, for jobs queued then."""
+    _delivery_send_run(self, delivery_id, code, payload)
+
+
+def _maintenance_run() -> None:
+    from otp import services
+
     services.maintenance_run()
+
+
+@shared_task(name=MAINTENANCE_RUN, ignore_result=True)
+def maintenance_run() -> None:
+    """Beat's housekeeping (otp.services.housekeeping)."""
+    _maintenance_run()
+
+
+@shared_task(name=MAINTENANCE_RUN_OLD_NAME, ignore_result=True)
+def maintenance_run_old_name() -> None:
+    """maintenance_run under its name before the rename, for jobs queued then."""
+    _maintenance_run()

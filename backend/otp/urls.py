@@ -10,5 +10,5 @@ urlpatterns = [
     path("profile/", apis.ProfileApi.as_view(), name="profile"),
     path("token/refresh/", apis.TokenRefreshApi.as_view(), name="token-refresh"),
     path("logout/", apis.LogoutApi.as_view(), name="logout"),
-    path("webhooks/twilio/status/", apis.TwilioStatusApi.as_view(), name="twilio-status"),
+    path("webhooks/twilio/status/", apis.ProviderStatusApi.as_view(provider_name="twilio"), name="twilio-status"),
 ]

@@ -88,10 +88,10 @@ def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
     # compares the expiry with timezone.now().
     # A queued delivery of its own: code_issue would run the job in-process at once, and it would be sent.
     script = ("from datetime import timedelta; from django.utils import timezone; from otp.models import Delivery; "
-              "from otp.services import _delivery_claim; "
+              "from otp.queries import delivery_claim; "
               "delivery = Delivery.objects.create(address='claim@example.com', channel='email', purpose='register', "
               "expires_at=timezone.now() + timedelta(minutes=5)); "
-              "claimed = _delivery_claim(delivery_id=delivery.id, now=timezone.now()); "
+              "claimed = delivery_claim(delivery_id=delivery.id, now=timezone.now(), lease_until=timezone.now() + timedelta(seconds=15)); "
               "print('expiry', type(claimed.expires_at).__name__, claimed.expires_at.utcoffset(), "
               "claimed.expires_at == delivery.expires_at, claimed.status)")
     assert "expiry datetime 0:00:00 True sending" in quick_shell(quick_run, "quick-claim", script)

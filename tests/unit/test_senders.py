@@ -4,7 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from otp.messages import Message
-from otp.senders import EmailSender, SendTransientError, TwilioSmsSender, _twilio_client_build
+from otp.providers import SendTransientError
+from otp.providers.smtp import SmtpEmailProvider
+from otp.providers.twilio import TwilioSmsProvider, _twilio_client_build
 from tests.support.smtp import SmtpServer
 
 MESSAGE = Message(subject="Your code", text="Your code is 123456.")
@@ -22,7 +24,7 @@ def own_smtp_server(settings):
 
 def test_one_connection_carries_many_messages(own_smtp_server):
     for n in range(3):
-        EmailSender().send(to=f"user{n}@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to=f"user{n}@example.com", message=MESSAGE)
 
     assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
         "user0@example.com", "user1@example.com", "user2@example.com"]
@@ -30,22 +32,22 @@ def test_one_connection_carries_many_messages(own_smtp_server):
 
 
 def test_a_connection_the_server_dropped_is_found_out_before_the_message_and_replaced(own_smtp_server):
-    EmailSender().send(to="before@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="before@example.com", message=MESSAGE)
     own_smtp_server.restart()  # closes the connection the sender keeps
 
-    EmailSender().send(to="after@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE)
 
     assert len(own_smtp_server.inbox.to("after@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
 
 
 def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(own_smtp_server):
-    EmailSender().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
     own_smtp_server.inbox.refuse_next = 1
 
     with pytest.raises(SendTransientError, match="SMTP 451"):
-        EmailSender().send(to="refused@example.com", message=MESSAGE)
-    EmailSender().send(to="third@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="refused@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="third@example.com", message=MESSAGE)
 
     assert own_smtp_server.inbox.to("refused@example.com") == []
     assert len(own_smtp_server.inbox.to("third@example.com")) == 1
@@ -53,20 +55,20 @@ def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(ow
 
 
 def test_a_server_that_is_down_is_a_transient_error(own_smtp_server):
-    EmailSender().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
     own_smtp_server.stop()
 
     # The kept connection is dead and no new one can be opened: retried later by the task, not here.
     with pytest.raises(SendTransientError, match="SMTP connection"):
-        EmailSender().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
 
 
 def test_a_changed_email_setting_gets_a_new_connection(own_smtp_server, settings):
     other = SmtpServer().start()
     try:
-        EmailSender().send(to="first@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
         settings.EMAIL_PORT = other.port
-        EmailSender().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
         assert len(other.inbox.to("second@example.com")) == 1
         assert own_smtp_server.inbox.to("second@example.com") == []
     finally:
@@ -94,17 +96,17 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
     numbers = [f"+1415555{n:04d}" for n in range(48)]
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda number: TwilioSmsSender().send(to=number, message=MESSAGE), numbers))
+        list(pool.map(lambda number: TwilioSmsProvider().send(to=number, message=MESSAGE), numbers))
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
 
 
 def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, settings):
-    EmailSender().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
     settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS = 0
 
-    EmailSender().send(to="second@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
 
     assert len(own_smtp_server.inbox.to("second@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2

@@ -10,9 +10,11 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from core.errors import InvalidCode, RateLimited, TokenRejected
-from otp import services
+from otp import codes, providers, services
+from otp.providers.twilio import TwilioSmsProvider
+from otp.services import delivering
 from otp.models import Delivery, OneTimeCode, Purpose
-from otp.senders import SendPermanentError, SendTransientError
+from otp.providers import SendPermanentError, SendTransientError
 from tests.support import factories
 from tests.support.redis_state import redis_flush
 from users.models import User
@@ -202,6 +204,8 @@ def test_logout_blacklists_only_the_callers_refresh(email_address):
 class RecordingSender:
     """Stands in for the vendor (SMTP server or Twilio), never for our own database or broker."""
 
+    name = "recording"
+
     def __init__(self, *outcomes):
         self.outcomes = list(outcomes)
         self.sent = []
@@ -217,7 +221,7 @@ class RecordingSender:
 @pytest.fixture
 def sender(monkeypatch):
     holder = {"sender": RecordingSender()}
-    monkeypatch.setattr(services, "sender_for", lambda channel: holder["sender"])
+    monkeypatch.setattr(providers, "provider_for", lambda channel: holder["sender"])
 
     def use(*outcomes):
         holder["sender"] = RecordingSender(*outcomes)
@@ -287,7 +291,7 @@ def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_addr
 
 @pytest.mark.django_db(transaction=True)
 def test_an_accepted_send_the_database_never_records_is_not_run_again(email_address, sender, monkeypatch, caplog):
-    monkeypatch.setattr(services, "SENT_RECORD_PAUSES", ())  # one try, so the test does not wait out all of them
+    monkeypatch.setattr(delivering, "SENT_RECORD_PAUSES", ())  # one try, so the test does not wait out all of them
     recorder = sender()
     _pool_held_while_sending(recorder, seconds=6)
     delivery = factories.issued_code(email_address)
@@ -362,10 +366,12 @@ def test_provider_status_callback_updates_the_record(email_address, sender):
     sender()
     delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
-    assert services.delivery_status_record(provider_id="provider-1", provider_status="undelivered", error_code="30003")
+    assert services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        params={"MessageSid": "provider-1", "MessageStatus": "undelivered", "ErrorCode": "30003"}))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.provider_status) == ("failed", "undelivered") and "30003" in delivery.last_error
-    assert not services.delivery_status_record(provider_id="nope", provider_status="delivered")
+    assert not services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        params={"MessageSid": "nope", "MessageStatus": "delivered"}))
 
 
 # --- Housekeeping -------------------------------------------------------------------------------
@@ -398,7 +404,7 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
 @given(guess=st.from_regex(r"\A[0-9]{6}\Z"))
 def test_any_wrong_guess_is_refused_and_counted_once(guess, email_address, monkeypatch, redis_clean):
     assume(guess != "482913")
-    monkeypatch.setattr(services, "code_generate", lambda: "482913")
+    monkeypatch.setattr(codes, "code_generate", lambda: "482913")
     redis_flush(redis_clean, "*otp:*")
     OneTimeCode.objects.all().delete()
     services.code_issue(address=email_address, purpose=Purpose.REGISTER)

@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from otp.models import Delivery, OneTimeCode
-from otp.tasks import delivery_send_task, maintenance_run
+from otp.tasks import delivery_send, maintenance_run
 from tests.support import factories
 from tests.support.http import post
 from tests.support.parallel import run_in_parallel
@@ -116,7 +116,7 @@ def test_a_job_run_again_after_success_does_not_send_again(inbox, worker):
     assert post(APIClient(), "/register/", {"email": "dave@example.com"}).status_code == 202
     code = code_from_email(inbox.wait_for_message("dave@example.com"))
     delivery = delivery_in_state("dave@example.com", "sent")
-    delivery_send_task.apply_async(kwargs={"delivery_id": delivery.id, "code": code}, queue="email")
+    delivery_send.apply_async(kwargs={"delivery_id": delivery.id, "code": code}, queue="email")
     wait_for(lambda: f"delivery {delivery.id} is sent: this run sends nothing" in worker.log(),
              message="the repeated job to finish")
     assert len(inbox.to("dave@example.com")) == 1
@@ -160,3 +160,18 @@ def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
     for address in addresses:
         inbox.wait_for_message(address, timeout=20)
     assert all(len(inbox.to(address)) == 1 for address in addresses)
+
+
+def test_a_job_queued_under_a_task_name_from_before_the_rename_is_delivered(inbox, worker):
+    # Jobs queued by the previous release name their task as it was then, with bare keyword arguments.
+    import celery
+
+    delivery = factories.delivery_row("legacy@example.com", purpose="register",
+                                      expires_at=timezone.now() + timedelta(minutes=2))
+    celery.current_app.send_task("otp.tasks.delivery_send_task", kwargs={"delivery_id": delivery.id, "code": "482913"},
+                                 queue="email")
+    assert code_from_email(inbox.wait_for_message("legacy@example.com")) == "482913"
+    delivery_in_state("legacy@example.com", "sent")
+    runs = worker.log().count("maintenance: {")
+    celery.current_app.send_task("otp.tasks.maintenance_run", queue="maintenance")
+    wait_for(lambda: worker.log().count("maintenance: {") > runs, message="the maintenance job under its old name")

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from otp.addresses import email_normalize, mobile_normalize
 from otp.selectors import address_state_get
+from otp.throttles import ADDRESS_LIMITS
 
 
 class Command(BaseCommand):
@@ -23,8 +24,7 @@ class Command(BaseCommand):
         out = self.stdout.write
         out(f"Address: {normalized.value} ({normalized.channel.value})")
         out(f"Account: {f'user {state.user.pk}, joined {state.user.date_joined:%Y-%m-%d %H:%M}' if state.user else 'none'}")
-        out(f"Throttles: cooldown {state.cooldown_seconds_left}s left, {state.sends_this_hour} sends "
-            f"and {state.failures_this_hour} wrong codes this hour")
+        out("Throttles: " + ", ".join(limit.describe(state.throttles[limit.name]) for limit in ADDRESS_LIMITS))
         out("Codes (newest first):")
         for code in state.codes:
             life = "expired" if code.expires_at <= now else f"{int((code.expires_at - now).total_seconds())}s left"
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         out("Deliveries (newest first):")
         for delivery in state.deliveries:
             out(f"  {delivery.created_at:%Y-%m-%d %H:%M:%S}  {delivery.channel:<5} {delivery.status:<7} "
-                f"attempts {delivery.attempts}  provider {delivery.provider_id or '-'} "
+                f"attempts {delivery.attempts}  provider {delivery.provider or '-'} {delivery.provider_id or '-'} "
                 f"{delivery.provider_status or ''}  {delivery.last_error}")
         if not state.deliveries:
             out("  none")

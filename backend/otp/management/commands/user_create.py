@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from otp.addresses import email_normalize, mobile_normalize
 from users.models import User
+from users.services import user_create
 
 
 class Command(BaseCommand):
@@ -28,5 +29,5 @@ class Command(BaseCommand):
         for field, value in fields.items():
             if User.objects.filter(**{field: value}).exists():
                 raise CommandError(f"An account with {field} {value} already exists.")
-        user = User.objects.create_user(**fields, is_staff=staff)
+        user = user_create(**fields, is_staff=staff)
         self.stdout.write(f"Created user {user.pk}: {user}")

@@ -1,0 +1,21 @@
+"""The rules of the service, one module per concern, re-exported here so callers import `otp.services`.
+
+- issuing: /register/ and /login/: throttle, store a code's hash, enqueue its delivery.
+- verifying: /verify-otp/: trade a code for tokens.
+- delivering: the worker's side: claim, send through a provider, record; status callbacks.
+- housekeeping: beat's periodic purge.
+Accounts and tokens are users.services'.
+"""
+from otp.services.delivering import (CODE_EXPIRED_ERROR, DeliveryRetry, delivery_retry_countdown, delivery_send,
+                                     delivery_status_callback_record, delivery_status_record)
+from otp.services.housekeeping import code_purge, delivery_expire_stale, maintenance_run, token_blacklist_flush
+from otp.services.issuing import DELIVERY_PAYLOAD_VERSION, code_issue, code_request, delivery_enqueue
+from otp.services.verifying import code_verify
+from users.services import TokenPair, token_pair_issue, token_revoke
+
+__all__ = [
+    "CODE_EXPIRED_ERROR", "DELIVERY_PAYLOAD_VERSION", "DeliveryRetry", "TokenPair", "code_issue", "code_purge",
+    "code_request", "code_verify", "delivery_enqueue", "delivery_expire_stale", "delivery_retry_countdown",
+    "delivery_send", "delivery_status_callback_record", "delivery_status_record", "maintenance_run",
+    "token_blacklist_flush", "token_pair_issue", "token_revoke",
+]

@@ -1,0 +1,174 @@
+"""Delivering: the worker claims a delivery, sends its code through the channel's provider and records the
+outcome; providers' status callbacks update the record afterwards."""
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from core.errors import SignatureInvalid
+from core.metrics import metric_count
+from otp import providers, queries
+from otp.messages import email_message_render, sms_message_render
+from otp.models import Delivery, Purpose
+
+logger = logging.getLogger("otp.services")
+
+CODE_EXPIRED_ERROR = "Code expired before it could be sent."
+
+# Pauses between tries to record an accepted send, in seconds. With each try's own bounded wait (the pool's
+# timeout, or the statement timeout) the tries end well inside the broker's visibility timeout, so no other
+# worker is handed the job meanwhile.
+SENT_RECORD_PAUSES = (0.2, 0.5, 1.0)
+
+
+class DeliveryRetry(Exception):
+    """Raised for the task to schedule another try in `countdown` seconds."""
+
+    def __init__(self, countdown: float) -> None:
+        self.countdown = countdown
+        super().__init__(f"retry in {countdown:.2f}s")
+
+
+def delivery_retry_countdown(*, retries_done: int) -> float:
+    """Seconds before the next try: exponential backoff with jitter, between half and all of
+    OTP_SEND_RETRY_BACKOFF_SECONDS * 2**retries_done ("equal jitter")."""
+    ceiling = settings.OTP_SEND_RETRY_BACKOFF_SECONDS * (2 ** retries_done)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _delivery_update(delivery_id: int, **fields) -> None:
+    Delivery.objects.filter(id=delivery_id).update(updated_at=timezone.now(), **fields)
+
+
+def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", provider_id: str = "",
+                    provider: str | None = None, sent_at: datetime | None = None) -> None:
+    """Record a delivery's final state (sent or failed) and count it; a final state is never overwritten.
+
+    Raises django.db.DatabaseError when the database does.
+    """
+    finished = queries.delivery_finish(delivery_id=delivery.id, status=status, now=timezone.now(),
+                                       last_error=last_error, provider_id=provider_id, provider=provider,
+                                       sent_at=sent_at)
+    if finished:
+        metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
+
+
+def _database_connection_release() -> None:
+    """Give this thread's database connection back to the pool before a provider call.
+
+    A provider may take seconds to answer; held through the call, a connection is pinned by every send in
+    flight, and a few busy workers then want more connections than PostgreSQL allows (docs/decisions.md).
+    Inside a transaction (a test's, an eager run inside one, or a caller's with autocommit off) the
+    connection is not this function's to give back.
+    """
+    if connection.autocommit and not connection.in_atomic_block:
+        connection.close()
+
+
+def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
+    """Send one code at most once per provider acceptance; safe to run again for the same delivery.
+
+    The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it sent or held and
+    returns; a run after a crash finds the lease lapsed and takes over. Raises DeliveryRetry when the task
+    should try again in `countdown` seconds, and django.db.DatabaseError when the database fails before the send.
+    """
+    now = timezone.now()
+    delivery = queries.delivery_claim(delivery_id=delivery_id, now=now,
+                                      lease_until=now + timedelta(seconds=providers.delivery_lease_seconds()))
+    if delivery is None:  # not there to take: find out why
+        delivery = Delivery.objects.filter(id=delivery_id).first()
+        if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+            logger.info("delivery %s is %s: this run sends nothing", delivery_id,
+                        delivery.status if delivery else "gone")
+            return
+        if delivery.expires_at <= now:
+            delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
+            return
+        if delivery.status != Delivery.Status.SENDING or delivery.lease_until is None:
+            return  # put back in the queue by the run that held it, which scheduled its own retry
+        # Another run holds it, or held it and died: look again once its lease has lapsed.
+        raise DeliveryRetry(max(0.5, (delivery.lease_until - now).total_seconds() + 0.5))
+
+    if delivery.purpose == Purpose.LOGIN and not delivery.account_exists:
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED,
+                        last_error="No account for this address: not sent.")
+        return
+
+    render = email_message_render if delivery.channel == "email" else sms_message_render
+    message = render(code=code)
+    provider = providers.provider_for(delivery.channel)
+    provider_name = providers.provider_name(delivery.channel)  # the registry's name, as the issue recorded it
+    _database_connection_release()
+    try:
+        provider_id = provider.send(to=delivery.address, message=message)
+    except providers.SendPermanentError as exc:
+        logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
+                        provider=provider_name)
+        return
+    except providers.SendTransientError as exc:
+        countdown = delivery_retry_countdown(retries_done=retries_done)
+        give_up = (retries_done >= settings.OTP_SEND_MAX_RETRIES
+                   or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
+        logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
+        if give_up:
+            delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
+                            provider=provider_name)
+            return
+        _delivery_update(delivery_id, status=Delivery.Status.QUEUED, last_error=str(exc)[:1000], lease_until=None)
+        metric_count("otp_delivery_retries_total", channel=delivery.channel)
+        raise DeliveryRetry(countdown) from exc
+    if _delivery_sent_record(delivery=delivery, provider_id=provider_id, provider=provider_name):
+        logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
+
+
+def _delivery_sent_record(*, delivery: Delivery, provider_id: str, provider: str) -> bool:
+    """Record that the provider accepted the message; False if the database would not take it.
+
+    Never raises a database error: the job would run again and, once its lease lapsed, send the code a second
+    time, and the contract allows a duplicate only when the worker dies between acceptance and record. So the
+    update is tried a few times (on a fresh connection each time), then given up with an error line; the
+    delivery then stays `sending` with the provider's acceptance in the log.
+    """
+    for pause in (*SENT_RECORD_PAUSES, None):
+        try:
+            delivery_finish(delivery=delivery, status=Delivery.Status.SENT, provider_id=provider_id,
+                            provider=provider, sent_at=timezone.now())
+            return True
+        except DatabaseError as exc:
+            _database_connection_release()  # a connection the error broke goes back, and the pool drops it
+            if pause is None:
+                logger.error("delivery %s was accepted by %s (provider id %s) but not recorded: %s", delivery.id,
+                             delivery.channel, provider_id, exc)
+                return False
+            time.sleep(pause)
+
+
+def delivery_status_record(*, report: providers.StatusReport) -> bool:
+    """Apply a provider's status report to the delivery it names; False when none matches."""
+    fields: dict = {"provider_status": report.provider_status}
+    if report.final == Delivery.Status.FAILED:
+        fields.update(status=Delivery.Status.FAILED,
+                      last_error=f"Provider reported {report.provider_status} (error {report.error_code or 'none'})")
+    elif report.final == Delivery.Status.SENT:
+        fields.update(status=Delivery.Status.SENT)
+    return Delivery.objects.filter(provider_id=report.provider_id).update(updated_at=timezone.now(), **fields) > 0
+
+
+def delivery_status_callback_record(*, provider_name: str, url: str, params: Mapping[str, str],
+                                    headers: Mapping[str, str]) -> bool:
+    """A provider's status callback: check its signature, then apply it (delivery_status_record).
+
+    `url` is the public URL the provider called (it signs that one); `params` the callback's form. Returns
+    False when no delivery matches. Raises core.errors.SignatureInvalid (403) when the signature is missing
+    or wrong.
+    """
+    provider = providers.provider_class("sms", provider_name)()
+    if not provider.status_callback_verify(url=url, params=params, headers=headers):
+        raise SignatureInvalid(f"Missing or invalid {provider.signature_header}.")
+    return delivery_status_record(report=provider.status_callback_parse(params=params))

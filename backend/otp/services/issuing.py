@@ -1,0 +1,74 @@
+"""Issuing: /register/ and /login/ throttle the address, store a new code's hash and enqueue its delivery."""
+from datetime import timedelta
+
+import kombu.exceptions
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from core.errors import DependencyUnavailable
+from core.metrics import metric_count
+from core.observability import REQUEST_ID_HEADER, request_id_current
+from otp import codes, providers, queries, queues, tasks, throttles
+from otp.addresses import Address
+from otp.models import Delivery, Purpose
+from otp.services.delivering import delivery_finish
+
+# The delivery job's payload format. Fields may be added within a version (workers ignore fields they do not
+# know); the version changes only when a field changes meaning.
+DELIVERY_PAYLOAD_VERSION = 1
+
+
+def code_request(*, address: Address, purpose: Purpose) -> None:
+    """/register/ and /login/: throttle, then issue a code and enqueue its delivery.
+
+    The API does the same work whether or not an account exists, so neither the answer nor its timing
+    tells them apart: for a login, the worker checks the account and sends only if it exists.
+    Raises core.errors.RateLimited (429) and DependencyUnavailable (503); after an outage the throttles taken
+    are given back, since it was not the user's doing.
+    """
+    throttles.send_throttle_take(address=address)
+    try:
+        code_issue(address=address, purpose=purpose)
+        metric_count("otp_codes_issued_total", channel=address.channel.value, purpose=purpose)
+    except (DependencyUnavailable, DatabaseError):
+        throttles.send_throttle_release(address=address)
+        raise
+
+
+def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
+    """Store a new code's hash, supersede the older ones, record its delivery, and enqueue it once that commits.
+
+    Returns the queued Delivery. Raises django.db.DatabaseError when the database fails.
+    """
+    now = timezone.now()
+    code = codes.code_generate()
+    delivery = queries.code_store(
+        address=address.value, channel=address.channel.value, purpose=purpose,
+        provider=providers.provider_name(address.channel.value),
+        code_hash_hex=codes.code_hash(address=address.value, code=code),
+        now=now, expires_at=now + timedelta(seconds=settings.OTP_TTL_SECONDS),
+    )
+    transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code))
+    return delivery
+
+
+def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
+    """Publish the delivery job for `delivery` on its channel's queue, with `code` in its payload.
+
+    Raises DependencyUnavailable("broker") when the broker refuses, after recording the delivery as failed.
+    """
+    payload = {"v": DELIVERY_PAYLOAD_VERSION, "delivery_id": delivery.id, "code": code,
+               "expires_at": delivery.expires_at.timestamp()}
+    try:
+        tasks.delivery_send.apply_async(
+            kwargs={"payload": payload},
+            queue=queues.queue_for_channel(delivery.channel),
+            # What Celery's logs and events show instead of the arguments: never the code.
+            kwargsrepr=repr({"payload": {**payload, "code": "<hidden>"}}),
+            headers={REQUEST_ID_HEADER: request_id_current()},
+        )
+    except kombu.exceptions.OperationalError as exc:
+        # The code exists only in this process now: record that it was never sent and tell the caller.
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
+        raise DependencyUnavailable("broker") from exc

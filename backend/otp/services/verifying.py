@@ -1,0 +1,59 @@
+"""Verifying: /verify-otp/ trades a valid code for tokens."""
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import InvalidCode
+from core.metrics import metric_count
+from otp import codes, throttles
+from otp.addresses import Address
+from otp.models import OneTimeCode, Purpose
+from otp.selectors import user_get_by_address
+from users.models import User
+from users.services import TokenPair, token_pair_issue, user_create
+
+
+def code_verify(*, address: Address, code: str) -> TokenPair:
+    """Trade a valid code for tokens; the code is consumed, and a /register/ code creates the account.
+
+    Every failure looks the same (InvalidCode, 400: no oracle) and spends the address's failure budget;
+    past the budget, raises core.errors.RateLimited (429). `code` is a well-formed code (codes.code_is_well_formed).
+    """
+    throttles.failure_take(address=address)
+    user = _code_consume(address=address, code=code)
+    if user is None:
+        metric_count("otp_codes_verified_total", result="failure")
+        raise InvalidCode()
+    throttles.failure_give_back(address=address)
+    metric_count("otp_codes_verified_total", result="success")
+    return token_pair_issue(user=user)
+
+
+@transaction.atomic
+def _code_consume(*, address: Address, code: str) -> User | None:
+    """Check `code` against the address's current code under a row lock: one verify at a time per code."""
+    now = timezone.now()
+    otp = (OneTimeCode.objects.select_for_update()
+           .filter(address=address.value, status=OneTimeCode.Status.ACTIVE)
+           .order_by("-created_at").first())
+    if otp is None or otp.expires_at <= now:
+        return None
+    if not codes.code_matches(code_hash_hex=otp.code_hash, address=address.value, code=code):
+        otp.attempts += 1
+        if otp.attempts >= settings.OTP_MAX_ATTEMPTS:
+            otp.status = OneTimeCode.Status.BURNED
+        otp.save(update_fields=["attempts", "status"])
+        return None
+    otp.status = OneTimeCode.Status.USED
+    otp.used_at = now
+    otp.save(update_fields=["status", "used_at"])
+
+    user = user_get_by_address(address=address)
+    if user is None:
+        if otp.purpose != Purpose.REGISTER:
+            return None  # the account went away after the login code was sent
+        # The account is born here, so addresses nobody verified never fill the users table.
+        return user_create(**{address.user_field: address.value}, last_login=now)
+    user.last_login = now
+    user.save(update_fields=["last_login"])
+    return user

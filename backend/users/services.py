@@ -1,0 +1,48 @@
+"""Accounts and the tokens that stand for them: creating an account, issuing and revoking JWTs."""
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from core.errors import TokenRejected
+from users.models import User
+
+
+def user_create(*, email: str | None = None, mobile: str | None = None, last_login: datetime | None = None,
+                is_staff: bool = False) -> User:
+    """Create an account for a normalised email and/or E.164 mobile (otp.addresses normalises them).
+
+    Raises django.db.IntegrityError when another account has either address, or neither is given (the
+    database's constraints).
+    """
+    return User.objects.create_user(email=email, mobile=mobile, last_login=last_login, is_staff=is_staff)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access: str
+    refresh: str
+    expires_in: int  # the access token's lifetime, in seconds
+
+
+def token_pair_issue(*, user: User) -> TokenPair:
+    """A new refresh token for `user` (recorded for the blacklist) and an access token derived from it."""
+    refresh = RefreshToken.for_user(user)
+    return TokenPair(access=str(refresh.access_token), refresh=str(refresh),
+                     expires_in=settings.ACCESS_TOKEN_LIFETIME_SECONDS)
+
+
+def token_revoke(*, user: User, refresh: str) -> None:
+    """Logout: blacklist `refresh`, which must be a genuine refresh token of `user`.
+
+    Raises core.errors.TokenRejected (401) for a token that is not genuine, expired, revoked or another user's.
+    """
+    try:
+        token = RefreshToken(refresh)
+    except TokenError as exc:
+        raise TokenRejected() from exc
+    if str(token.get("user_id")) != str(user.pk):
+        raise TokenRejected()
+    token.blacklist()

@@ -1,0 +1,62 @@
+"""Task names are wire format: a queued job names its task, so names never change with the code."""
+import time
+
+import celery
+import pytest
+from django.db import OperationalError
+
+from otp import tasks
+
+
+def test_task_names_are_explicit_and_stable():
+    assert tasks.delivery_send.name == "otp.delivery_send"
+    assert tasks.maintenance_run.name == "otp.maintenance_run"
+
+
+def test_the_names_before_the_rename_are_still_registered():
+    registered = celery.current_app.tasks
+    for name in ("otp.delivery_send", "otp.maintenance_run", "otp.tasks.delivery_send_task", "otp.tasks.maintenance_run"):
+        assert name in registered, name
+    assert registered["otp.tasks.delivery_send_task"].acks_late and registered["otp.delivery_send"].acks_late
+
+
+def test_beat_schedules_maintenance_by_its_stable_name(settings):
+    assert {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()} == {"otp.maintenance_run"}
+
+
+def test_both_message_formats_give_the_same_arguments():
+    assert tasks._delivery_arguments(7, "123456", None) == (7, "123456", None)
+    payload = {"v": 1, "delivery_id": 7, "code": "123456", "expires_at": 1.5, "a_later_field": "ignored"}
+    assert tasks._delivery_arguments(None, None, payload) == (7, "123456", 1.5)
+
+
+@pytest.fixture
+def database_down(monkeypatch):
+    from otp import services
+
+    def unavailable(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "delivery_send", unavailable)
+
+
+def test_a_job_meeting_a_database_outage_after_its_code_expired_stops(database_down, caplog):
+    payload = {"v": 1, "delivery_id": 1, "code": "123456", "expires_at": time.time() - 1}
+    result = tasks.delivery_send.apply(kwargs={"payload": payload})
+    assert result.state == "SUCCESS"
+    assert "the code has expired: job dropped" in caplog.text and "trying again" not in caplog.text
+
+
+def test_a_job_meeting_a_database_outage_while_its_code_lives_tries_again(database_down, caplog):
+    payload = {"v": 1, "delivery_id": 1, "code": "123456", "expires_at": time.time() + 60}
+    tasks.delivery_send.apply(kwargs={"payload": payload})
+    assert "delivery 1: database unavailable (OperationalError), trying again in 0.5s" in caplog.text
+    assert "job dropped" not in caplog.text
+
+
+def test_a_payload_from_a_newer_release_is_put_back_not_misread(caplog):
+    payload = {"v": 2, "delivery_id": 1, "sealed": "...", "expires_at": time.time() + 60}
+    with pytest.raises(tasks.PayloadVersionUnknown):
+        tasks._delivery_arguments(None, None, payload)
+    tasks.delivery_send.apply(kwargs={"payload": payload})
+    assert "payload version 2 is newer than this worker reads: put back" in caplog.text
