@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
 
-.PHONY: run test bench up down install install-test migrate nginx chromium wrk clean
+.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
 run: export DEBUG ?= true
@@ -16,6 +16,10 @@ run: $(VENV)/.runtime-installed
 # stack behind nginx, and Debian's Chromium for the browser test.
 test: $(VENV)/.test-installed nginx chromium
 	$(BIN)/pytest
+
+# The unit and API tests only (pytest.ini's markers): no worker processes, nginx or Chromium, nothing as root.
+test-fast: $(VENV)/.test-installed
+	$(BIN)/pytest -m "not e2e and not faults and not browser and not slow"
 
 # Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx,
 # prints a table and writes bench/results/latest.json and latest.png. About 12 minutes.

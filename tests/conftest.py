@@ -1,5 +1,6 @@
 """Test set-up shared by every suite: the real PostgreSQL and Redis on 127.0.0.1, clean for each test."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,19 @@ def pytest_configure(config):
 
     django.setup()
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at info
+
+
+# Markers (declared in pytest.ini) by where a test lives; `make test-fast` leaves out all four.
+MARKERS_BY_PATH = {"e2e/": "e2e", "e2e/test_browser.py": "browser", "faults/": "faults", "worker/": "slow"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).parent
+    for item in items:
+        where = item.path.relative_to(tests_dir).as_posix()
+        for prefix, marker in MARKERS_BY_PATH.items():
+            if where.startswith(prefix):
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)
