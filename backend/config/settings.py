@@ -332,9 +332,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     })
     # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
-    # A job redelivered after the visibility timeout must still find its code valid.
-    _fail("CELERY_VISIBILITY_TIMEOUT_SECONDS", CELERY_VISIBILITY_TIMEOUT_SECONDS, "a value below OTP_TTL_SECONDS")
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
@@ -364,6 +361,38 @@ CELERY_BEAT_SCHEDULE = {
     "otp-maintenance": {"task": "otp.maintenance_run", "schedule": float(OTP_PURGE_INTERVAL_SECONDS)},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Promises the settings must keep (contract: Delivery, One-time codes, Tokens) -----------------
+# Each is checked here, at start-up, so a deployment that would break one never runs. The chain that involves
+# the providers' own waits (provider wait < delivery lease < visibility timeout) needs the provider registry
+# and is checked when the apps are ready (otp.apps).
+
+# A job redelivered after the visibility timeout must still find its code valid.
+if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
+    _fail("CELERY_VISIBILITY_TIMEOUT_SECONDS", CELERY_VISIBILITY_TIMEOUT_SECONDS, "a value below OTP_TTL_SECONDS")
+# A retried job waits in the broker as an unacknowledged message with an ETA; a visibility timeout shorter
+# than its delay makes the broker hand it out again before it is due, so it would run more than once.
+# Retries never wait past the code's expiry (otp.services.delivering), which bounds the longest delay.
+OTP_SEND_RETRY_DELAY_MAX_SECONDS = min(OTP_SEND_RETRY_BACKOFF_SECONDS * 2 ** OTP_SEND_MAX_RETRIES, OTP_TTL_SECONDS)
+if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS:
+    _fail("OTP_SEND_RETRY_BACKOFF_SECONDS", OTP_SEND_RETRY_BACKOFF_SECONDS,
+          f"a value whose longest retry delay (x 2^OTP_SEND_MAX_RETRIES={2 ** OTP_SEND_MAX_RETRIES}, at most "
+          f"OTP_TTL_SECONDS) stays below CELERY_VISIBILITY_TIMEOUT_SECONDS={CELERY_VISIBILITY_TIMEOUT_SECONDS}")
+# No run of OTP_LENGTH digits other than the code may appear in a message: the values messages show must not
+# hold one (a mail client's code detector, or a reader, would take it for the code).
+_DIGIT_RUN = re.compile(rf"\d{{{OTP_LENGTH},}}")
+for _name in ("SERVICE_NAME", "DEFAULT_FROM_EMAIL", "PUBLIC_BASE_URL"):
+    if _DIGIT_RUN.search(globals()[_name]):
+        _fail(_name, globals()[_name], f"no run of {OTP_LENGTH} or more digits (OTP_LENGTH): messages show it beside the code")
+# HMAC keys shorter than the hash's output weaken it (RFC 2104 section 3; RFC 7518 section 3.2 requires at
+# least 256 bits for HS256 JWTs).
+for _name in ("JWT_SIGNING_KEY", "OTP_HMAC_KEY"):
+    if env_str(_name) and len(env_str(_name)) < 32:
+        _fail(_name, "<hidden>", "at least 32 characters, or unset to derive it from SECRET_KEY")
+# A refresh token that dies before the access token it renews is of no use to a client.
+if REFRESH_TOKEN_LIFETIME_SECONDS <= ACCESS_TOKEN_LIFETIME_SECONDS:
+    _fail("REFRESH_TOKEN_LIFETIME_SECONDS", REFRESH_TOKEN_LIFETIME_SECONDS,
+          f"a value above ACCESS_TOKEN_LIFETIME_SECONDS={ACCESS_TOKEN_LIFETIME_SECONDS}")
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", {"debug", "info", "warning", "error"}).upper()
 # JSON lines in every real deployment; plain text for a developer's console (DEBUG on).

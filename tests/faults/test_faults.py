@@ -78,8 +78,10 @@ def test_broker_outage_at_enqueue_is_503_recorded_and_the_user_may_retry(base_en
 
 
 def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis, sms):
-    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "5",
-           "OTP_SEND_RETRY_BACKOFF_SECONDS": "4"}
+    # The shortest visibility timeout the settings accept: above the delivery lease, and above the longest
+    # retry delay (4 s x 2^2).
+    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "17",
+           "OTP_SEND_RETRY_BACKOFF_SECONDS": "4", "OTP_SEND_MAX_RETRIES": "2"}
     stack = stacks(env).start_api()
     worker = stack.start_worker()
     sms.script[:] = [500]  # the first try fails; its retry waits 2 to 4 s inside the worker, unacknowledged

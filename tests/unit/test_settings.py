@@ -36,6 +36,27 @@ def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     assert len(lines) == 1 and name in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("overrides, name", [
+    # The input: the job would run three times (contract: the visibility timeout outlasts any retry delay).
+    ({"OTP_TTL_SECONDS": "600", "CELERY_VISIBILITY_TIMEOUT_SECONDS": "10", "OTP_SEND_RETRY_BACKOFF_SECONDS": "30"},
+     "OTP_SEND_RETRY_BACKOFF_SECONDS"),
+    # A visibility timeout inside the delivery lease: the broker hands a job still being sent to a second worker.
+    ({"CELERY_VISIBILITY_TIMEOUT_SECONDS": "15", "OTP_SEND_RETRY_BACKOFF_SECONDS": "0.1"},
+     "CELERY_VISIBILITY_TIMEOUT_SECONDS"),
+    ({"SERVICE_NAME": "Acme 1234567"}, "SERVICE_NAME"),
+    ({"DEFAULT_FROM_EMAIL": "codes@123456.example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"PUBLIC_BASE_URL": "https://login-000000.example.com"}, "PUBLIC_BASE_URL"),
+    ({"JWT_SIGNING_KEY": "too-short"}, "JWT_SIGNING_KEY"),
+    ({"OTP_HMAC_KEY": "too-short"}, "OTP_HMAC_KEY"),
+    ({"REFRESH_TOKEN_LIFETIME_SECONDS": "300"}, "REFRESH_TOKEN_LIFETIME_SECONDS"),
+])
+def test_settings_that_break_a_promise_of_the_contract_stop_start_up(overrides, name):
+    result = start(**overrides)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"Invalid setting {name}=" in lines[0], result.stderr
+
+
 def test_default_secret_key_with_debug_off_is_refused():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, env={**env, "DEBUG": "false"},
