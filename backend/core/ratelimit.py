@@ -1,10 +1,16 @@
-"""Throttle primitives on Redis, so limits hold across every API process: one Redis operation per check.
+"""Throttle primitives on Redis, so limits hold across every API process: one atomic Redis operation per check.
 
-A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one sets it. A counter is a fixed
-window: `INCR` and `EXPIRE ... NX` in one round trip, the key carrying the window's start so the wait until it
-resets needs no TTL lookup. A cooldown guarding a counter (the per-address send limits) is one Lua script: one
-round trip where the two would take two. Without REDIS_URL (the quick local run) the same rules run on an
-in-process dict.
+A cooldown is `SET key value NX EX seconds`: of parallel requests exactly one sets it.
+
+A rate ("at most `limit` hits per `period` seconds") is the Generic Cell Rate Algorithm (GCRA, the virtual
+scheduling form of ITU-T I.371): the key holds the theoretical arrival time (TAT) of the next hit; a hit is
+allowed while TAT + one emission interval stays within one period of now, and then moves TAT on by that
+interval. A full budget is spent in a burst and comes back one hit per `period / limit` seconds, so unlike a
+fixed window (INCR + EXPIRE) no client can burst twice its rate across a window's edge. Each check is one Lua
+script that reads Redis's own clock (TIME), so API processes on hosts with skewed clocks agree.
+
+A cooldown guarding a rate (the per-address send limits) is one Lua script too. Without REDIS_URL (the quick
+local run) the same rules run on an in-process dict.
 """
 import functools
 import math
@@ -20,47 +26,78 @@ RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
 
 
 def rate_parse(rate: str) -> tuple[int, int]:
-    """`30/min` -> (30, 60). Settings validated the format at start-up."""
+    """`30/min` -> (30, 60): (hits, period in seconds). Settings validated the format at start-up."""
     count, period = rate.split("/")
     return int(count), RATE_PERIODS[period]
 
 
-# KEYS: the cooldown, the counter. ARGV: the cooldown's seconds, the counter's expiry. Returns {1, count} when
-# the cooldown was taken (and the counter counted), {0, milliseconds left on the cooldown} when it was not.
-_COOLDOWN_THEN_INCR = """
-if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
-    local count = redis.call('INCR', KEYS[2])
-    redis.call('EXPIRE', KEYS[2], ARGV[2], 'NX')
-    return {1, count}
+def _interval_ms(limit: int, period: int) -> int:
+    # Rounded up: never more than `limit` hits a period.
+    return math.ceil(period * 1000 / limit)
+
+
+# The GCRA step shared by the scripts below. Needs `now` (ms) and KEYS[k] / interval / limit in scope; leaves
+# `wait` (ms until the hit would be allowed; 0 when it was, and then TAT has moved on).
+_GCRA_STEP = """
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - interval * limit - now
+if wait <= 0 then
+    wait = 0
+    redis.call('SET', key, new_tat, 'PX', new_tat - now)
 end
-return {0, redis.call('PTTL', KEYS[1])}
 """
+_NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS: the rate's key. ARGV: emission interval (ms), limit. Returns the ms to wait (0: allowed and counted).
+_RATE_HIT = _NOW + "local key, interval, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])\n" + _GCRA_STEP + \
+    "return wait\n"
+
+# KEYS: the rate's key. ARGV: emission interval (ms). Gives one hit back: TAT moves back one interval.
+_RATE_UNHIT = _NOW + """
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local new_tat = tat - tonumber(ARGV[1])
+if new_tat <= now then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now) end
+return 0
+"""
+
+# KEYS: the cooldown, the rate's key. ARGV: the cooldown's seconds, emission interval (ms), limit. Returns
+# {0, ms left on the cooldown} when the cooldown was running (nothing counted), else {1, ms to wait for the rate}.
+_COOLDOWN_THEN_RATE_HIT = _NOW + """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+    return {0, redis.call('PTTL', KEYS[1])}
+end
+local key, interval, limit = KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3])
+""" + _GCRA_STEP + "return {1, wait}\n"
 
 
 class _RedisCounters:
     def __init__(self, url: str) -> None:
         # An outage must answer fast (503 through core.exception_handler), not hang a request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-        self.cooldown_then_incr_script = self.client.register_script(_COOLDOWN_THEN_INCR)
+        self.rate_hit_script = self.client.register_script(_RATE_HIT)
+        self.rate_unhit_script = self.client.register_script(_RATE_UNHIT)
+        self.cooldown_then_rate_hit_script = self.client.register_script(_COOLDOWN_THEN_RATE_HIT)
 
-    def cooldown_then_incr(self, cooldown_key: str, seconds: int, key: str, expire: int) -> tuple[bool, float]:
-        taken, value = self.cooldown_then_incr_script(keys=[cooldown_key, key], args=[seconds, expire])
-        return (True, value) if taken else (False, max(0.0, value / 1000))
+    def rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
+        return self.rate_hit_script(keys=[key], args=[interval_ms, limit]) / 1000
+
+    def rate_unhit(self, key: str, interval_ms: int) -> None:
+        self.rate_unhit_script(keys=[key], args=[interval_ms])
+
+    def rate_backlog_ms(self, key: str) -> float:
+        # The key expires at its TAT, so its TTL is how far TAT is ahead of now.
+        return max(0.0, float(self.client.pttl(key)))
+
+    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, key: str, interval_ms: int,
+                               limit: int) -> tuple[bool, float]:
+        taken, value = self.cooldown_then_rate_hit_script(keys=[cooldown_key, key], args=[seconds, interval_ms, limit])
+        return bool(taken), max(0.0, value / 1000)
 
     def ttl(self, key: str) -> float:
         return max(0.0, self.client.pttl(key) / 1000)
-
-    def incr(self, key: str, expire: int) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, expire, nx=True)
-        return pipe.execute()[0]
-
-    def decr(self, key: str) -> None:
-        self.client.decr(key)
-
-    def get(self, key: str) -> int:
-        return int(self.client.get(key) or 0)
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
@@ -74,47 +111,46 @@ class _LocalCounters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.values: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
+        self.values: dict[str, float] = {}  # key -> TAT (rates) or expiry (cooldowns), in ms since the epoch
 
-    def _live(self, key: str) -> tuple[int, float] | None:
-        entry = self.values.get(key)
-        if entry and entry[1] <= time.time():
-            del self.values[key]
-            return None
-        return entry
+    @staticmethod
+    def _now() -> float:
+        return time.time() * 1000
+
+    def _rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
+        now = self._now()
+        tat = max(self.values.get(key, now), now)
+        wait = tat + interval_ms - interval_ms * limit - now
+        if wait <= 0:
+            self.values[key] = tat + interval_ms
+            return 0.0
+        return wait / 1000
+
+    def rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
+        with self.lock:
+            return self._rate_hit(key, interval_ms, limit)
+
+    def rate_unhit(self, key: str, interval_ms: int) -> None:
+        with self.lock:
+            if key in self.values:
+                self.values[key] -= interval_ms
+
+    def rate_backlog_ms(self, key: str) -> float:
+        with self.lock:
+            return max(0.0, self.values.get(key, 0.0) - self._now())
+
+    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, key: str, interval_ms: int,
+                               limit: int) -> tuple[bool, float]:
+        with self.lock:
+            now = self._now()
+            if self.values.get(cooldown_key, 0.0) > now:
+                return False, (self.values[cooldown_key] - now) / 1000
+            self.values[cooldown_key] = now + seconds * 1000
+            return True, self._rate_hit(key, interval_ms, limit)
 
     def ttl(self, key: str) -> float:
         with self.lock:
-            entry = self._live(key)
-            return max(0.0, entry[1] - time.time()) if entry else 0.0
-
-    def incr(self, key: str, expire: int) -> int:
-        with self.lock:
-            return self._incr(key, expire)
-
-    def _incr(self, key: str, expire: int) -> int:
-        value, expires_at = self._live(key) or (0, time.time() + expire)
-        self.values[key] = (value + 1, expires_at)
-        return value + 1
-
-    def cooldown_then_incr(self, cooldown_key: str, seconds: int, key: str, expire: int) -> tuple[bool, float]:
-        with self.lock:
-            cooldown = self._live(cooldown_key)
-            if cooldown:
-                return False, max(0.0, cooldown[1] - time.time())
-            self.values[cooldown_key] = (1, time.time() + seconds)
-            return True, self._incr(key, expire)
-
-    def decr(self, key: str) -> None:
-        with self.lock:
-            entry = self._live(key)
-            if entry:
-                self.values[key] = (entry[0] - 1, entry[1])
-
-    def get(self, key: str) -> int:
-        with self.lock:
-            entry = self._live(key)
-            return entry[0] if entry else 0
+            return max(0.0, self.values.get(key, 0.0) - self._now()) / 1000
 
     def delete(self, key: str) -> None:
         with self.lock:
@@ -135,44 +171,40 @@ def store_ping() -> None:
     _store().ping()
 
 
-def cooldown_then_window_hit(*, cooldown_key: str, seconds: int, key: str, limit: int, window: int) -> int:
-    """Take the cooldown, and only then count one hit in `key`'s window; return 0 when both allow it, else the
-    whole seconds to wait: what is left of the cooldown, or of the window once `limit` is passed."""
-    window_key, start = _window_key(key, window)
-    taken, value = _store().cooldown_then_incr(cooldown_key, seconds, window_key, window + 1)
+def _whole_seconds(wait: float) -> int:
+    return max(1, math.ceil(wait)) if wait > 0 else 0
+
+
+def rate_hit(*, key: str, limit: int, period: int) -> int:
+    """Count one hit against "at most `limit` hits per `period` seconds" (GCRA); return 0 when allowed (and
+    counted), else the whole seconds until a hit would be allowed (nothing counted)."""
+    return _whole_seconds(_store().rate_hit(key, _interval_ms(limit, period), limit))
+
+
+def rate_unhit(*, key: str, limit: int, period: int) -> None:
+    """Give back one hit counted by rate_hit (a success that should not spend the budget)."""
+    _store().rate_unhit(key, _interval_ms(limit, period))
+
+
+def rate_count(*, key: str, limit: int, period: int) -> int:
+    """How many of the `limit` hits are spent now (they come back one per `period / limit` seconds)."""
+    return math.ceil(_store().rate_backlog_ms(key) / _interval_ms(limit, period))
+
+
+def cooldown_then_rate_hit(*, cooldown_key: str, seconds: int, key: str, limit: int, period: int) -> int:
+    """Take the cooldown (`seconds` long), and only then count one hit against `key`'s rate; return 0 when both
+    allow it, else the whole seconds to wait: what is left of the cooldown, or until the rate allows a hit."""
+    taken, wait = _store().cooldown_then_rate_hit(cooldown_key, seconds, key, _interval_ms(limit, period), limit)
     if not taken:
-        return max(1, math.ceil(value))
-    return _window_wait(count=value, limit=limit, start=start, window=window)
+        return max(1, math.ceil(wait))
+    return _whole_seconds(wait)
 
 
 def cooldown_remaining(*, key: str) -> int:
+    """Whole seconds left on the cooldown `key` (0 when none is running)."""
     return math.ceil(_store().ttl(key))
 
 
 def cooldown_release(*, key: str) -> None:
+    """End the cooldown `key` now."""
     _store().delete(key)
-
-
-def _window_key(key: str, window: int) -> tuple[str, float]:
-    start = int(time.time() // window) * window
-    return f"{key}:{start}", start
-
-
-def _window_wait(*, count: int, limit: int, start: float, window: int) -> int:
-    """0 while `count` is within `limit`, else the whole seconds to the end of the window that began at `start`."""
-    return max(1, math.ceil(start + window - time.time())) if count > limit else 0
-
-
-def window_hit(*, key: str, limit: int, window: int) -> int:
-    """Count one hit in the current window; return 0 while within `limit`, else the seconds to the window's end."""
-    window_key, start = _window_key(key, window)
-    return _window_wait(count=_store().incr(window_key, window + 1), limit=limit, start=start, window=window)
-
-
-def window_unhit(*, key: str, window: int) -> None:
-    """Take back one hit counted in the current window (a success that should not use the budget)."""
-    _store().decr(_window_key(key, window)[0])
-
-
-def window_count(*, key: str, window: int) -> int:
-    return _store().get(_window_key(key, window)[0])

@@ -1,8 +1,28 @@
-"""Per-client-IP throttles for DRF views, on the fixed-window counters of core.ratelimit."""
+"""Per-client-IP throttles for DRF views, on the GCRA rates of core.ratelimit."""
+import ipaddress
+
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
-from core.ratelimit import rate_parse, window_hit
+from core.ratelimit import rate_hit, rate_parse
+
+# One IPv6 client usually holds a whole /64 (RFC 6177 assigns at least that much to a site, and SLAAC picks
+# addresses inside it at will, RFC 4941), so a per-address limit would be no limit at all.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_key(ident: str) -> str:
+    """The throttle identity of a client address: an IPv4 address as it is, an IPv6 address as its /64
+    network (an IPv4-mapped IPv6 address counts as the IPv4 one). Anything else is used as given."""
+    try:
+        address = ipaddress.ip_address(ident.strip())
+    except ValueError:
+        return ident
+    if address.version == 6 and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(address)
 
 
 class _IpRateThrottle(BaseThrottle):
@@ -12,8 +32,9 @@ class _IpRateThrottle(BaseThrottle):
     rate_setting = ""
 
     def allow_request(self, request, view) -> bool:
-        limit, window = rate_parse(getattr(settings, self.rate_setting))
-        self.wait_seconds = window_hit(key=f"ip:{self.scope}:{self.get_ident(request)}", limit=limit, window=window)
+        limit, period = rate_parse(getattr(settings, self.rate_setting))
+        key = f"ip:{self.scope}:{client_key(self.get_ident(request))}"
+        self.wait_seconds = rate_hit(key=key, limit=limit, period=period)
         return self.wait_seconds == 0
 
     def wait(self) -> int:

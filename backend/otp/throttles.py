@@ -1,4 +1,4 @@
-"""Every per-address limit, declared once: its Redis key, its limit's setting, its window.
+"""Every per-address limit, declared once: its Redis key, its limit's setting, its period.
 
 Issuing, verifying, the release after an outage, the support selector and the `address_status` command all
 read these declarations. Adding a limit is one declaration below and one call where it applies; the
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from core.errors import RateLimited
-from core.ratelimit import (HOUR, cooldown_release, cooldown_remaining, cooldown_then_window_hit, window_count,
-                            window_hit, window_unhit)
+from core.ratelimit import (HOUR, cooldown_release, cooldown_remaining, cooldown_then_rate_hit, rate_count, rate_hit,
+                            rate_unhit)
 from otp.addresses import Address
 
 
@@ -50,34 +50,43 @@ class AddressCooldown(_AddressLimit):
 
 
 @dataclass(frozen=True)
-class AddressWindow(_AddressLimit):
-    """At most `limit_setting` hits per address in a window of `window_seconds`; `noun` names a hit for people."""
+class AddressRate(_AddressLimit):
+    """At most `limit_setting` hits per address per `period_seconds` (GCRA: no double burst at any edge);
+    `noun` names a hit for people."""
 
     limit_setting: str
-    window_seconds: int
+    period_seconds: int
     noun: str
 
     @property
     def limit(self) -> int:
         return getattr(settings, self.limit_setting)
 
+    def hit(self, address: Address) -> int:
+        """Count one hit; 0 when allowed, else the whole seconds to wait (nothing counted)."""
+        return rate_hit(key=self.key(address), limit=self.limit, period=self.period_seconds)
+
+    def unhit(self, address: Address) -> None:
+        """Give back one hit."""
+        rate_unhit(key=self.key(address), limit=self.limit, period=self.period_seconds)
+
     def current(self, address: Address) -> int:
-        """Hits counted in the current window."""
-        return window_count(key=self.key(address), window=self.window_seconds)
+        """Hits spent now (they come back one per period / limit seconds)."""
+        return rate_count(key=self.key(address), limit=self.limit, period=self.period_seconds)
 
     def describe(self, value: int) -> str:
-        return f"{value} {self.noun} this hour" if self.window_seconds == HOUR else f"{value} {self.noun}"
+        return f"{value} {self.noun} this hour" if self.period_seconds == HOUR else f"{value} {self.noun}"
 
 
 SEND_COOLDOWN = AddressCooldown(name="send_cooldown", key_prefix="otp:cooldown",
                                 seconds_setting="OTP_RESEND_COOLDOWN_SECONDS")
-SENDS_PER_HOUR = AddressWindow(name="sends_per_hour", key_prefix="otp:sends", limit_setting="OTP_SENDS_PER_HOUR",
-                               window_seconds=HOUR, noun="sends")
-FAILURES_PER_HOUR = AddressWindow(name="failures_per_hour", key_prefix="otp:failures",
-                                  limit_setting="OTP_MAX_FAILURES_PER_HOUR", window_seconds=HOUR, noun="wrong codes")
+SENDS_PER_HOUR = AddressRate(name="sends_per_hour", key_prefix="otp:sends", limit_setting="OTP_SENDS_PER_HOUR",
+                             period_seconds=HOUR, noun="sends")
+FAILURES_PER_HOUR = AddressRate(name="failures_per_hour", key_prefix="otp:failures",
+                                limit_setting="OTP_MAX_FAILURES_PER_HOUR", period_seconds=HOUR, noun="wrong codes")
 
 # Every per-address limit, in the order support staff read them.
-ADDRESS_LIMITS: tuple[AddressCooldown | AddressWindow, ...] = (SEND_COOLDOWN, SENDS_PER_HOUR, FAILURES_PER_HOUR)
+ADDRESS_LIMITS: tuple[AddressCooldown | AddressRate, ...] = (SEND_COOLDOWN, SENDS_PER_HOUR, FAILURES_PER_HOUR)
 
 
 def send_throttle_take(*, address: Address) -> None:
@@ -86,9 +95,9 @@ def send_throttle_take(*, address: Address) -> None:
     Counted for every request, account or not, so throttling reveals nothing (contract: "Sending is throttled
     per address"). Raises core.errors.RateLimited with the whole seconds to wait.
     """
-    wait = cooldown_then_window_hit(
+    wait = cooldown_then_rate_hit(
         cooldown_key=SEND_COOLDOWN.key(address), seconds=SEND_COOLDOWN.seconds,
-        key=SENDS_PER_HOUR.key(address), limit=SENDS_PER_HOUR.limit, window=SENDS_PER_HOUR.window_seconds,
+        key=SENDS_PER_HOUR.key(address), limit=SENDS_PER_HOUR.limit, period=SENDS_PER_HOUR.period_seconds,
     )
     if wait:
         raise RateLimited(wait)
@@ -97,7 +106,7 @@ def send_throttle_take(*, address: Address) -> None:
 def send_throttle_release(*, address: Address) -> None:
     """Give back what send_throttle_take took, when no code could be sent for a reason not the user's."""
     cooldown_release(key=SEND_COOLDOWN.key(address))
-    window_unhit(key=SENDS_PER_HOUR.key(address), window=SENDS_PER_HOUR.window_seconds)
+    SENDS_PER_HOUR.unhit(address)
 
 
 def failure_take(*, address: Address) -> None:
@@ -106,17 +115,16 @@ def failure_take(*, address: Address) -> None:
     Counted first and given back on success (failure_give_back), so parallel guesses cannot overshoot the
     budget. Raises core.errors.RateLimited with the whole seconds to wait once the budget is spent.
     """
-    wait = window_hit(key=FAILURES_PER_HOUR.key(address), limit=FAILURES_PER_HOUR.limit,
-                      window=FAILURES_PER_HOUR.window_seconds)
+    wait = FAILURES_PER_HOUR.hit(address)
     if wait:
         raise RateLimited(wait)
 
 
 def failure_give_back(*, address: Address) -> None:
     """Take back the hit failure_take counted, after a successful verify."""
-    window_unhit(key=FAILURES_PER_HOUR.key(address), window=FAILURES_PER_HOUR.window_seconds)
+    FAILURES_PER_HOUR.unhit(address)
 
 
 def address_throttle_state(*, address: Address) -> dict[str, int]:
-    """Each limit's current value for `address`, by limit name: seconds left for a cooldown, hits for a window."""
+    """Each limit's current value for `address`, by limit name: seconds left for a cooldown, hits spent for a rate."""
     return {limit.name: limit.current(address) for limit in ADDRESS_LIMITS}

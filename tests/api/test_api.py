@@ -118,6 +118,15 @@ def test_per_ip_limit_uses_the_address_the_trusted_proxy_forwarded(client, setti
     assert (first.status_code, forged.status_code, other.status_code) == (202, 429, 202)
 
 
+def test_per_ip_limit_counts_an_ipv6_client_by_its_64(client, settings):
+    settings.OTP_IP_SEND_RATE = "1/min"
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    first = post(client, "/register/", {"email": "a@example.com"}, HTTP_X_FORWARDED_FOR="2001:db8:1:2::1")
+    same_64 = post(client, "/register/", {"email": "b@example.com"}, HTTP_X_FORWARDED_FOR="2001:db8:1:2:ffff::9")
+    other_64 = post(client, "/register/", {"email": "c@example.com"}, HTTP_X_FORWARDED_FOR="2001:db8:1:3::1")
+    assert (first.status_code, same_64.status_code, other_64.status_code) == (202, 429, 202)
+
+
 # --- /verify-otp/ ---------------------------------------------------------------------------------
 
 
