@@ -254,6 +254,10 @@ OTP_SENDS_PER_HOUR = env_int("OTP_SENDS_PER_HOUR", 10, minimum=1)
 OTP_IP_SEND_RATE = env_rate("OTP_IP_SEND_RATE", "30/min")
 OTP_IP_VERIFY_RATE = env_rate("OTP_IP_VERIFY_RATE", "60/min")
 OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
+# Where codes may be texted (ISO 3166 codes; `*` for every country), and which number types besides mobile.
+OTP_SMS_ALLOWED_REGIONS = [region.upper() for region in env_list("OTP_SMS_ALLOWED_REGIONS", OTP_DEFAULT_REGION)]
+OTP_SMS_ALLOW_VOIP = env_bool("OTP_SMS_ALLOW_VOIP", True)
+OTP_SMS_ALLOW_FIXED_LINE = env_bool("OTP_SMS_ALLOW_FIXED_LINE", False)
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
 # Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
 # left dead (figures in docs/performance.md).
@@ -262,14 +266,16 @@ OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
 
 
-def _check_region(region: str) -> None:
+def _check_regions(name: str, regions: list[str], *, wildcard: bool) -> None:
     import phonenumbers
 
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        _fail("OTP_DEFAULT_REGION", region, "a two-letter region code such as US or GB")
+    known = set(phonenumbers.SUPPORTED_REGIONS) | ({"*"} if wildcard else set())
+    if not regions or not set(regions) <= known:
+        _fail(name, ",".join(regions), "two-letter region codes such as US or GB" + (", or *" if wildcard else ""))
 
 
-_check_region(OTP_DEFAULT_REGION)
+_check_regions("OTP_DEFAULT_REGION", [OTP_DEFAULT_REGION], wildcard=False)
+_check_regions("OTP_SMS_ALLOWED_REGIONS", OTP_SMS_ALLOWED_REGIONS, wildcard=True)
 
 # --- Tokens -----------------------------------------------------------------------------------
 

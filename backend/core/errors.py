@@ -41,6 +41,13 @@ class SignatureInvalid(ServiceError):
     default_code = "permission_denied"
 
 
+class NumberNotAllowed(ServiceError):
+    """A valid mobile number that the SMS destination rules refuse (otp.addresses.sms_destination_refusal)."""
+
+    default_detail = "Codes are not sent by SMS to this number."
+    default_code = "number_not_allowed"
+
+
 class DependencyUnavailable(ServiceError):
     """A database, cache or broker outage: the request may be repeated once it is over."""
 

@@ -59,3 +59,41 @@ def mobile_normalize(raw: str) -> Address:
     if not phonenumbers.is_valid_number(number) or number.extension:
         raise ValidationError("Enter a valid mobile number.")
     return Address(value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), channel=Channel.SMS)
+
+
+# Number types an SMS can reach and that toll fraud does not pay from (contract: Addresses, Mobiles). Premium-
+# rate, shared-cost, toll-free, UAN, pager and personal numbers are the usual SMS-pumping destinations.
+_SMS_TYPES = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+# phonenumbers' region for numbers of no country (+800, +808, +870, +881, +882, +883, +979): satellite and
+# international services, whose type it may still call MOBILE.
+NON_GEOGRAPHIC_REGION = "001"
+
+
+@dataclass(frozen=True)
+class SmsRefusal:
+    reason: str  # "non_geographic", "region" or "type": the label of the refusals metric
+    message: str
+
+
+def sms_destination_refusal(*, address: Address) -> SmsRefusal | None:
+    """Why no code may be texted to `address` (an E.164 number), or None when it may.
+
+    Rules (contract: Mobiles; OWASP's SMS pumping guidance): numbers of no country are always refused; the
+    number's region must be in OTP_SMS_ALLOWED_REGIONS (`*` allows every region); its type must be MOBILE or
+    FIXED_LINE_OR_MOBILE, or VOIP while OTP_SMS_ALLOW_VOIP is on, or FIXED_LINE when OTP_SMS_ALLOW_FIXED_LINE is.
+    """
+    number = phonenumbers.parse(address.value)
+    region = phonenumbers.region_code_for_number(number)
+    if region in (None, NON_GEOGRAPHIC_REGION):
+        return SmsRefusal("non_geographic", "Codes are not sent to numbers outside any country.")
+    allowed = settings.OTP_SMS_ALLOWED_REGIONS
+    if "*" not in allowed and region not in allowed:
+        return SmsRefusal("region", "Codes are not sent by SMS to numbers of this country.")
+    types = set(_SMS_TYPES)
+    if settings.OTP_SMS_ALLOW_VOIP:
+        types.add(phonenumbers.PhoneNumberType.VOIP)
+    if settings.OTP_SMS_ALLOW_FIXED_LINE:
+        types.add(phonenumbers.PhoneNumberType.FIXED_LINE)
+    if phonenumbers.number_type(number) not in types:
+        return SmsRefusal("type", "Codes are sent by SMS to mobile numbers only.")
+    return None

@@ -328,3 +328,34 @@ def test_twilio_webhook_updates_the_delivery(client, settings):
     assert response.status_code == 204 and response.content == b""
     delivery.refresh_from_db()
     assert delivery.provider_status == "delivered"
+
+
+# --- SMS destinations (SMS pumping) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mobile, why", [
+    ("+1 900 555 1234", "premium rate"),
+    ("+1 800 555 1234", "toll free"),
+    ("+44 7400 123456", "another country"),
+    ("+44 90 1234 5678", "another country's premium rate"),
+    ("+881 6 1234 5678", "satellite: phonenumbers calls it MOBILE, its region is 001"),
+])
+@pytest.mark.parametrize("path", ["/register/", "/login/"])
+def test_sms_to_a_refused_destination_is_400_number_not_allowed(client, path, mobile, why):
+    response = post(client, path, {"mobile": mobile})
+    assert response.status_code == 400, why
+    assert response.json()["code"] == "number_not_allowed" and response.json()["detail"]
+    assert not Delivery.objects.exists()
+
+
+def test_an_invalid_number_keeps_its_field_error(client):
+    response = post(client, "/register/", {"mobile": "+979 1234 5678"})
+    assert response.status_code == 400 and "mobile" in response.json()
+
+
+def test_allowed_regions_and_number_types_follow_the_settings(client, settings):
+    settings.OTP_SMS_ALLOWED_REGIONS = ["US", "GB"]
+    assert post(client, "/register/", {"mobile": "+44 7400 123456"}).status_code == 202
+    settings.OTP_SMS_ALLOWED_REGIONS = ["*"]
+    assert post(client, "/register/", {"mobile": "+881 6 1234 5678"}).json()["code"] == "number_not_allowed"
+    assert post(client, "/register/", {"mobile": "+1 900 555 1234"}).json()["code"] == "number_not_allowed"

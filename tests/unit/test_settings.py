@@ -73,3 +73,10 @@ def test_process_environment_wins_and_good_values_start():
     result = start(OTP_LENGTH="8", SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t",
                    TWILIO_FROM_NUMBER="+14155550100")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("value", ["XX", "US,ZZ", ","])
+def test_sms_allowed_regions_must_be_region_codes(value):
+    result = start(OTP_SMS_ALLOWED_REGIONS=value)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "OTP_SMS_ALLOWED_REGIONS" in lines[0], result.stderr

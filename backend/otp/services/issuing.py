@@ -6,11 +6,11 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from core.errors import DependencyUnavailable
+from core.errors import DependencyUnavailable, NumberNotAllowed
 from core.metrics import metric_count
 from core.observability import REQUEST_ID_HEADER, request_id_current
 from otp import codes, providers, queries, queues, tasks, throttles
-from otp.addresses import Address
+from otp.addresses import Address, Channel, sms_destination_refusal
 from otp.models import Delivery, Purpose
 from otp.services.delivering import delivery_finish
 
@@ -24,9 +24,16 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
 
     The API does the same work whether or not an account exists, so neither the answer nor its timing
     tells them apart: for a login, the worker checks the account and sends only if it exists.
-    Raises core.errors.RateLimited (429) and DependencyUnavailable (503); after an outage the throttles taken
-    are given back, since it was not the user's doing.
+    Raises core.errors.NumberNotAllowed (400) for a number the SMS destination rules refuse (before any
+    throttle is spent: the answer is the same whether or not an account exists), RateLimited (429) and
+    DependencyUnavailable (503); after an outage the throttles taken are given back, since it was not the
+    user's doing.
     """
+    if address.channel == Channel.SMS:
+        refusal = sms_destination_refusal(address=address)
+        if refusal is not None:
+            metric_count("otp_sms_refused_total", reason=refusal.reason)
+            raise NumberNotAllowed(refusal.message)
     throttles.send_throttle_take(address=address)
     try:
         code_issue(address=address, purpose=purpose)
