@@ -31,6 +31,19 @@ def _reject_invisible(raw: str, message: str) -> None:
         raise ValidationError(message)
 
 
+def mailbox_canonical(address: Address) -> Address:
+    """The address that stands for every spelling reaching the same mailbox: for an email, the local part cut
+    at its first `+` (sub-addressing, RFC 5233); a mobile number as it is.
+
+    Only throttles use it; messages go to the address as given, and each address stays its own account. Other
+    separators some providers fold (dots at Gmail, `-` on some servers) are not folded: docs/reliability.md.
+    """
+    if address.channel != Channel.EMAIL:
+        return address
+    local, _, domain = address.value.rpartition("@")
+    return Address(value=f"{local.split('+', 1)[0] or local}@{domain}".lower(), channel=address.channel)
+
+
 def email_normalize(raw: str) -> Address:
     """Trim and lower-case; reject anything Django's validator rejects (which also shuts out header injection)."""
     _reject_invisible(raw, "Enter a valid email address.")

@@ -14,7 +14,7 @@ from django.conf import settings
 from core.errors import RateLimited
 from core.ratelimit import (HOUR, cooldown_release, cooldown_remaining, cooldown_then_rate_hit, rate_count, rate_hit,
                             rate_unhit)
-from otp.addresses import Address
+from otp.addresses import Address, mailbox_canonical
 
 
 def address_cache_key(prefix: str, address: Address) -> str:
@@ -22,16 +22,19 @@ def address_cache_key(prefix: str, address: Address) -> str:
     return f"{prefix}:{hashlib.sha256(address.value.encode()).hexdigest()[:32]}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _AddressLimit:
     name: str
     key_prefix: str
+    # True: one key for every address that reaches the same mailbox (contract: the send cooldown and hourly cap
+    # key on the canonical mailbox), so plus-tags cannot multiply a victim's messages. False: the exact address.
+    per_mailbox: bool = False
 
     def key(self, address: Address) -> str:
-        return address_cache_key(self.key_prefix, address)
+        return address_cache_key(self.key_prefix, mailbox_canonical(address) if self.per_mailbox else address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AddressCooldown(_AddressLimit):
     """At most one pass per `seconds_setting` seconds for an address (`SET NX EX`: of parallel requests one passes)."""
 
@@ -49,7 +52,7 @@ class AddressCooldown(_AddressLimit):
         return f"cooldown {value}s left"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AddressRate(_AddressLimit):
     """At most `limit_setting` hits per address per `period_seconds` (GCRA: no double burst at any edge);
     `noun` names a hit for people."""
@@ -78,10 +81,11 @@ class AddressRate(_AddressLimit):
         return f"{value} {self.noun} this hour" if self.period_seconds == HOUR else f"{value} {self.noun}"
 
 
-SEND_COOLDOWN = AddressCooldown(name="send_cooldown", key_prefix="otp:cooldown",
+SEND_COOLDOWN = AddressCooldown(name="send_cooldown", key_prefix="otp:cooldown", per_mailbox=True,
                                 seconds_setting="OTP_RESEND_COOLDOWN_SECONDS")
-SENDS_PER_HOUR = AddressRate(name="sends_per_hour", key_prefix="otp:sends", limit_setting="OTP_SENDS_PER_HOUR",
-                             period_seconds=HOUR, noun="sends")
+SENDS_PER_HOUR = AddressRate(name="sends_per_hour", key_prefix="otp:sends", per_mailbox=True,
+                             limit_setting="OTP_SENDS_PER_HOUR", period_seconds=HOUR, noun="sends")
+# On the exact address: guesses at victim+1@ must not spend victim@'s budget.
 FAILURES_PER_HOUR = AddressRate(name="failures_per_hour", key_prefix="otp:failures",
                                 limit_setting="OTP_MAX_FAILURES_PER_HOUR", period_seconds=HOUR, noun="wrong codes")
 

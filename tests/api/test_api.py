@@ -359,3 +359,38 @@ def test_allowed_regions_and_number_types_follow_the_settings(client, settings):
     settings.OTP_SMS_ALLOWED_REGIONS = ["*"]
     assert post(client, "/register/", {"mobile": "+881 6 1234 5678"}).json()["code"] == "number_not_allowed"
     assert post(client, "/register/", {"mobile": "+1 900 555 1234"}).json()["code"] == "number_not_allowed"
+
+
+# --- Mail bombing through plus-tags ------------------------------------------------------------------
+
+
+def test_plus_tags_share_the_mailbox_cooldown_and_hourly_cap(client, settings):
+    settings.OTP_RESEND_COOLDOWN_SECONDS = 1
+    first = post(client, "/register/", {"email": "victim+1@example.com"})
+    second = post(client, "/register/", {"email": "Victim+2@Example.com"})
+    assert (first.status_code, second.status_code) == (202, 429)
+    assert Delivery.objects.get().address == "victim+1@example.com"  # sent as given
+
+
+def test_plus_tag_bombing_stops_at_the_mailbox_hourly_cap(client, settings, redis_clean):
+    from otp import throttles
+    from otp.addresses import email_normalize
+
+    settings.OTP_SENDS_PER_HOUR = 3
+    statuses = []
+    for n in range(6):
+        statuses.append(post(client, "/register/", {"email": f"victim+{n}@example.com"}).status_code)
+        redis_clean.delete(*[key for key in redis_clean.scan_iter("*otp:cooldown*")])  # past each cooldown
+    assert statuses == [202, 202, 202, 429, 429, 429]
+    assert (throttles.SENDS_PER_HOUR.key(email_normalize("victim@example.com"))
+            == throttles.SENDS_PER_HOUR.key(email_normalize("victim+9@example.com")))
+
+
+def test_wrong_guesses_at_a_plus_tag_do_not_spend_the_mailbox_owners_budget(client, settings, fixed_code):
+    settings.OTP_MAX_FAILURES_PER_HOUR = 3
+    for _ in range(4):
+        post(client, "/verify-otp/", {"email": "victim+1@example.com", "code": "000000"})
+    assert post(client, "/verify-otp/", {"email": "victim+1@example.com", "code": "000000"}).status_code == 429
+    assert post(client, "/register/", {"email": "victim@example.com"}).status_code == 202
+    verified = post(client, "/verify-otp/", {"email": "victim@example.com", "code": fixed_code[-1]})
+    assert verified.status_code == 200
