@@ -122,6 +122,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.observability.RequestObservabilityMiddleware",
+    "core.middleware.SecurityHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -166,6 +167,11 @@ WHITENOISE_USE_FINDERS = True
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind https (PUBLIC_BASE_URL says what clients see, whoever terminates TLS): HSTS on every response
+# (core.middleware), and cookies (the admin's session and CSRF cookies) never sent over plain http.
+PUBLIC_HTTPS = PUBLIC_BASE_URL.startswith("https://")
+HSTS_SECONDS = 31_536_000
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PUBLIC_HTTPS
 X_FRAME_OPTIONS = "DENY"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 
