@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "core",
     "users",
     "otp",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -131,7 +132,22 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers for the admin logins its backend refused.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin sign-ins (the only password logins) are throttled by django-axes: after AXES_FAILURE_LIMIT failures from
+# one client address, every try from it is refused before the password is hashed, for AXES_COOLOFF_TIME
+# (OWASP Authentication Cheat Sheet, "Protect against automated attacks"). Keyed on the address, not the
+# username, so nobody can lock an admin out from elsewhere.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.throttling.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.views.admin_lockout"
+AXES_VERBOSE = False  # no banner line in every process's log
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

@@ -25,6 +25,12 @@ def client_key(ident: str) -> str:
     return str(address)
 
 
+def client_ip(request) -> str:
+    """The client's address as the trusted proxies passed it on (TRUSTED_PROXY_COUNT), grouped as client_key
+    groups it: the identity every per-client limit uses, DRF's throttles and django-axes alike."""
+    return client_key(BaseThrottle().get_ident(request))
+
+
 class _IpRateThrottle(BaseThrottle):
     """DRF's get_ident honours NUM_PROXIES (TRUSTED_PROXY_COUNT), so a client cannot forge its address."""
 
@@ -33,7 +39,7 @@ class _IpRateThrottle(BaseThrottle):
 
     def allow_request(self, request, view) -> bool:
         limit, period = rate_parse(getattr(settings, self.rate_setting))
-        key = f"ip:{self.scope}:{client_key(self.get_ident(request))}"
+        key = f"ip:{self.scope}:{client_ip(request)}"
         self.wait_seconds = rate_hit(key=key, limit=limit, period=period)
         return self.wait_seconds == 0
 

@@ -92,3 +92,14 @@ def metrics(request):
         except Exception as exc:  # an unreachable broker must not hide the other figures
             logger.warning("queue depth unavailable: %s", exc)
     return HttpResponse(metrics_render(queue_depths=depths), content_type=METRICS_CONTENT_TYPE)
+
+
+def admin_lockout(request, original_response=None, credentials=None):
+    """django-axes' answer to an admin sign-in from a client address it has locked out: 429 with the real wait
+    in Retry-After (every try during the lockout starts the cool-off again). The admin's pages are HTML, so
+    this one is plain text rather than the API's JSON."""
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    response = HttpResponse(f"Too many failed sign-ins from your address. Try again in {seconds // 60} minutes.\n",
+                            status=429, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(seconds)
+    return response
