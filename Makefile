@@ -12,8 +12,8 @@ run: $(VENV)/.runtime-installed
 	$(MANAGE) migrate --noinput
 	$(MANAGE) runserver $${API_PORT:-8000}
 
-# The test suite runs against the local PostgreSQL and Redis (127.0.0.1), with real Celery workers, the native
-# stack behind nginx, and Debian's Chromium for the browser test.
+# The test suite runs against the local PostgreSQL (127.0.0.1) and a redis-server of its own, with real Celery
+# workers, the native stack behind nginx, and Debian's Chromium for the browser test.
 test: $(VENV)/.test-installed nginx chromium
 	$(BIN)/pytest
 

@@ -4,17 +4,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import isolation
 from tests.support.redis_state import redis_flush
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_standin import TwilioStandIn
 
 # The environment the suite runs in; a value already in the environment wins, so CI can point elsewhere.
-# Django reads settings in pytest_configure below, after these are in place.
+# Django reads settings in pytest_configure below, after these are in place. REDIS_URL, unless given, is this
+# run's own redis-server, and the test database's name ends in the run's id (tests/support/isolation.py).
 TEST_ENV = {
     "DJANGO_SETTINGS_MODULE": "config.settings",
     "ENV_FILE": "",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/otp_service",
-    "REDIS_URL": "redis://127.0.0.1:6379/15",
     "SECRET_KEY": "tests-only-secret-key-never-used-anywhere-else",
     "DEBUG": "false",
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
@@ -27,6 +28,7 @@ TEST_ENV = {
 
 
 def pytest_configure(config):
+    isolation.redis_start()
     for name, value in TEST_ENV.items():
         os.environ.setdefault(name, value)
     import logging
@@ -35,6 +37,15 @@ def pytest_configure(config):
 
     django.setup()
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at info
+
+
+def pytest_unconfigure(config):
+    isolation.redis_stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    isolation.name_test_database()
 
 
 # Markers (declared in pytest.ini) by where a test lives; `make test-fast` leaves out all four.

@@ -8,10 +8,12 @@ import pytest
 import redis
 
 from tests.support.env import delivery_env
+from tests.support.isolation import redis_db_url
 from tests.support.processes import REPO_DIR
+from tests.support.redis_state import redis_flush
 from tests.support.waiting import free_port
 
-STACK_REDIS_URL = "redis://127.0.0.1:6379/14"
+STACK_REDIS_URL = redis_db_url(14)  # on this run's Redis, apart from the tests' own database
 
 
 @dataclass
@@ -69,8 +71,6 @@ def stack(django_db_setup, django_db_blocker, smtp_server, twilio_standin):
 def stack_redis_clean():
     """Throttle state of the stack's Redis database, reset for each test (exchange bindings stay)."""
     client = redis.Redis.from_url(STACK_REDIS_URL)
-    stale = [key for key in client.scan_iter("*") if not key.startswith(b"_kombu.binding.")]
-    if stale:
-        client.delete(*stale)
+    redis_flush(client)
     yield
     client.close()

@@ -12,6 +12,7 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.checks import not_a_server_error
 
 from tests.support.env import delivery_env
+from tests.support.isolation import redis_db_url
 from tests.support.mini_stack import MiniStack
 
 schema = schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))
@@ -23,7 +24,7 @@ def live_api(django_db_setup, django_db_blocker, smtp_server, twilio_standin):
     with django_db_blocker.unblock():
         env = delivery_env(smtp_server=smtp_server, twilio_standin=twilio_standin)
     # Guards up high: this run looks for crashes and schema drift, not for throttling.
-    stack = MiniStack({**env, "REDIS_URL": "redis://127.0.0.1:6379/12", "OTP_IP_SEND_RATE": "100000/min",
+    stack = MiniStack({**env, "REDIS_URL": redis_db_url(12), "OTP_IP_SEND_RATE": "100000/min",
                        "OTP_IP_VERIFY_RATE": "100000/min", "OTP_RESEND_COOLDOWN_SECONDS": "1"}).start_api()
     yield stack
     stack.stop()
