@@ -1,12 +1,11 @@
 """The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from otp.messages import Message
 from otp.providers import SendTransientError
 from otp.providers.smtp import SmtpEmailProvider
 from otp.providers.twilio import TwilioSmsProvider, _twilio_client_build
+from tests.support.parallel import run_in_parallel
 from tests.support.smtp import SmtpServer
 
 MESSAGE = Message(subject="Your code", text="Your code is 123456.")
@@ -95,8 +94,7 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
     sms.latency_seconds = 0.05  # so the 16 sends overlap
     numbers = [f"+1415555{n:04d}" for n in range(48)]
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda number: TwilioSmsProvider().send(to=number, message=MESSAGE), numbers))
+    run_in_parallel(16, lambda i: [TwilioSmsProvider().send(to=number, message=MESSAGE) for number in numbers[i::16]])
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
