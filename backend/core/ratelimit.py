@@ -16,6 +16,7 @@ import functools
 import math
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 from django.conf import settings
@@ -36,23 +37,50 @@ def _interval_ms(limit: int, period: int) -> int:
     return math.ceil(period * 1000 / limit)
 
 
-# The GCRA step shared by the scripts below. Needs `now` (ms) and KEYS[k] / interval / limit in scope; leaves
-# `wait` (ms until the hit would be allowed; 0 when it was, and then TAT has moved on).
-_GCRA_STEP = """
-local tat = tonumber(redis.call('GET', key) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - interval * limit - now
-if wait <= 0 then
-    wait = 0
-    redis.call('SET', key, new_tat, 'PX', new_tat - now)
-end
-"""
+@dataclass(frozen=True)
+class Rate:
+    """"At most `limit` hits per `period` seconds" on the Redis key `key`."""
+
+    key: str
+    limit: int
+    period: int
+
+    @property
+    def interval_ms(self) -> int:
+        return _interval_ms(self.limit, self.period)
+
+    def maximum_hits(self, seconds: float) -> int:
+        """The most hits GCRA can allow in any span of `seconds`: the burst, plus one per emission interval."""
+        return self.limit + math.floor(seconds * 1000 / self.interval_ms)
+
+
+def _rate_args(rates: list[Rate]) -> list[int]:
+    return [value for rate in rates for value in (rate.interval_ms, rate.limit)]
+
+
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-# KEYS: the rate's key. ARGV: emission interval (ms), limit. Returns the ms to wait (0: allowed and counted).
-_RATE_HIT = _NOW + "local key, interval, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])\n" + _GCRA_STEP + \
-    "return wait\n"
+# GCRA over several rates at once, from KEYS[first] on, with ARGV[arg], ARGV[arg + 1] = emission interval (ms),
+# limit for each key in turn. Needs `now`, `first` and `arg` in scope; leaves `wait`: 0 when every rate allows a
+# hit (and then each has counted it), else the ms until all would (and nothing is counted).
+_GCRA_STEP = """
+local tats, wait = {}, 0
+for i = first, #KEYS do
+    local interval, limit = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    tats[i] = tat + interval
+    wait = math.max(wait, tats[i] - interval * limit - now)
+end
+if wait <= 0 then
+    wait = 0
+    for i = first, #KEYS do redis.call('SET', KEYS[i], tats[i], 'PX', tats[i] - now) end
+end
+"""
+
+# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms to wait (0: allowed and counted).
+_RATE_HIT = _NOW + "local first, arg = 1, 1\n" + _GCRA_STEP + "return wait\n"
 
 # KEYS: the rate's key. ARGV: emission interval (ms). Gives one hit back: TAT moves back one interval.
 _RATE_UNHIT = _NOW + """
@@ -63,13 +91,14 @@ if new_tat <= now then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1]
 return 0
 """
 
-# KEYS: the cooldown, the rate's key. ARGV: the cooldown's seconds, emission interval (ms), limit. Returns
-# {0, ms left on the cooldown} when the cooldown was running (nothing counted), else {1, ms to wait for the rate}.
+# KEYS: the cooldown, then the rates' keys. ARGV: the cooldown's seconds, then interval (ms) and limit of each
+# rate. Returns {0, ms left on the cooldown} when the cooldown was running (nothing counted), else {1, ms to
+# wait for the rates}.
 _COOLDOWN_THEN_RATE_HIT = _NOW + """
 if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
     return {0, redis.call('PTTL', KEYS[1])}
 end
-local key, interval, limit = KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3])
+local first, arg = 2, 2
 """ + _GCRA_STEP + "return {1, wait}\n"
 
 
@@ -81,8 +110,8 @@ class _RedisCounters:
         self.rate_unhit_script = self.client.register_script(_RATE_UNHIT)
         self.cooldown_then_rate_hit_script = self.client.register_script(_COOLDOWN_THEN_RATE_HIT)
 
-    def rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
-        return self.rate_hit_script(keys=[key], args=[interval_ms, limit]) / 1000
+    def rate_hit(self, rates: list[Rate]) -> float:
+        return self.rate_hit_script(keys=[rate.key for rate in rates], args=_rate_args(rates)) / 1000
 
     def rate_unhit(self, key: str, interval_ms: int) -> None:
         self.rate_unhit_script(keys=[key], args=[interval_ms])
@@ -91,9 +120,9 @@ class _RedisCounters:
         # The key expires at its TAT, so its TTL is how far TAT is ahead of now.
         return max(0.0, float(self.client.pttl(key)))
 
-    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, key: str, interval_ms: int,
-                               limit: int) -> tuple[bool, float]:
-        taken, value = self.cooldown_then_rate_hit_script(keys=[cooldown_key, key], args=[seconds, interval_ms, limit])
+    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, rates: list[Rate]) -> tuple[bool, float]:
+        taken, value = self.cooldown_then_rate_hit_script(keys=[cooldown_key, *(rate.key for rate in rates)],
+                                                          args=[seconds, *_rate_args(rates)])
         return bool(taken), max(0.0, value / 1000)
 
     def ttl(self, key: str) -> float:
@@ -117,18 +146,18 @@ class _LocalCounters:
     def _now() -> float:
         return time.time() * 1000
 
-    def _rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
+    def _rate_hit(self, rates: list[Rate]) -> float:
         now = self._now()
-        tat = max(self.values.get(key, now), now)
-        wait = tat + interval_ms - interval_ms * limit - now
+        tats = [max(self.values.get(rate.key, now), now) + rate.interval_ms for rate in rates]
+        wait = max(tat - rate.interval_ms * rate.limit - now for tat, rate in zip(tats, rates))
         if wait <= 0:
-            self.values[key] = tat + interval_ms
+            self.values.update({rate.key: tat for tat, rate in zip(tats, rates)})
             return 0.0
         return wait / 1000
 
-    def rate_hit(self, key: str, interval_ms: int, limit: int) -> float:
+    def rate_hit(self, rates: list[Rate]) -> float:
         with self.lock:
-            return self._rate_hit(key, interval_ms, limit)
+            return self._rate_hit(rates)
 
     def rate_unhit(self, key: str, interval_ms: int) -> None:
         with self.lock:
@@ -139,14 +168,13 @@ class _LocalCounters:
         with self.lock:
             return max(0.0, self.values.get(key, 0.0) - self._now())
 
-    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, key: str, interval_ms: int,
-                               limit: int) -> tuple[bool, float]:
+    def cooldown_then_rate_hit(self, cooldown_key: str, seconds: int, rates: list[Rate]) -> tuple[bool, float]:
         with self.lock:
             now = self._now()
             if self.values.get(cooldown_key, 0.0) > now:
                 return False, (self.values[cooldown_key] - now) / 1000
             self.values[cooldown_key] = now + seconds * 1000
-            return True, self._rate_hit(key, interval_ms, limit)
+            return True, self._rate_hit(rates)
 
     def ttl(self, key: str) -> float:
         with self.lock:
@@ -178,12 +206,23 @@ def _whole_seconds(wait: float) -> int:
 def rate_hit(*, key: str, limit: int, period: int) -> int:
     """Count one hit against "at most `limit` hits per `period` seconds" (GCRA); return 0 when allowed (and
     counted), else the whole seconds until a hit would be allowed (nothing counted)."""
-    return _whole_seconds(_store().rate_hit(key, _interval_ms(limit, period), limit))
+    return rates_hit(rates=[Rate(key, limit, period)])
+
+
+def rates_hit(*, rates: list[Rate]) -> int:
+    """Count one hit against every rate in `rates` at once, atomically: 0 when all allow it (each counts it),
+    else the whole seconds until all would (none counts it)."""
+    return _whole_seconds(_store().rate_hit(rates))
 
 
 def rate_unhit(*, key: str, limit: int, period: int) -> None:
     """Give back one hit counted by rate_hit (a success that should not spend the budget)."""
     _store().rate_unhit(key, _interval_ms(limit, period))
+
+
+def rate_reset(*, key: str) -> None:
+    """Forget every hit counted on `key`."""
+    _store().delete(key)
 
 
 def rate_count(*, key: str, limit: int, period: int) -> int:
@@ -194,7 +233,7 @@ def rate_count(*, key: str, limit: int, period: int) -> int:
 def cooldown_then_rate_hit(*, cooldown_key: str, seconds: int, key: str, limit: int, period: int) -> int:
     """Take the cooldown (`seconds` long), and only then count one hit against `key`'s rate; return 0 when both
     allow it, else the whole seconds to wait: what is left of the cooldown, or until the rate allows a hit."""
-    taken, wait = _store().cooldown_then_rate_hit(cooldown_key, seconds, key, _interval_ms(limit, period), limit)
+    taken, wait = _store().cooldown_then_rate_hit(cooldown_key, seconds, [Rate(key, limit, period)])
     if not taken:
         return max(1, math.ceil(wait))
     return _whole_seconds(wait)

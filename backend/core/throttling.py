@@ -12,8 +12,8 @@ IPV6_CLIENT_PREFIX = 64
 
 
 def client_key(ident: str) -> str:
-    """The throttle identity of a client address: an IPv4 address as it is, an IPv6 address as its /64
-    network (an IPv4-mapped IPv6 address counts as the IPv4 one). Anything else is used as given."""
+    """The throttle identity of a client address: an IPv4 address as it is, an IPv6 address as the first
+    address of its /64 (an IPv4-mapped IPv6 address counts as the IPv4 one). Anything else is used as given."""
     try:
         address = ipaddress.ip_address(ident.strip())
     except ValueError:
@@ -21,14 +21,16 @@ def client_key(ident: str) -> str:
     if address.version == 6 and address.ipv4_mapped:
         return str(address.ipv4_mapped)
     if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False).network_address)
     return str(address)
 
 
-def client_ip(request) -> str:
+def client_ip(request) -> str | None:
     """The client's address as the trusted proxies passed it on (TRUSTED_PROXY_COUNT), grouped as client_key
-    groups it: the identity every per-client limit uses, DRF's throttles and django-axes alike."""
-    return client_key(BaseThrottle().get_ident(request))
+    groups it: the identity every per-client limit uses, DRF's throttles and django-axes alike. None for a
+    request with no address (one made inside the process, as a test's forced login)."""
+    ident = BaseThrottle().get_ident(request)
+    return client_key(ident) if ident else None
 
 
 class _IpRateThrottle(BaseThrottle):
@@ -39,7 +41,7 @@ class _IpRateThrottle(BaseThrottle):
 
     def allow_request(self, request, view) -> bool:
         limit, period = rate_parse(getattr(settings, self.rate_setting))
-        key = f"ip:{self.scope}:{client_ip(request)}"
+        key = f"ip:{self.scope}:{client_ip(request) or 'unknown'}"
         self.wait_seconds = rate_hit(key=key, limit=limit, period=period)
         return self.wait_seconds == 0
 

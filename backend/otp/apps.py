@@ -9,6 +9,22 @@ class OtpConfig(AppConfig):
 
     def ready(self) -> None:
         delivery_chain_check()
+        failure_budget_check()
+
+
+def failure_budget_check() -> None:
+    """Refuse to start unless the failure budget allows at most 1 % of the code space in compared wrong guesses
+    a year (contract: One-time codes; at 6 digits, 10,000). Raises SystemExit with one line naming the setting."""
+    from otp.throttles import failure_budget_yearly_maximum
+
+    allowed = 10 ** settings.OTP_LENGTH // 100
+    if failure_budget_yearly_maximum() > allowed:
+        raise SystemExit(
+            f"Invalid setting OTP_MAX_FAILURES_PER_DAY={settings.OTP_MAX_FAILURES_PER_DAY!r}: expected a value that "
+            f"keeps the wrong guesses compared for one address within {allowed} a year (1 % of the "
+            f"{settings.OTP_LENGTH}-digit code space; now {failure_budget_yearly_maximum()}): "
+            f"at most {allowed // 366} a day with OTP_LENGTH={settings.OTP_LENGTH}."
+        )
 
 
 def delivery_chain_check() -> None:

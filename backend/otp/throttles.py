@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from core.errors import RateLimited
-from core.ratelimit import (HOUR, cooldown_release, cooldown_remaining, cooldown_then_rate_hit, rate_count, rate_hit,
-                            rate_unhit)
+from core.ratelimit import (HOUR, Rate, cooldown_release, cooldown_remaining, cooldown_then_rate_hit, rate_count,
+                            rate_hit, rate_reset, rate_unhit, rates_hit)
+
+DAY = 24 * HOUR
+YEAR = 365 * DAY
 from otp.addresses import Address, mailbox_canonical
 
 
@@ -65,6 +68,9 @@ class AddressRate(_AddressLimit):
     def limit(self) -> int:
         return getattr(settings, self.limit_setting)
 
+    def rate(self, address: Address) -> Rate:
+        return Rate(self.key(address), self.limit, self.period_seconds)
+
     def hit(self, address: Address) -> int:
         """Count one hit; 0 when allowed, else the whole seconds to wait (nothing counted)."""
         return rate_hit(key=self.key(address), limit=self.limit, period=self.period_seconds)
@@ -78,19 +84,25 @@ class AddressRate(_AddressLimit):
         return rate_count(key=self.key(address), limit=self.limit, period=self.period_seconds)
 
     def describe(self, value: int) -> str:
-        return f"{value} {self.noun} this hour" if self.period_seconds == HOUR else f"{value} {self.noun}"
+        return f"{value} {self.noun} " + {HOUR: "this hour", DAY: "today"}.get(self.period_seconds, "now")
 
 
 SEND_COOLDOWN = AddressCooldown(name="send_cooldown", key_prefix="otp:cooldown", per_mailbox=True,
                                 seconds_setting="OTP_RESEND_COOLDOWN_SECONDS")
 SENDS_PER_HOUR = AddressRate(name="sends_per_hour", key_prefix="otp:sends", per_mailbox=True,
                              limit_setting="OTP_SENDS_PER_HOUR", period_seconds=HOUR, noun="sends")
-# On the exact address: guesses at victim+1@ must not spend victim@'s budget.
+# The failure budget: wrong guesses compared for one address, across all its codes (contract: One-time codes).
+# A burst of OTP_MAX_FAILURES_PER_HOUR, and over a year no more than failure_budget_yearly_maximum(), which
+# start-up keeps within 1 % of the code space. On the exact address: guesses at victim+1@ must not spend
+# victim@'s budget.
 FAILURES_PER_HOUR = AddressRate(name="failures_per_hour", key_prefix="otp:failures",
                                 limit_setting="OTP_MAX_FAILURES_PER_HOUR", period_seconds=HOUR, noun="wrong codes")
+FAILURES_PER_DAY = AddressRate(name="failures_per_day", key_prefix="otp:failures:day",
+                               limit_setting="OTP_MAX_FAILURES_PER_DAY", period_seconds=DAY, noun="wrong codes")
+FAILURE_BUDGET = (FAILURES_PER_HOUR, FAILURES_PER_DAY)
 
 # Every per-address limit, in the order support staff read them.
-ADDRESS_LIMITS: tuple[AddressCooldown | AddressRate, ...] = (SEND_COOLDOWN, SENDS_PER_HOUR, FAILURES_PER_HOUR)
+ADDRESS_LIMITS: tuple[AddressCooldown | AddressRate, ...] = (SEND_COOLDOWN, SENDS_PER_HOUR, *FAILURE_BUDGET)
 
 
 def send_throttle_take(*, address: Address) -> None:
@@ -114,19 +126,30 @@ def send_throttle_release(*, address: Address) -> None:
 
 
 def failure_take(*, address: Address) -> None:
-    """Count one verify against the address's failure budget before the code is checked.
+    """Count one verify against every rate of the address's failure budget, atomically, before the code is
+    checked.
 
-    Counted first and given back on success (failure_give_back), so parallel guesses cannot overshoot the
-    budget. Raises core.errors.RateLimited with the whole seconds to wait once the budget is spent.
+    Counted first and reset on success (failure_budget_reset), so parallel guesses cannot overshoot the budget.
+    Raises core.errors.RateLimited with the whole seconds until the budget allows a guess again (the real wait:
+    GCRA knows it exactly).
     """
-    wait = FAILURES_PER_HOUR.hit(address)
+    wait = rates_hit(rates=[limit.rate(address) for limit in FAILURE_BUDGET])
     if wait:
         raise RateLimited(wait)
 
 
-def failure_give_back(*, address: Address) -> None:
-    """Take back the hit failure_take counted, after a successful verify."""
-    FAILURES_PER_HOUR.unhit(address)
+def failure_budget_reset(*, address: Address) -> None:
+    """After a successful verify: the address's run of failures is over (contract: "A successful verify resets
+    the consecutive count")."""
+    for limit in FAILURE_BUDGET:
+        rate_reset(key=limit.key(address))
+
+
+def failure_budget_yearly_maximum() -> int:
+    """The most wrong guesses the failure budget lets anyone have compared for one address in a year (with no
+    successful verify between them): each rate allows its burst plus one guess per emission interval, and a
+    guess needs every rate's leave, so the tightest rate bounds it."""
+    return min(Rate("", limit.limit, limit.period_seconds).maximum_hits(YEAR) for limit in FAILURE_BUDGET)
 
 
 def address_throttle_state(*, address: Address) -> dict[str, int]:

@@ -36,3 +36,9 @@ def test_a_locked_out_address_does_not_lock_the_admin_out_elsewhere(admin_user):
         login(f"wrong-{n}", ip="198.51.100.9")
     response = login("the-right-password-for-tests", ip="203.0.113.50")
     assert response.status_code == 302 and response["Location"] == "/admin/"
+
+
+def test_an_ipv6_client_is_locked_out_across_its_64(admin_user):
+    for n in range(5):
+        login(f"wrong-{n}", ip=f"2001:db8:7:7::{n + 1}")
+    assert login("the-right-password-for-tests", ip="2001:db8:7:7:ffff::1").status_code == 429

@@ -57,8 +57,8 @@ def test_a_hit_given_back_can_be_used_again(store):
 
 @pytest.mark.parametrize("ident, key", [
     ("203.0.113.7", "203.0.113.7"),
-    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::"),
     ("::ffff:203.0.113.7", "203.0.113.7"),
     ("not-an-address", "not-an-address"),
 ])

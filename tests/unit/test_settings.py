@@ -80,3 +80,10 @@ def test_sms_allowed_regions_must_be_region_codes(value):
     result = start(OTP_SMS_ALLOWED_REGIONS=value)
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "OTP_SMS_ALLOWED_REGIONS" in lines[0], result.stderr
+
+
+def test_a_failure_budget_above_one_percent_of_the_code_space_a_year_stops_start_up():
+    result = start(OTP_MAX_FAILURES_PER_DAY="28")  # 28 + 365 x 28 = 10,248 > 10,000
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "OTP_MAX_FAILURES_PER_DAY=28" in lines[0], result.stderr
+    assert start(OTP_MAX_FAILURES_PER_DAY="28", OTP_LENGTH="7").returncode == 0

@@ -24,7 +24,7 @@ def code_verify(*, address: Address, code: str) -> TokenPair:
     if user is None:
         metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
-    throttles.failure_give_back(address=address)
+    throttles.failure_budget_reset(address=address)
     metric_count("otp_codes_verified_total", result="success")
     return token_pair_issue(user=user)
 
