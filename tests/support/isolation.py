@@ -5,14 +5,18 @@ differ without any setting. The test database takes it as a suffix (`test_otp_se
 redis-server of its own on a free port, started before Django reads its settings and stopped when the run ends.
 Every process the tests start (workers, the native stack, the fault tests' APIs) inherits its REDIS_URL; those that
 keep their state apart from the tests' use another numbered database of that server (`redis_db_url`). A REDIS_URL
-already in the environment is used as given instead (then isolating it is the caller's business).
+already in the environment is used as given instead (then isolating it is the caller's business). Two runs in
+one checkout at the same time need two TEST_RUN_IDs (or two DATABASE_URLs).
 """
 import hashlib
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 from tests.support.processes import REPO_DIR
 from tests.support.redis_state import RedisServer
@@ -35,6 +39,8 @@ def redis_start() -> None:
     global redis_server
     if os.environ.get("REDIS_URL"):
         return
+    if not shutil.which("redis-server"):
+        raise pytest.UsageError("redis-server is missing: install Debian's redis-server package, or set REDIS_URL")
     _stop_orphan()
     redis_server = RedisServer(REDIS_DIR, name=f"redis-{RUN_ID}").start()
     (REDIS_DIR / "owner").write_text(f"{redis_server.process.pid} {os.getpid()}")
