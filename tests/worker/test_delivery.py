@@ -142,6 +142,21 @@ def test_maintenance_job_runs_on_the_worker(email_address):
     wait_for(lambda: Delivery.objects.get(id=stale.id).status == "failed", message="the stale delivery marked failed")
 
 
+def test_a_job_queued_under_a_task_name_from_before_the_rename_is_delivered(inbox, worker):
+    # Jobs queued by the previous release name their task as it was then, with bare keyword arguments.
+    import celery
+
+    delivery = factories.delivery_row("legacy@example.com", purpose="register",
+                                      expires_at=timezone.now() + timedelta(minutes=2))
+    celery.current_app.send_task("otp.tasks.delivery_send_task", kwargs={"delivery_id": delivery.id, "code": "482913"},
+                                 queue="email")
+    assert code_from_email(inbox.wait_for_message("legacy@example.com")) == "482913"
+    delivery_in_state("legacy@example.com", "sent")
+    runs = worker.log().count("maintenance: {")
+    celery.current_app.send_task("otp.tasks.maintenance_run", queue="maintenance")
+    wait_for(lambda: worker.log().count("maintenance: {") > runs, message="the maintenance job under its old name")
+
+
 def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
     # After the server ends every connection the worker holds or keeps in its pool, no job may fail for good.
     # Two things each suffice: the pool checks a connection as it leaves (CONN_HEALTH_CHECKS), and a task that
@@ -160,18 +175,3 @@ def test_worker_whose_database_connections_were_cut_delivers_every_job(inbox):
     for address in addresses:
         inbox.wait_for_message(address, timeout=20)
     assert all(len(inbox.to(address)) == 1 for address in addresses)
-
-
-def test_a_job_queued_under_a_task_name_from_before_the_rename_is_delivered(inbox, worker):
-    # Jobs queued by the previous release name their task as it was then, with bare keyword arguments.
-    import celery
-
-    delivery = factories.delivery_row("legacy@example.com", purpose="register",
-                                      expires_at=timezone.now() + timedelta(minutes=2))
-    celery.current_app.send_task("otp.tasks.delivery_send_task", kwargs={"delivery_id": delivery.id, "code": "482913"},
-                                 queue="email")
-    assert code_from_email(inbox.wait_for_message("legacy@example.com")) == "482913"
-    delivery_in_state("legacy@example.com", "sent")
-    runs = worker.log().count("maintenance: {")
-    celery.current_app.send_task("otp.tasks.maintenance_run", queue="maintenance")
-    wait_for(lambda: worker.log().count("maintenance: {") > runs, message="the maintenance job under its old name")
