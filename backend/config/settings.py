@@ -424,6 +424,10 @@ for _name in ("SERVICE_NAME", "DEFAULT_FROM_EMAIL", "PUBLIC_BASE_URL"):
 for _name in ("JWT_SIGNING_KEY", "OTP_HMAC_KEY"):
     if env_str(_name) and len(env_str(_name)) < 32:
         _fail(_name, "<hidden>", "at least 32 characters, or unset to derive it from SECRET_KEY")
+# Old keys are checked like current ones: a short one is as weak as a short current key.
+for _name in ("SECRET_KEY_FALLBACKS", "JWT_SIGNING_KEY_FALLBACKS"):
+    if any(len(_key) < 32 for _key in globals()[_name]):
+        _fail(_name, "<hidden>", "comma-separated keys of at least 32 characters each")
 # A refresh token that dies before the access token it renews is of no use to a client.
 if REFRESH_TOKEN_LIFETIME_SECONDS <= ACCESS_TOKEN_LIFETIME_SECONDS:
     _fail("REFRESH_TOKEN_LIFETIME_SECONDS", REFRESH_TOKEN_LIFETIME_SECONDS,

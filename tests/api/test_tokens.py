@@ -13,6 +13,7 @@ from tests.support import factories
 from tests.support.http import post
 from tests.support.parallel import run_in_parallel
 from tests.support.redis_state import redis_flush
+from tests.unit.test_settings import start
 from users.models import User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -340,3 +341,20 @@ def test_a_token_signed_with_a_key_in_no_list_is_401(fixed_code):
     for token in (resigned(tokens["refresh"], key=STRANGER_KEY), resigned(tokens["access"], key=STRANGER_KEY)):
         assert refresh(token).status_code == 401
     assert profile(resigned(tokens["access"], key=STRANGER_KEY)).status_code == 401
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"JWT_SIGNING_KEY": NEW_KEY, "JWT_SIGNING_KEY_FALLBACKS": f"{OLD_KEY},too-short"}, "JWT_SIGNING_KEY_FALLBACKS"),
+    ({"SECRET_KEY_FALLBACKS": "short-old-secret"}, "SECRET_KEY_FALLBACKS"),
+])
+def test_a_fallback_key_shorter_than_32_characters_stops_start_up(overrides, name):
+    result = start(**overrides)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"Invalid setting {name}=" in lines[0] and "too-short" not in lines[0], result.stderr
+
+
+def test_good_fallback_keys_start():
+    result = start(JWT_SIGNING_KEY=NEW_KEY, JWT_SIGNING_KEY_FALLBACKS=f"{OLD_KEY}, {STRANGER_KEY}",
+                   SECRET_KEY_FALLBACKS=OLD_KEY)
+    assert result.returncode == 0, result.stderr
