@@ -305,6 +305,8 @@ _check_regions("OTP_SMS_ALLOWED_REGIONS", OTP_SMS_ALLOWED_REGIONS, wildcard=True
 # --- Tokens -----------------------------------------------------------------------------------
 
 JWT_SIGNING_KEY = env_str("JWT_SIGNING_KEY") or SECRET_KEY
+# Old JWT keys, still accepted (users.tokens); while JWT_SIGNING_KEY is SECRET_KEY, SECRET_KEY_FALLBACKS are too.
+JWT_SIGNING_KEY_FALLBACKS = env_list("JWT_SIGNING_KEY_FALLBACKS")
 ACCESS_TOKEN_LIFETIME_SECONDS = env_int("ACCESS_TOKEN_LIFETIME_SECONDS", 300, minimum=1)
 REFRESH_TOKEN_LIFETIME_SECONDS = env_int("REFRESH_TOKEN_LIFETIME_SECONDS", 86400, minimum=1)
 SIMPLE_JWT = {
@@ -315,10 +317,12 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": False,
     "SIGNING_KEY": JWT_SIGNING_KEY,
     "AUTH_HEADER_TYPES": ("Bearer",),
+    # Verified with the current key, then the old ones (users.tokens).
+    "AUTH_TOKEN_CLASSES": ("users.tokens.AccessToken",),
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework_simplejwt.authentication.JWTAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["users.authentication.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
@@ -420,6 +424,10 @@ for _name in ("SERVICE_NAME", "DEFAULT_FROM_EMAIL", "PUBLIC_BASE_URL"):
 for _name in ("JWT_SIGNING_KEY", "OTP_HMAC_KEY"):
     if env_str(_name) and len(env_str(_name)) < 32:
         _fail(_name, "<hidden>", "at least 32 characters, or unset to derive it from SECRET_KEY")
+# Old keys are checked like current ones: a short one is as weak as a short current key.
+for _name in ("SECRET_KEY_FALLBACKS", "JWT_SIGNING_KEY_FALLBACKS"):
+    if any(len(_key) < 32 for _key in globals()[_name]):
+        _fail(_name, "<hidden>", "comma-separated keys of at least 32 characters each")
 # A refresh token that dies before the access token it renews is of no use to a client.
 if REFRESH_TOKEN_LIFETIME_SECONDS <= ACCESS_TOKEN_LIFETIME_SECONDS:
     _fail("REFRESH_TOKEN_LIFETIME_SECONDS", REFRESH_TOKEN_LIFETIME_SECONDS,

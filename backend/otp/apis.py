@@ -8,14 +8,13 @@ from rest_framework.parsers import FormParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework_simplejwt.views import TokenRefreshView
 
 from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
 from otp.codes import code_is_well_formed, code_length
 from otp.models import Purpose
 from otp.services import code_request, code_verify, delivery_status_callback_record
-from users.services import token_revoke
+from users.services import token_refresh, token_revoke
 
 
 class StrictCharField(serializers.CharField):
@@ -172,29 +171,52 @@ class RefreshInputSerializer(serializers.Serializer):
     refresh = StrictCharField()
 
 
-class TokenRefreshApi(TokenRefreshView):
-    """simplejwt's view: rotation is on and the old refresh token is blacklisted."""
+class TokenRefreshOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+
+
+class TokenRefreshApi(APIView):
+    """Rotation: the old refresh token stops working; of concurrent refreshes with one token exactly one wins."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
     throttle_classes = [IpVerifyThrottle]
 
     @extend_schema(summary="New access and refresh tokens", request=RefreshInputSerializer, responses={
-        200: inline_serializer("TokenRefreshOutput", {"access": serializers.CharField(), "refresh": serializers.CharField()}),
-        400: BAD_REQUEST, 401: ERROR_SHAPE, 429: THROTTLED})
-    def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
-
-
-class LogoutApi(APIView):
-    permission_classes = [IsAuthenticated]
-
-    @extend_schema(summary="Revoke a refresh token", request=RefreshInputSerializer,
-                   responses={205: OpenApiResponse(description="No body"), 400: BAD_REQUEST, 401: ERROR_SHAPE})
+        200: TokenRefreshOutputSerializer, 400: BAD_REQUEST, 401: ERROR_SHAPE, 429: THROTTLED, 503: UNAVAILABLE},
+        description="Send one refresh at a time: a refresh token already rotated, presented again (also by a "
+                    "concurrent request), revokes every token of that sign-in (RFC 9700 reuse detection).")
     def post(self, request):
         serializer = RefreshInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token_revoke(user=request.user, refresh=serializer.validated_data["refresh"])
+        tokens = token_refresh(refresh=serializer.validated_data["refresh"])
+        return Response(TokenRefreshOutputSerializer({"access": tokens.access, "refresh": tokens.refresh}).data)
+
+
+def _bearer_token(request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one (or with another scheme)."""
+    parts = request.headers.get("Authorization", "").split()
+    if not parts or parts[0] != "Bearer":
+        return None
+    return parts[1] if len(parts) == 2 else ""
+
+
+class LogoutApi(APIView):
+    # The refresh token is the credential: an expired access token sent along must not turn logout into a 401,
+    # so DRF's authentication stays out and the service judges the header.
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(summary="Revoke a refresh token and every token rotated from it", request=RefreshInputSerializer,
+                   description="No access token is needed. An `Authorization` header with an expired access token "
+                               "is ignored; a forged one, or another account's, gets 401.",
+                   responses={205: OpenApiResponse(description="No body; also for a token already revoked"),
+                              400: BAD_REQUEST, 401: ERROR_SHAPE, 503: UNAVAILABLE})
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token_revoke(refresh=serializer.validated_data["refresh"], access=_bearer_token(request))
         return Response(status=status.HTTP_205_RESET_CONTENT)
 
 

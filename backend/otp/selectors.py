@@ -7,9 +7,10 @@ from otp.models import Delivery, OneTimeCode
 from users.models import User
 
 
-def user_get_by_address(*, address: Address) -> User | None:
-    """The active account whose email or mobile is `address`, or None."""
-    return User.objects.filter(**{address.user_field: address.value}, is_active=True).first()
+def user_get_by_address(*, address: Address, active_only: bool = True) -> User | None:
+    """The account whose email or mobile is `address` (only if active, unless `active_only` is false), or None."""
+    accounts = User.objects.filter(**{address.user_field: address.value})
+    return (accounts.filter(is_active=True) if active_only else accounts).first()
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,29 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email or self.mobile or f"user {self.pk}"
+
+
+class TokenFamily(models.Model):
+    """One sign-in's chain of refresh tokens (RFC 9700 section 4.14.2, refresh token rotation).
+
+    Every refresh token carries its family's id (claim `fam`, copied through each rotation). Only the newest
+    token of a family, `current_jti`, may be refreshed; presenting any older one is reuse, and revokes the whole
+    family in one write (`revoked_at`), as does logout. Deleting the account deletes its families.
+    """
+
+    # A uuid4 in hex, like the tokens' `jti`; a token issued before families existed has its own jti here.
+    id = models.CharField(primary_key=True, max_length=64)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="token_families")
+    current_jti = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    # The newest token's expiry, the latest of the family's: past it, no token of the family works, and beat
+    # deletes the row.
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "sign-in (refresh token family)"
+        verbose_name_plural = "sign-ins (refresh token families)"
+
+    def __str__(self) -> str:
+        return f"sign-in {self.id} of user {self.user_id}"

@@ -1,13 +1,23 @@
-"""Accounts and the tokens that stand for them: creating an account, issuing and revoking JWTs."""
+"""Accounts and the tokens that stand for them: creating an account, issuing, rotating and revoking JWTs."""
+import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.tokens import RefreshToken
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+from rest_framework_simplejwt.exceptions import TokenBackendError, TokenBackendExpiredToken, TokenError
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
+from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from core.errors import TokenRejected
-from users.models import User
+from users.models import TokenFamily, User
+from users.tokens import FAMILY_CLAIM, RefreshToken, token_backend
+
+logger = logging.getLogger(__name__)
 
 
 def user_create(*, email: str | None = None, mobile: str | None = None, last_login: datetime | None = None,
@@ -28,21 +38,147 @@ class TokenPair:
 
 
 def token_pair_issue(*, user: User) -> TokenPair:
-    """A new refresh token for `user` (recorded for the blacklist) and an access token derived from it."""
-    refresh = RefreshToken.for_user(user)
+    """A new sign-in for `user`: a refresh token that starts a family (one row, see users.models.TokenFamily) and
+    an access token derived from it. One INSERT; the caller's transaction, if any, holds it."""
+    refresh = RefreshToken()
+    refresh[api_settings.USER_ID_CLAIM] = str(getattr(user, api_settings.USER_ID_FIELD))
+    refresh[FAMILY_CLAIM] = uuid.uuid4().hex
+    TokenFamily.objects.create(id=refresh[FAMILY_CLAIM], user=user, current_jti=refresh[api_settings.JTI_CLAIM],
+                               created_at=refresh.current_time, expires_at=datetime_from_epoch(refresh["exp"]))
+    return _pair(refresh)
+
+
+def _pair(refresh: RefreshToken) -> TokenPair:
     return TokenPair(access=str(refresh.access_token), refresh=str(refresh),
                      expires_in=settings.ACCESS_TOKEN_LIFETIME_SECONDS)
 
 
-def token_revoke(*, user: User, refresh: str) -> None:
-    """Logout: blacklist `refresh`, which must be a genuine refresh token of `user`.
-
-    Raises core.errors.TokenRejected (401) for a token that is not genuine, expired, revoked or another user's.
-    """
+def _refresh_decode(raw: str, *, allow_expired: bool = False) -> dict:
+    """The claims of a genuine refresh token: signed by a key we hold (the current or an old one), of type
+    `refresh`, with an id and an account id; unexpired unless `allow_expired`. Raises TokenRejected (401)."""
     try:
-        token = RefreshToken(refresh)
-    except TokenError as exc:
+        if allow_expired:
+            claims = token_backend().decode(raw, verify_exp=False)
+        else:
+            claims = RefreshToken(raw).payload
+    except (TokenError, TokenBackendError, TokenBackendExpiredToken) as exc:
         raise TokenRejected() from exc
-    if str(token.get("user_id")) != str(user.pk):
+    if (claims.get(api_settings.TOKEN_TYPE_CLAIM) != RefreshToken.token_type
+            or not isinstance(claims.get(api_settings.JTI_CLAIM), str)
+            or not isinstance(claims.get(api_settings.USER_ID_CLAIM), str)
+            or not isinstance(claims.get(FAMILY_CLAIM, ""), str)):
         raise TokenRejected()
-    token.blacklist()
+    return claims
+
+
+def _family_id(claims: dict) -> str:
+    # A token issued before families existed (no `fam` claim) is the first of a family named after it.
+    return claims.get(FAMILY_CLAIM) or claims[api_settings.JTI_CLAIM]
+
+
+def _legacy_family_adopt(*, claims: dict, now: datetime) -> None:
+    """Give a refresh token from before families (still within its lifetime) a family row of its own, unless
+    simplejwt's blacklist already revoked it. Concurrent adoptions insert one row (ON CONFLICT DO NOTHING)."""
+    jti = claims[api_settings.JTI_CLAIM]
+    if BlacklistedToken.objects.filter(token__jti=jti).exists():
+        return
+    if not User.objects.filter(pk=claims[api_settings.USER_ID_CLAIM]).exists():
+        return
+    TokenFamily.objects.bulk_create([TokenFamily(
+        id=jti, user_id=claims[api_settings.USER_ID_CLAIM], current_jti=jti, created_at=now,
+        expires_at=datetime_from_epoch(claims["exp"]))], ignore_conflicts=True)
+
+
+def token_refresh(*, refresh: str) -> TokenPair:
+    """Rotate `refresh`: a new refresh token of the same family (same account, same `fam`), and its access token.
+
+    Exactly one of concurrent refreshes of one token wins, across processes and hosts: each locks the family's
+    row (SELECT ... FOR UPDATE) and only the token the row names as current may rotate. Presenting any other
+    token of the family, one already rotated, is reuse (RFC 9700 section 4.14.2): the family is revoked in the
+    same committed write, so every token rotated from it stops working. The losers of a race count as reuse
+    too (docs/reliability.md says why).
+
+    Raises TokenRejected (401) for a token that is not genuine, expired, revoked or reused, or whose account was
+    deleted or deactivated (simplejwt's rule: CHECK_USER_IS_ACTIVE).
+    """
+    claims = _refresh_decode(refresh)
+    rotated, reused = _family_rotate(claims=claims)
+    if reused:  # raised only now, so the revocation above has been committed
+        raise TokenRejected()
+    return _pair(rotated)
+
+
+def _family_rotate(*, claims: dict) -> tuple[RefreshToken | None, bool]:
+    """(the rotated token, False), or (None, True) for a reuse, whose family is then revoked and committed.
+    Raises TokenRejected for the other refusals."""
+    now = timezone.now()
+    with transaction.atomic():
+        if FAMILY_CLAIM not in claims:
+            _legacy_family_adopt(claims=claims, now=now)
+        family = (TokenFamily.objects.select_for_update().filter(id=_family_id(claims))
+                  .annotate(account_active=Exists(User.objects.filter(pk=OuterRef("user_id"), is_active=True)))
+                  .first())
+        if family is None or family.revoked_at is not None:
+            raise TokenRejected()  # never issued, account deleted (its families went with it), or revoked
+        if str(family.user_id) != claims[api_settings.USER_ID_CLAIM]:
+            raise TokenRejected()
+        if family.current_jti != claims[api_settings.JTI_CLAIM]:
+            family.revoked_at = now
+            family.save(update_fields=["revoked_at"])
+            logger.warning("refresh token reused: sign-in %s of user %s revoked", family.id, family.user_id)
+            return None, True  # leaving the block normally commits the revocation
+        if not family.account_active:
+            raise TokenRejected()  # deactivated; the family stays, so reactivation restores the sign-in
+        rotated = RefreshToken()
+        for name, value in claims.items():
+            if name not in RefreshToken.no_copy_claims:
+                rotated[name] = value  # the account and, for a token from before families, no `fam` yet
+        rotated[FAMILY_CLAIM] = family.id
+        family.current_jti = rotated[api_settings.JTI_CLAIM]
+        family.expires_at = datetime_from_epoch(rotated["exp"])
+        family.save(update_fields=["current_jti", "expires_at"])
+        return rotated, False
+
+
+def token_revoke(*, refresh: str, access: str | None = None) -> None:
+    """Logout: revoke the sign-in `refresh` belongs to, i.e. that token and every token rotated from it (its
+    family, one UPDATE), and with them the family's access tokens (users.authentication checks the family).
+
+    The refresh token is the credential. Genuine is enough: an expired, already revoked or reused token, or one
+    whose account is gone, is accepted and changes nothing more (logging out twice is not an error).
+    `access` is the bearer token of the request's Authorization header, if any: an expired one is ignored; one
+    that is not genuine, or belongs to another account, is refused.
+
+    Raises TokenRejected (401) for a refresh token that is not genuine, or an `access` refused as above.
+    """
+    claims = _refresh_decode(refresh, allow_expired=True)
+    if access is not None:
+        _access_check(access=access, user_id=claims[api_settings.USER_ID_CLAIM])
+    now = timezone.now()
+    if FAMILY_CLAIM in claims:
+        TokenFamily.objects.filter(id=claims[FAMILY_CLAIM], revoked_at__isnull=True).update(revoked_at=now)
+    elif User.objects.filter(pk=claims[api_settings.USER_ID_CLAIM]).exists():
+        # A token from before families: its family row, revoked, whether or not a refresh made one already
+        # (INSERT ... ON CONFLICT DO UPDATE, so a concurrent first refresh cannot slip past it).
+        jti = claims[api_settings.JTI_CLAIM]
+        TokenFamily.objects.bulk_create(
+            [TokenFamily(id=jti, user_id=claims[api_settings.USER_ID_CLAIM], current_jti=jti, created_at=now,
+                         expires_at=datetime_from_epoch(claims["exp"]), revoked_at=now)],
+            update_conflicts=True, unique_fields=["id"], update_fields=["revoked_at"])
+
+
+def _access_check(*, access: str, user_id: str) -> None:
+    try:
+        claims = token_backend().decode(access)
+    except TokenBackendExpiredToken:
+        return  # the signature matched; expired access tokens are what clients hold at logout
+    except TokenBackendError as exc:
+        raise TokenRejected() from exc
+    if claims.get(api_settings.TOKEN_TYPE_CLAIM) != "access" or claims.get(api_settings.USER_ID_CLAIM) != user_id:
+        raise TokenRejected()
+
+
+def token_families_revoke(*, family_ids: list[str]) -> int:
+    """Revoke sign-ins by family id (the admin's action): every token of each stops working, as at logout.
+    Returns how many were still live."""
+    return TokenFamily.objects.filter(id__in=family_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())

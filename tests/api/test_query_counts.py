@@ -22,7 +22,7 @@ def test_verify_queries(django_assert_num_queries, fixed_code):
     client = APIClient()
     post(client, "/register/", {"email": "alice@example.com"})
     # savepoint, lock the code, mark it used, look up the account, create it, release,
-    # then the refresh token's outstanding row (simplejwt)
+    # then the sign-in's row (users.models.TokenFamily)
     with django_assert_num_queries(7):
         assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
 
@@ -41,3 +41,15 @@ def test_profile_queries(django_assert_num_queries, fixed_code):
     access = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).json()["access"]
     with django_assert_num_queries(1):  # the user, from the token's id
         assert client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {access}").status_code == 200
+
+
+def test_refresh_and_logout_queries(django_assert_num_queries, fixed_code):
+    client = APIClient()
+    post(client, "/register/", {"email": "alice@example.com"})
+    tokens = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).json()
+    # savepoint, lock the sign-in's row (with whether its account is active), rotate it, release
+    with django_assert_num_queries(4):
+        rotated = post(client, "/token/refresh/", {"refresh": tokens["refresh"]})
+        assert rotated.status_code == 200
+    with django_assert_num_queries(1):  # revoke the sign-in
+        assert post(client, "/logout/", {"refresh": rotated.json()["refresh"]}).status_code == 205

@@ -62,6 +62,12 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     profile = requests.get(f"{url}/profile/", headers={"Authorization": f"Bearer {tokens.json()['access']}"},
                            timeout=10)
     assert profile.json()["email"] == "quick@example.com"
+    # Refresh, reuse detection and logout on SQLite, which has no SELECT ... FOR UPDATE (it locks the file).
+    rotated = post(url, "/token/refresh/", {"refresh": tokens.json()["refresh"]})
+    assert rotated.status_code == 200, rotated.text
+    assert post(url, "/token/refresh/", {"refresh": tokens.json()["refresh"]}).status_code == 401
+    assert post(url, "/token/refresh/", {"refresh": rotated.json()["refresh"]}).status_code == 401
+    assert post(url, "/logout/", {"refresh": rotated.json()["refresh"]}).status_code == 205
     # The in-process job recorded its delivery as sent, through the same claim the workers use.
     assert "delivery 1 sent by email" in server.log()
 

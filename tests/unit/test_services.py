@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings as settings_h, strategies as st
 from django.db import connection
 from django.utils import timezone
-from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from core.errors import InvalidCode, RateLimited, TokenRejected
@@ -17,6 +17,7 @@ from otp.models import Delivery, OneTimeCode, Purpose
 from otp.providers import SendPermanentError, SendTransientError
 from tests.support import factories
 from tests.support.redis_state import redis_flush
+from users import services as user_services
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -188,14 +189,46 @@ def test_throttle_keys_hold_no_address_in_clear(email_address, redis_clean):
     assert keys and not any("alice" in key for key in keys)
 
 
-def test_logout_blacklists_only_the_callers_refresh(email_address):
+def test_a_refresh_token_from_before_families_refreshes_once_and_its_reuse_revokes_the_new_one():
+    alice = factories.user(email="alice@example.com")
+    legacy = str(RefreshToken.for_user(alice))  # simplejwt's own, as issued before this release: no `fam` claim
+    rotated = user_services.token_refresh(refresh=legacy)
+    with pytest.raises(TokenRejected):
+        user_services.token_refresh(refresh=legacy)
+    with pytest.raises(TokenRejected):
+        user_services.token_refresh(refresh=rotated.refresh)
+
+
+def test_logout_of_a_token_from_before_families_checks_the_access_token_then_revokes_it():
     alice = factories.user(email="alice@example.com")
     bob = factories.user(email="bob@example.com")
-    refresh = str(RefreshToken.for_user(alice))
+    legacy = str(RefreshToken.for_user(alice))
     with pytest.raises(TokenRejected):
-        services.token_revoke(user=bob, refresh=refresh)
-    services.token_revoke(user=alice, refresh=refresh)
-    assert BlacklistedToken.objects.count() == 1
+        user_services.token_revoke(refresh=legacy, access=user_services.token_pair_issue(user=bob).access)
+    user_services.token_revoke(refresh=legacy, access=str(RefreshToken.for_user(alice).access_token))
+    user_services.token_revoke(refresh=legacy)  # again: nothing more to do, and no error
+    with pytest.raises(TokenRejected):
+        user_services.token_refresh(refresh=legacy)
+
+
+def test_a_token_blacklisted_before_families_is_not_revived():
+    alice = factories.user(email="alice@example.com")
+    legacy = RefreshToken.for_user(alice)
+    legacy.blacklist()  # what the old logout and rotation did
+    with pytest.raises(TokenRejected):
+        user_services.token_refresh(refresh=str(legacy))
+
+
+def test_sign_ins_are_flushed_once_every_token_of_them_has_expired():
+    from users.models import TokenFamily
+
+    alice = factories.user(email="alice@example.com")
+    expired = user_services.token_pair_issue(user=alice)
+    live = user_services.token_pair_issue(user=alice)
+    expired_family = RefreshToken(expired.refresh)["fam"]
+    TokenFamily.objects.filter(id=expired_family).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.token_blacklist_flush() == 1
+    assert list(TokenFamily.objects.values_list("id", flat=True)) == [RefreshToken(live.refresh)["fam"]]
 
 
 # --- Delivery -----------------------------------------------------------------------------------

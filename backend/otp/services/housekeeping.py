@@ -8,6 +8,7 @@ from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from otp.models import Delivery, OneTimeCode
 from otp.services.delivering import CODE_EXPIRED_ERROR
+from users.models import TokenFamily
 
 logger = logging.getLogger("otp.services")
 
@@ -45,9 +46,12 @@ def delivery_expire_stale() -> int:
 
 def token_blacklist_flush() -> int:
     """Delete expired refresh-token records (their blacklist rows go with them, by cascade, as simplejwt's
-    flushexpiredtokens does); return how many rows were deleted."""
-    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
-    return deleted
+    flushexpiredtokens does) and sign-ins (token families) whose every token has expired; return how many rows
+    were deleted."""
+    now = timezone.now()
+    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=now).delete()
+    families, _ = TokenFamily.objects.filter(expires_at__lte=now).delete()
+    return deleted + families
 
 
 def maintenance_run() -> dict:

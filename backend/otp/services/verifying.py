@@ -48,12 +48,16 @@ def _code_consume(*, address: Address, code: str) -> User | None:
     otp.used_at = now
     otp.save(update_fields=["status", "used_at"])
 
-    user = user_get_by_address(address=address)
+    user = user_get_by_address(address=address, active_only=False)
     if user is None:
         if otp.purpose != Purpose.REGISTER:
             return None  # the account went away after the login code was sent
         # The account is born here, so addresses nobody verified never fill the users table.
         return user_create(**{address.user_field: address.value}, last_login=now)
+    if not user.is_active:
+        # A deactivated account signs in no more, and its address cannot be registered again (creating a second
+        # account for it was an IntegrityError: a 500).
+        return None
     user.last_login = now
     user.save(update_fields=["last_login"])
     return user
