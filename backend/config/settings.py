@@ -6,6 +6,7 @@ import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import environ
 
@@ -222,6 +223,23 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "otp"}}
 
+
+def _redis_location(url: str) -> tuple[str, int, int] | None:
+    """(host, port, database) of a redis:// or rediss:// URL as redis-py reads it (a `db` query wins over the
+    path), or None for any other scheme."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    database = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
+    return (parts.hostname or "localhost").lower(), parts.port or 6379, int(database) if database.isdigit() else -1
+
+
+def _redis_url_next_database(url: str) -> str:
+    """`url` with the next database number: the broker's default, so a flush of the cache never reaches it."""
+    parts = urlsplit(url)
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query) if name != "db"])
+    return parts._replace(path=f"/{_redis_location(url)[2] + 1}", query=query).geturl()
+
 # --- Mail and SMS -----------------------------------------------------------------------------
 
 # Django's mail backend for each EMAIL_BACKEND name; the provider class for each name is in the registry.
@@ -364,7 +382,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+if REDIS_URL and not CELERY_BROKER_URL:
+    if _redis_location(REDIS_URL) is None:
+        _fail("CELERY_BROKER_URL", "", "a broker URL of its own when REDIS_URL is not a redis:// or rediss:// URL")
+    if _redis_location(REDIS_URL)[2] < 0:
+        _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a database number after the host, like redis://host:6379/0")
+    # Never the cache's database: Django's cache.clear() is FLUSHDB, which would delete every queued job.
+    CELERY_BROKER_URL = _redis_url_next_database(REDIS_URL)
+elif REDIS_URL and _redis_location(CELERY_BROKER_URL) == _redis_location(REDIS_URL):
+    _fail("CELERY_BROKER_URL", CELERY_BROKER_URL.split("@")[-1],
+          "a Redis database apart from REDIS_URL's (a cache flush would delete the queued jobs); unset, it is the next one")
+CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
 CELERY_TASK_IGNORE_RESULT = True

@@ -87,3 +87,40 @@ def test_a_failure_budget_above_one_percent_of_the_code_space_a_year_stops_start
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "OTP_MAX_FAILURES_PER_DAY=28" in lines[0], result.stderr
     assert start(OTP_MAX_FAILURES_PER_DAY="28", OTP_LENGTH="7").returncode == 0
+
+def setting_value(name: str, **overrides) -> str:
+    result = subprocess.run([sys.executable, "-c", f"from django.conf import settings; print(settings.{name})"],
+                            cwd=BACKEND_DIR, env={**os.environ, **overrides}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("redis_url, broker_url", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://:secret@cache.internal", "redis://:secret@cache.internal/1"),
+    ("rediss://cache.internal:6380/4?ssl_cert_reqs=required", "rediss://cache.internal:6380/5?ssl_cert_reqs=required"),
+    ("redis://cache.internal?db=2", "redis://cache.internal/3"),  # redis-py reads a `db` query before the path
+])
+def test_the_broker_defaults_to_the_next_database_of_redis_url(redis_url, broker_url):
+    # Contract (Configuration): never the cache's database, whose routine flush would delete the queued jobs.
+    assert setting_value("CELERY_BROKER_URL", REDIS_URL=redis_url, CELERY_BROKER_URL="") == broker_url
+
+
+@pytest.mark.parametrize("redis_url, broker_url", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://127.0.0.1:6379/0", "redis://:password@127.0.0.1"),  # port and database left at their defaults
+    ("redis://cache.internal?db=3", "redis://Cache.Internal:6379/3"),
+])
+def test_a_broker_on_the_cache_database_stops_start_up(redis_url, broker_url):
+    result = start(REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Invalid setting CELERY_BROKER_URL=" in lines[0], result.stderr
+    assert "password" not in result.stderr
+
+
+def test_a_socket_redis_url_needs_a_broker_url_of_its_own():
+    result = start(REDIS_URL="unix:///run/redis/redis.sock?db=0", CELERY_BROKER_URL="")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "CELERY_BROKER_URL" in lines[0], result.stderr
+    assert start(REDIS_URL="unix:///run/redis/redis.sock?db=0",
+                 CELERY_BROKER_URL="redis://127.0.0.1:6379/1").returncode == 0
