@@ -287,6 +287,20 @@ if SMS_BACKEND == "twilio":
 OTP_LENGTH = env_int("OTP_LENGTH", 6, minimum=6, maximum=10)
 OTP_TTL_SECONDS = env_int("OTP_TTL_SECONDS", 120, minimum=10, maximum=86400)
 OTP_HMAC_KEY = env_str("OTP_HMAC_KEY")
+# Former OTP_HMAC_KEYs, still accepted for codes already sent (core.keys). Without
+# OTP_HMAC_KEY, the keys derive from SECRET_KEY and SECRET_KEY_FALLBACKS instead.
+OTP_HMAC_KEY_FALLBACKS = env_list("OTP_HMAC_KEY_FALLBACKS")
+if OTP_HMAC_KEY_FALLBACKS and not OTP_HMAC_KEY:
+    _fail("OTP_HMAC_KEY_FALLBACKS", "<hidden>", "empty while OTP_HMAC_KEY is unset (the keys then derive from "
+          "SECRET_KEY and SECRET_KEY_FALLBACKS)")
+if any(len(_key) < 32 for _key in OTP_HMAC_KEY_FALLBACKS):
+    _fail("OTP_HMAC_KEY_FALLBACKS", "<hidden>", "comma-separated keys of at least 32 characters each")
+# Key of the throttles' Redis keys (HMAC of each address and client IP, so a Redis dump does not give addresses
+# back). It has no fallbacks: rotating it starts every throttle afresh. Unset: derived from the current
+# OTP_HMAC_KEY (or SECRET_KEY), so rotating that one resets the throttles too.
+OTP_THROTTLE_KEY = env_str("OTP_THROTTLE_KEY")
+if OTP_THROTTLE_KEY and len(OTP_THROTTLE_KEY) < 32:
+    _fail("OTP_THROTTLE_KEY", "<hidden>", "at least 32 characters, or unset to derive it from OTP_HMAC_KEY")
 OTP_MAX_ATTEMPTS = env_int("OTP_MAX_ATTEMPTS", 5, minimum=1)
 OTP_MAX_FAILURES_PER_HOUR = env_int("OTP_MAX_FAILURES_PER_HOUR", 20, minimum=1)
 # The failure budget's long-term rate: at 27 a day, at most 9,882 wrong guesses compared a year for one address,

@@ -9,6 +9,8 @@ import secrets
 
 from django.conf import settings
 
+from core import keys
+
 CODE_ALPHABET = "0123456789"
 
 
@@ -36,21 +38,21 @@ def code_generate() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(code_length()))
 
 
-def _hmac_key() -> bytes:
-    if settings.OTP_HMAC_KEY:
-        return settings.OTP_HMAC_KEY.encode()
-    # Derived, not SECRET_KEY itself, so the key for codes is not the key for sessions and tokens.
-    return hashlib.sha256(b"otp-code-hmac:" + settings.SECRET_KEY.encode()).digest()
+def _code_hmac(key: bytes, *, address: str, code: str) -> str:
+    return hmac.new(key, f"{address}\n{code}".encode(), hashlib.sha256).hexdigest()
 
 
 def code_hash(*, address: str, code: str) -> str:
-    """HMAC-SHA256 (RFC 2104) of `address` and `code` under OTP_HMAC_KEY, as 64 hex characters.
+    """HMAC-SHA256 (RFC 2104) of `address` and `code` under the current key (OTP_HMAC_KEY, or derived from
+    SECRET_KEY: core.keys.code_keys), as 64 hex characters.
 
     The address is in the message so one code value hashes differently for every address.
     """
-    return hmac.new(_hmac_key(), f"{address}\n{code}".encode(), hashlib.sha256).hexdigest()
+    return _code_hmac(keys.code_keys()[0], address=address, code=code)
 
 
 def code_matches(*, code_hash_hex: str, address: str, code: str) -> bool:
-    """True when `code` for `address` hashes to `code_hash_hex`; compared in constant time."""
-    return hmac.compare_digest(code_hash_hex, code_hash(address=address, code=code))
+    """True when `code` for `address` hashes to `code_hash_hex` under the current key or any fallback, so a code
+    sent before a key rotation still works; each comparison in constant time, and every key always tried."""
+    candidates = [_code_hmac(key, address=address, code=code) for key in keys.code_keys()]
+    return any([hmac.compare_digest(code_hash_hex, candidate) for candidate in candidates])

@@ -124,3 +124,21 @@ def test_a_socket_redis_url_needs_a_broker_url_of_its_own():
     assert result.returncode != 0 and len(lines) == 1 and "CELERY_BROKER_URL" in lines[0], result.stderr
     assert start(REDIS_URL="unix:///run/redis/redis.sock?db=0",
                  CELERY_BROKER_URL="redis://127.0.0.1:6379/1").returncode == 0
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"OTP_HMAC_KEY": "k" * 40, "OTP_HMAC_KEY_FALLBACKS": "o" * 40 + ",too-short"}, "OTP_HMAC_KEY_FALLBACKS"),
+    # Without OTP_HMAC_KEY the keys derive from SECRET_KEY: these fallbacks would be silently ignored.
+    ({"OTP_HMAC_KEY": "", "OTP_HMAC_KEY_FALLBACKS": "o" * 40}, "OTP_HMAC_KEY_FALLBACKS"),
+    ({"OTP_THROTTLE_KEY": "too-short"}, "OTP_THROTTLE_KEY"),
+])
+def test_bad_rotation_keys_stop_start_up_with_one_line_that_shows_no_key(overrides, name):
+    result = start(**overrides)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and f"Invalid setting {name}=" in lines[0], result.stderr
+    assert "o" * 40 not in result.stderr and "too-short" not in result.stderr
+
+
+def test_good_rotation_keys_start():
+    assert start(OTP_HMAC_KEY="k" * 40, OTP_HMAC_KEY_FALLBACKS="o" * 40 + ", " + "p" * 32,
+                 OTP_THROTTLE_KEY="t" * 32).returncode == 0
