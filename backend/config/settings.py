@@ -287,7 +287,7 @@ if SMS_BACKEND == "twilio":
 OTP_LENGTH = env_int("OTP_LENGTH", 6, minimum=6, maximum=10)
 OTP_TTL_SECONDS = env_int("OTP_TTL_SECONDS", 120, minimum=10, maximum=86400)
 OTP_HMAC_KEY = env_str("OTP_HMAC_KEY")
-# Former OTP_HMAC_KEYs, still accepted for codes already sent (core.keys). Without
+# Former OTP_HMAC_KEYs, still accepted for codes already sent and jobs already queued (core.keys). Without
 # OTP_HMAC_KEY, the keys derive from SECRET_KEY and SECRET_KEY_FALLBACKS instead.
 OTP_HMAC_KEY_FALLBACKS = env_list("OTP_HMAC_KEY_FALLBACKS")
 if OTP_HMAC_KEY_FALLBACKS and not OTP_HMAC_KEY:

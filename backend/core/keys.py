@@ -2,7 +2,7 @@
 with the fallbacks that let it be rotated, and the key of the throttles' Redis keys.
 
 Rotation (contract: Configuration): the current key signs and encrypts; it and each fallback, in order, are
-accepted, so moving the old key into the fallbacks voids no code already sent.
+accepted, so moving the old key into the fallbacks voids no code already sent and no job already queued.
 """
 import functools
 import hashlib

@@ -10,7 +10,8 @@ from otp.services.delivering import (CODE_EXPIRED_ERROR, DeliveryRetry, delivery
                                      delivery_status_callback_record, delivery_status_record)
 from otp.services.housekeeping import (code_purge, delivery_expire_stale, delivery_purge, maintenance_run,
                                        session_purge, token_blacklist_flush)
-from otp.services.issuing import DELIVERY_PAYLOAD_VERSION, code_issue, code_request, delivery_enqueue
+from otp.services.issuing import DELIVERY_PAYLOAD_VERSION, code_issue, code_request, delivery_enqueue, delivery_payload
+from otp.services.delivering import PAYLOAD_REFUSED_ERROR, delivery_refuse
 from otp.services.verifying import code_verify
 from users.services import TokenPair, token_pair_issue, token_revoke
 
@@ -19,5 +20,5 @@ __all__ = [
     "code_request", "code_verify", "delivery_enqueue", "delivery_expire_stale", "delivery_retry_countdown",
     "delivery_send", "delivery_status_callback_record", "delivery_status_record", "maintenance_run",
     "token_blacklist_flush", "token_pair_issue", "token_revoke",
-    "delivery_purge", "session_purge",
+    "delivery_purge", "session_purge", "PAYLOAD_REFUSED_ERROR", "delivery_payload", "delivery_refuse",
 ]
