@@ -1,5 +1,6 @@
 """A bad setting stops start-up with one line naming it; good ones start."""
 import os
+import re
 import subprocess
 import sys
 
@@ -142,3 +143,15 @@ def test_bad_rotation_keys_stop_start_up_with_one_line_that_shows_no_key(overrid
 def test_good_rotation_keys_start():
     assert start(OTP_HMAC_KEY="k" * 40, OTP_HMAC_KEY_FALLBACKS="o" * 40 + ", " + "p" * 32,
                  OTP_THROTTLE_KEY="t" * 32).returncode == 0
+
+
+def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
+    # Contract (Configuration): `.env.example` lists every one; the README's settings table does too.
+    repo = BACKEND_DIR.parent
+    read = set(re.findall(r'env(?:_str|_int|_float|_bool|_list|_choice|_rate|\.str)\(\s*"([A-Z][A-Z0-9_]*)"',
+                          (BACKEND_DIR / "config" / "settings.py").read_text()))
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(), flags=re.MULTILINE))
+    readme = (repo / "README.md").read_text()
+    assert {"OTP_DELIVERY_RETENTION_DAYS", "OTP_HMAC_KEY_FALLBACKS", "OTP_THROTTLE_KEY"} <= read
+    assert read - listed == set()
+    assert {name for name in read if f"`{name}`" not in readme} == set()
