@@ -1,8 +1,10 @@
 """Nothing is kept forever: delivery records (each with an address) go after OTP_DELIVERY_RETENTION_DAYS, in
-batches that never scan the table, and expired admin sessions go too (contract: Delivery)."""
+batches that never scan the table; expired admin sessions and old admin sign-in records go too (contract:
+Delivery)."""
 from datetime import timedelta
 
 import pytest
+from axes.models import AccessLog
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.db import connection
@@ -58,14 +60,19 @@ def test_nothing_younger_than_the_retention_is_deleted(settings):
     assert services.delivery_purge() == 0  # an empty walk is one range and one lookup
 
 
-def test_the_beat_job_deletes_old_deliveries_and_expired_sessions(settings):
+def test_the_beat_job_deletes_old_deliveries_expired_sessions_and_old_admin_access_logs(settings):
     settings.OTP_DELIVERY_RETENTION_DAYS = 30
     deliveries_insert(3, created_from=timezone.now() - timedelta(days=31), address="old")
     expired, live = SessionStore(), SessionStore()
     expired.set_expiry(-60)
     expired.create()
     live.create()
+    old_sign_in, recent_sign_in = (AccessLog.objects.create(ip_address="203.0.113.9", user_agent="x", username="admin")
+                                   for _ in range(2))
+    AccessLog.objects.filter(id=old_sign_in.id).update(attempt_time=timezone.now() - timedelta(days=31))
 
     result = services.maintenance_run()
     assert result["deliveries_deleted"] == 3 and result["sessions_deleted"] == 1
     assert list(Session.objects.values_list("session_key", flat=True)) == [live.session_key]
+    assert result["admin_access_logs_deleted"] == 1
+    assert list(AccessLog.objects.values_list("id", flat=True)) == [recent_sign_in.id]

@@ -1,8 +1,9 @@
 """Housekeeping, run by beat: purge old codes, fail deliveries that can no longer be sent, delete delivery records
-past their retention, flush old tokens and sessions."""
+past their retention, flush old tokens, sessions and admin access logs."""
 import logging
 from datetime import timedelta
 
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.db.models import Min, Q
@@ -80,6 +81,13 @@ def session_purge() -> int:
     return deleted
 
 
+def admin_access_log_purge() -> int:
+    """Delete django-axes' records of admin sign-ins (client IP, user agent, username) older than
+    OTP_DELIVERY_RETENTION_DAYS, through axes' own handler; return how many were deleted. Axes keeps them forever
+    otherwise; admin sign-ins are few, so one statement does."""
+    return AxesProxyHandler.reset_logs(age_days=settings.OTP_DELIVERY_RETENTION_DAYS)
+
+
 def token_blacklist_flush() -> int:
     """Delete expired refresh-token records (their blacklist rows go with them, by cascade, as simplejwt's
     flushexpiredtokens does); return how many rows were deleted."""
@@ -91,6 +99,6 @@ def maintenance_run() -> dict:
     """Beat's job: every housekeeping step once; returns the counts by step name."""
     result = {"codes_deleted": code_purge(), "deliveries_expired": delivery_expire_stale(),
               "deliveries_deleted": delivery_purge(), "tokens_flushed": token_blacklist_flush(),
-              "sessions_deleted": session_purge()}
+              "sessions_deleted": session_purge(), "admin_access_logs_deleted": admin_access_log_purge()}
     logger.info("maintenance: %s", result)
     return result
