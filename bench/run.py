@@ -22,6 +22,7 @@ sys.path[:0] = [str(REPO), str(REPO / "backend")]
 
 BENCH_DB = "otp_bench"
 REDIS_URL = "redis://127.0.0.1:6379/11"
+BROKER_URL = "redis://127.0.0.1:6379/12"  # the settings' default for this REDIS_URL: its next database
 ACCOUNTS = 300_000
 LARGE_ACCOUNTS = 1_000_000  # scenario 6's extra users
 # A step takes STEP_SECONDS x this many addresses, more than it can use: with ACCOUNTS, an address comes round
@@ -204,7 +205,7 @@ def cpu_times() -> tuple[int, int]:
 def queue_length(queue: str) -> int:
     import redis
 
-    return redis.Redis.from_url(REDIS_URL).llen(queue)
+    return redis.Redis.from_url(BROKER_URL).llen(queue)
 
 
 # --- load ------------------------------------------------------------------------------------------------
@@ -360,6 +361,7 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(BROKER_URL).flushdb()
     users_seed(0, ACCOUNTS)
     stack("down")
     stack("up")

@@ -62,13 +62,25 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def redis_clean():
+def redis_clean(broker_redis):
     """Each test starts with no throttle state and no queued jobs (kombu's exchange bindings stay)."""
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     redis_flush(client)
+    redis_flush(broker_redis)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def broker_redis():
+    """A client of the broker's Redis database (CELERY_BROKER_URL: REDIS_URL's next one), where jobs wait."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     yield client
     client.close()
 

@@ -17,3 +17,11 @@ keepalive = 30  # nginx keeps its upstream connections open
 control_socket_disable = True  # else gunicorn writes a socket under ~/.gunicorn, outside the checkout
 # The API writes its own JSON access line (core.observability), with the request id.
 accesslog = None
+
+
+def on_starting(server) -> None:
+    """Once, in the master, before any worker: refuse a broker whose Redis would lose jobs (one line naming
+    CELERY_BROKER_URL). preload_app has already set Django up."""
+    from config.celery import app, broker_redis_check_at_start
+
+    broker_redis_check_at_start(app)

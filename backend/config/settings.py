@@ -6,6 +6,7 @@ import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import environ
 
@@ -222,6 +223,23 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "otp"}}
 
+
+def _redis_location(url: str) -> tuple[str, int, int] | None:
+    """(host, port, database) of a redis:// or rediss:// URL as redis-py reads it (a `db` query wins over the
+    path), or None for any other scheme."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    database = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
+    return (parts.hostname or "localhost").lower(), parts.port or 6379, int(database) if database.isdigit() else -1
+
+
+def _redis_url_next_database(url: str) -> str:
+    """`url` with the next database number: the broker's default, so a flush of the cache never reaches it."""
+    parts = urlsplit(url)
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query) if name != "db"])
+    return parts._replace(path=f"/{_redis_location(url)[2] + 1}", query=query).geturl()
+
 # --- Mail and SMS -----------------------------------------------------------------------------
 
 # Django's mail backend for each EMAIL_BACKEND name; the provider class for each name is in the registry.
@@ -269,6 +287,20 @@ if SMS_BACKEND == "twilio":
 OTP_LENGTH = env_int("OTP_LENGTH", 6, minimum=6, maximum=10)
 OTP_TTL_SECONDS = env_int("OTP_TTL_SECONDS", 120, minimum=10, maximum=86400)
 OTP_HMAC_KEY = env_str("OTP_HMAC_KEY")
+# Former OTP_HMAC_KEYs, still accepted for codes already sent and jobs already queued (core.keys). Without
+# OTP_HMAC_KEY, the keys derive from SECRET_KEY and SECRET_KEY_FALLBACKS instead.
+OTP_HMAC_KEY_FALLBACKS = env_list("OTP_HMAC_KEY_FALLBACKS")
+if OTP_HMAC_KEY_FALLBACKS and not OTP_HMAC_KEY:
+    _fail("OTP_HMAC_KEY_FALLBACKS", "<hidden>", "empty while OTP_HMAC_KEY is unset (the keys then derive from "
+          "SECRET_KEY and SECRET_KEY_FALLBACKS)")
+if any(len(_key) < 32 for _key in OTP_HMAC_KEY_FALLBACKS):
+    _fail("OTP_HMAC_KEY_FALLBACKS", "<hidden>", "comma-separated keys of at least 32 characters each")
+# Key of the throttles' Redis keys (HMAC of each address and client IP, so a Redis dump does not give addresses
+# back). It has no fallbacks: rotating it starts every throttle afresh. Unset: derived from the current
+# OTP_HMAC_KEY (or SECRET_KEY), so rotating that one resets the throttles too.
+OTP_THROTTLE_KEY = env_str("OTP_THROTTLE_KEY")
+if OTP_THROTTLE_KEY and len(OTP_THROTTLE_KEY) < 32:
+    _fail("OTP_THROTTLE_KEY", "<hidden>", "at least 32 characters, or unset to derive it from OTP_HMAC_KEY")
 OTP_MAX_ATTEMPTS = env_int("OTP_MAX_ATTEMPTS", 5, minimum=1)
 OTP_MAX_FAILURES_PER_HOUR = env_int("OTP_MAX_FAILURES_PER_HOUR", 20, minimum=1)
 # The failure budget's long-term rate: at 27 a day, at most 9,882 wrong guesses compared a year for one address,
@@ -287,6 +319,8 @@ OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=
 # Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
 # left dead (figures in docs/performance.md).
 OTP_PURGE_BATCH_SIZE = 50_000
+# How long a delivery record (with its address) is kept; beat deletes older ones (otp.services.housekeeping).
+OTP_DELIVERY_RETENTION_DAYS = env_int("OTP_DELIVERY_RETENTION_DAYS", 30, minimum=1, maximum=3650)
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
 
@@ -368,7 +402,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+if REDIS_URL and not CELERY_BROKER_URL:
+    if _redis_location(REDIS_URL) is None:
+        _fail("CELERY_BROKER_URL", "", "a broker URL of its own when REDIS_URL is not a redis:// or rediss:// URL")
+    if _redis_location(REDIS_URL)[2] < 0:
+        _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a database number after the host, like redis://host:6379/0")
+    # Never the cache's database: Django's cache.clear() is FLUSHDB, which would delete every queued job.
+    CELERY_BROKER_URL = _redis_url_next_database(REDIS_URL)
+elif REDIS_URL and _redis_location(CELERY_BROKER_URL) == _redis_location(REDIS_URL):
+    _fail("CELERY_BROKER_URL", CELERY_BROKER_URL.split("@")[-1],
+          "a Redis database apart from REDIS_URL's (a cache flush would delete the queued jobs); unset, it is the next one")
+CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
 CELERY_TASK_IGNORE_RESULT = True

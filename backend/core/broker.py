@@ -5,8 +5,16 @@ one copies all of redis-py's response callbacks (its cost: docs/performance.md).
 A client is only a handle on the channel's connection pool, and redis-py clients are safe to share between
 threads, so the channel keeps one for as long as it keeps that pool (a fork or a reconnect makes a new pool).
 config/celery.py makes it the transport of redis:// and rediss:// URLs.
+
+It also holds the start-up check that the broker's Redis keeps every job (broker_redis_check).
 """
+import logging
+
+import kombu.exceptions
+import redis
 from kombu.transport import redis as kombu_redis
+
+logger = logging.getLogger(__name__)
 
 
 class Channel(kombu_redis.Channel):
@@ -23,3 +31,83 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+# The one eviction policy under which Redis never drops a key to make room: any other may drop a queued job
+# (a list), the unacknowledged hash, or Celery's bindings once memory is full (Redis's own documentation on
+# key eviction; contract: Configuration, "the broker's Redis runs with maxmemory-policy noeviction").
+REQUIRED_POLICY = "noeviction"
+
+
+class BrokerUnfit(Exception):
+    """The broker's Redis answers but would lose jobs; the message is one line naming the setting to change."""
+
+
+class BrokerUnreachable(Exception):
+    """The broker's Redis did not answer, so nothing is known yet about how it keeps jobs."""
+
+
+def _database(client: redis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
+
+
+def broker_redis_check(app, *, cache_url: str = "") -> None:
+    """Check that the Redis behind Celery `app`'s broker keeps every job: it evicts nothing (maxmemory-policy
+    noeviction) and is not the database of the cache at `cache_url` (REDIS_URL), whose routine flush would
+    delete the queued jobs (contract: Configuration).
+
+    Returns quietly when the broker is not Redis (an in-process run, another transport). Raises BrokerUnfit
+    (one line naming CELERY_BROKER_URL) when the broker would lose jobs, and BrokerUnreachable when it cannot
+    be asked: an unreachable Redis says nothing about its policy. A Redis that refuses INFO (a managed service's
+    ACL) cannot be checked: that is logged as a warning, not refused.
+    """
+    if app.conf.task_always_eager:
+        return
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "redis":
+            return
+        try:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+            client = connection.default_channel.client
+            memory, server = client.info("memory"), client.info("server")
+        except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+            # Redis answers SELECT of a database it does not have with an error, which kombu reports as a
+            # connection error.
+            if "DB index is out of range" in str(exc):
+                raise BrokerUnfit(f"Invalid setting CELERY_BROKER_URL: expected a database its Redis has (database "
+                                  f"{connection.virtual_host}: {exc}); unset, it is REDIS_URL's plus one.") from exc
+            if isinstance(exc, redis.ResponseError):  # INFO refused, as a managed service's ACL may
+                logger.warning("the broker's maxmemory-policy could not be read (%s): make sure it is %s", exc,
+                               REQUIRED_POLICY)
+                return
+            raise BrokerUnreachable(str(exc)) from exc
+        policy = memory.get("maxmemory_policy")
+        if policy is None:
+            logger.warning("the broker's Redis does not report a maxmemory-policy: make sure it is %s", REQUIRED_POLICY)
+        elif policy != REQUIRED_POLICY:
+            raise BrokerUnfit(f"Invalid setting CELERY_BROKER_URL: expected a Redis whose maxmemory-policy is "
+                              f"{REQUIRED_POLICY} (this one's is {policy}, which may drop queued jobs).")
+        if cache_url:
+            _cache_apart_check(broker_server=server, broker_database=_database(client), cache_url=cache_url)
+
+
+def _cache_apart_check(*, broker_server: dict, broker_database: int, cache_url: str) -> None:
+    # The settings compare the two URLs; this also catches one server named two ways (localhost, 127.0.0.1).
+    cache = redis.Redis.from_url(cache_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        cache_server, cache_memory = cache.info("server"), cache.info("memory")
+    except redis.RedisError as exc:  # the cache has its own readiness check; this one is about the broker
+        logger.warning("REDIS_URL could not be compared with the broker's Redis: %s", exc)
+        return
+    finally:
+        cache.close()
+    if cache_server.get("run_id") != broker_server.get("run_id"):
+        policy = cache_memory.get("maxmemory_policy")
+        if policy not in (None, REQUIRED_POLICY):
+            # Throttle counters carry expiries, so even volatile-* policies drop them: limits would reset.
+            logger.warning("REDIS_URL's Redis evicts keys (maxmemory-policy %s): throttle state may be dropped "
+                           "when its memory is full", policy)
+    elif _database(cache) == broker_database:
+        raise BrokerUnfit(f"Invalid setting CELERY_BROKER_URL: expected a Redis database apart from REDIS_URL's "
+                          f"(both are database {broker_database} of one server, so a cache flush would delete "
+                          f"the queued jobs).")

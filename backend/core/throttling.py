@@ -4,6 +4,7 @@ import ipaddress
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
+from core.keys import throttle_digest
 from core.ratelimit import rate_hit, rate_parse
 
 # One IPv6 client usually holds a whole /64 (RFC 6177 assigns at least that much to a site, and SLAAC picks
@@ -41,7 +42,8 @@ class _IpRateThrottle(BaseThrottle):
 
     def allow_request(self, request, view) -> bool:
         limit, period = rate_parse(getattr(settings, self.rate_setting))
-        key = f"ip:{self.scope}:{client_ip(request) or 'unknown'}"
+        # Keyed, like the address throttles' keys: a Redis dump should not list the clients' addresses.
+        key = f"ip:{self.scope}:{throttle_digest(client_ip(request) or 'unknown')}"
         self.wait_seconds = rate_hit(key=key, limit=limit, period=period)
         return self.wait_seconds == 0
 

@@ -11,6 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.broker import broker_redis_check
 from core.exception_handler import error_body
 from core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.metrics import metrics_render
@@ -28,11 +29,20 @@ def _cache_check() -> None:
     store_ping()  # the Redis that holds the throttles (and the cache)
 
 
+_broker_redis_checked = False
+
+
 def _broker_check() -> None:
+    global _broker_redis_checked
     if celery_app.conf.task_always_eager:
         return  # jobs run in-process: there is no broker to reach
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+    if not _broker_redis_checked:
+        # An API started while Redis was down could not check its eviction policy then (on_starting in
+        # config/gunicorn.conf.py): an unfit broker is not ready (core.broker.BrokerUnfit).
+        broker_redis_check(celery_app, cache_url=settings.REDIS_URL)
+        _broker_redis_checked = True
 
 
 READINESS_CHECKS = (("database", _database_check), ("cache", _cache_check), ("broker", _broker_check))

@@ -1,13 +1,21 @@
-"""The one-time code: its format (alphabet, length, well-formedness), making one, and its keyed hash.
+"""The one-time code: its format (alphabet, length, well-formedness), making one, its keyed hash, and its
+sealing for the delivery job.
 
 Everything that shows, checks or generates a code reads its format here: the API's input check, the
-`/home/` page's input attributes and the message tests. The plaintext code is never stored.
+`/home/` page's input attributes and the message tests. The plaintext code is never stored, and travels only
+sealed (encrypted and authenticated) in the delivery job.
 """
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+
+from core import keys
 
 CODE_ALPHABET = "0123456789"
 
@@ -36,21 +44,76 @@ def code_generate() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(code_length()))
 
 
-def _hmac_key() -> bytes:
-    if settings.OTP_HMAC_KEY:
-        return settings.OTP_HMAC_KEY.encode()
-    # Derived, not SECRET_KEY itself, so the key for codes is not the key for sessions and tokens.
-    return hashlib.sha256(b"otp-code-hmac:" + settings.SECRET_KEY.encode()).digest()
+def _code_hmac(key: bytes, *, address: str, code: str) -> str:
+    return hmac.new(key, f"{address}\n{code}".encode(), hashlib.sha256).hexdigest()
 
 
 def code_hash(*, address: str, code: str) -> str:
-    """HMAC-SHA256 (RFC 2104) of `address` and `code` under OTP_HMAC_KEY, as 64 hex characters.
+    """HMAC-SHA256 (RFC 2104) of `address` and `code` under the current key (OTP_HMAC_KEY, or derived from
+    SECRET_KEY: core.keys.code_keys), as 64 hex characters.
 
     The address is in the message so one code value hashes differently for every address.
     """
-    return hmac.new(_hmac_key(), f"{address}\n{code}".encode(), hashlib.sha256).hexdigest()
+    return _code_hmac(keys.code_keys()[0], address=address, code=code)
 
 
 def code_matches(*, code_hash_hex: str, address: str, code: str) -> bool:
-    """True when `code` for `address` hashes to `code_hash_hex`; compared in constant time."""
-    return hmac.compare_digest(code_hash_hex, code_hash(address=address, code=code))
+    """True when `code` for `address` hashes to `code_hash_hex` under the current key or any fallback, so a code
+    sent before a key rotation still works; each comparison in constant time, and every key always tried."""
+    candidates = [_code_hmac(key, address=address, code=code) for key in keys.code_keys()]
+    return any([hmac.compare_digest(code_hash_hex, candidate) for candidate in candidates])
+
+
+# --- Sealing: the code inside the delivery job -----------------------------------------------------------------
+
+SEAL_PURPOSE = b"otp delivery job code"
+SEAL_SALT_BYTES = 16
+SEAL_NONCE_BYTES = 12
+
+
+class CodeSealInvalid(Exception):
+    """A sealed code no configured key opens for this delivery: tampered with, moved from another delivery's job,
+    or sealed under a key this process does not have."""
+
+
+def _seal_context(delivery_id: int, expires_at: float) -> bytes:
+    # The associated data: a ciphertext opens only in the job of its own delivery and expiry.
+    return f"otp.delivery_send delivery={int(delivery_id)} expires_at={float(expires_at)!r}".encode()
+
+
+def code_seal(*, code: str, delivery_id: int, expires_at: float) -> str:
+    """`code` encrypted for the job of delivery `delivery_id`, whose code expires at `expires_at` (Unix seconds),
+    as URL-safe base64 of salt (16 bytes), nonce (12) and ciphertext with its 16-byte tag.
+
+    AES-256-GCM (NIST SP 800-38D) with the delivery id and the expiry as associated data, so the ciphertext is
+    refused in any other job. The key is derived (HKDF-SHA256, RFC 5869) from the current code key
+    (core.keys.code_keys) with a fresh random salt, so each message has a key of its own: GCM's limit of 2^32
+    random nonces per key (SP 800-38D section 8.3) is never approached, whatever the volume.
+    """
+    salt, nonce = secrets.token_bytes(SEAL_SALT_BYTES), secrets.token_bytes(SEAL_NONCE_BYTES)
+    key = keys.key_derive(keys.code_keys()[0], purpose=SEAL_PURPOSE, salt=salt)
+    sealed = AESGCM(key).encrypt(nonce, code.encode(), _seal_context(delivery_id, expires_at))
+    return base64.urlsafe_b64encode(salt + nonce + sealed).decode()
+
+
+def code_unseal(*, sealed: str, delivery_id: int, expires_at: float) -> str:
+    """The code code_seal sealed for this delivery and expiry, opened with the current key or any fallback.
+
+    Raises CodeSealInvalid when `sealed` is malformed, was changed, belongs to another delivery or expiry, or was
+    sealed under a key no longer (or not yet) configured.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(sealed.encode())
+        context = _seal_context(delivery_id, expires_at)
+    except (AttributeError, TypeError, ValueError, binascii.Error) as exc:
+        raise CodeSealInvalid("malformed") from exc
+    salt, rest = raw[:SEAL_SALT_BYTES], raw[SEAL_SALT_BYTES:]
+    nonce, body = rest[:SEAL_NONCE_BYTES], rest[SEAL_NONCE_BYTES:]
+    if len(nonce) != SEAL_NONCE_BYTES or not body:
+        raise CodeSealInvalid("malformed")
+    for key in keys.code_keys():
+        try:
+            return AESGCM(keys.key_derive(key, purpose=SEAL_PURPOSE, salt=salt)).decrypt(nonce, body, context).decode()
+        except InvalidTag:
+            continue
+    raise CodeSealInvalid("no configured key opens it for this delivery")

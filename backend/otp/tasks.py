@@ -8,9 +8,11 @@ import logging
 import time
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from core.observability import REQUEST_ID_HEADER, request_id_bound, request_id_current
+from otp import codes
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +28,9 @@ DATABASE_RETRY_MAX_SECONDS = 5
 _DELIVERY_OPTIONS = dict(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 
 
-# The newest payload version this code reads (otp.services.issuing.DELIVERY_PAYLOAD_VERSION writes it).
-DELIVERY_PAYLOAD_VERSION_READ = 1
+# The newest payload version this code reads (otp.services.issuing.DELIVERY_PAYLOAD_VERSION writes it). 1 holds
+# the code in plaintext (jobs queued before 2), 2 holds it sealed (otp.codes.code_seal).
+DELIVERY_PAYLOAD_VERSION_READ = 2
 UNKNOWN_VERSION_RETRY_SECONDS = 1.0
 
 
@@ -36,16 +39,36 @@ class PayloadVersionUnknown(Exception):
 
 
 def _delivery_arguments(delivery_id: int | None, code: str | None, payload: dict | None) -> tuple[int, str, float | None]:
-    """(delivery id, code, code's expiry as a Unix time in seconds or None) from either message format: the
-    versioned payload, or the keyword arguments jobs were published with before it.
+    """(delivery id, code, code's expiry as a Unix time in seconds or None) from any message format: the
+    versioned payload (2: the code sealed; 1: in plaintext), or the keyword arguments jobs were published with
+    before it.
 
-    Raises PayloadVersionUnknown for a payload version newer than DELIVERY_PAYLOAD_VERSION_READ.
+    Raises PayloadVersionUnknown for a payload version newer than DELIVERY_PAYLOAD_VERSION_READ, and
+    otp.codes.CodeSealInvalid when a version 2 code does not open for its delivery and expiry.
     """
     if payload is None:
         return delivery_id, code, None
-    if int(payload.get("v", 1)) > DELIVERY_PAYLOAD_VERSION_READ:
+    version = int(payload.get("v", 1))
+    if version > DELIVERY_PAYLOAD_VERSION_READ:
         raise PayloadVersionUnknown(f"payload version {payload.get('v')}")
-    return payload["delivery_id"], payload["code"], payload.get("expires_at")
+    delivery_id, expires_at = payload["delivery_id"], payload.get("expires_at")
+    if version == 1:
+        return delivery_id, payload["code"], expires_at
+    code = codes.code_unseal(sealed=payload.get("code_sealed"), delivery_id=delivery_id, expires_at=expires_at)
+    return delivery_id, code, expires_at
+
+
+def _kwargs_to_republish(payload: dict | None, delivery_id: int, code: str, expires_at: float | None) -> dict | None:
+    """What a retry publishes: None (the job's own arguments) when its code is sealed already; otherwise the job
+    as a sealed payload, so a job queued before codes were sealed does not put its code back in the broker in
+    plaintext."""
+    from otp import services
+
+    if payload is not None and int(payload.get("v", 1)) >= 2:
+        return None
+    if expires_at is None:  # a job older than the payload: its code, issued before now, expires within the TTL
+        expires_at = time.time() + settings.OTP_TTL_SECONDS
+    return {"payload": services.delivery_payload(delivery_id=delivery_id, code=code, expires_at=expires_at)}
 
 
 def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
@@ -60,6 +83,11 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
             return
         logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
         raise task.retry(countdown=UNKNOWN_VERSION_RETRY_SECONDS, max_retries=None)
+    except codes.CodeSealInvalid as exc:
+        # Never sent, and recorded, so support can tell the user why no code came.
+        logger.warning("delivery %s: job refused, its sealed code did not open (%s)", payload.get("delivery_id"), exc)
+        services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.PAYLOAD_REFUSED_ERROR)
+        return
     # The id of the request that issued the code travels as a message header, so this job's lines carry it.
     with request_id_bound(getattr(task.request, REQUEST_ID_HEADER, None)):
         try:
@@ -79,13 +107,16 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
                            exc.__class__.__name__, countdown)
         else:
             return
-        raise task.retry(countdown=countdown, max_retries=None, headers={REQUEST_ID_HEADER: request_id_current()})
+        raise task.retry(countdown=countdown, max_retries=None,
+                         kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at),
+                         headers={REQUEST_ID_HEADER: request_id_current()})
 
 
 @shared_task(name=DELIVERY_SEND, **_DELIVERY_OPTIONS)
 def delivery_send(self, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
-    """Deliver one code. `payload` is {"v": 1, "delivery_id": int, "code": str, "expires_at": Unix seconds};
-    the bare `delivery_id` and `code` keywords are the format of jobs queued before the payload existed."""
+    """Deliver one code. `payload` is {"v": 2, "delivery_id": int, "expires_at": Unix seconds, "code_sealed": str}
+    (otp.services.issuing.delivery_payload), or {"v": 1, ..., "code": str} for jobs queued before codes were
+    sealed; the bare `delivery_id` and `code` keywords are the format of jobs queued before the payload existed."""
     _delivery_send_run(self, delivery_id, code, payload)
 
 

@@ -4,14 +4,14 @@ Issuing, verifying, the release after an outage, the support selector and the `a
 read these declarations. Adding a limit is one declaration below and one call where it applies; the
 primitives (one atomic Redis operation each) are in core.ratelimit.
 
-Keys hold a hash of the address, never the address itself.
+Keys hold a keyed hash of the address, never the address itself.
 """
-import hashlib
 from dataclasses import dataclass
 
 from django.conf import settings
 
 from core.errors import RateLimited
+from core.keys import throttle_digest
 from core.ratelimit import (HOUR, Rate, cooldown_release, cooldown_remaining, cooldown_then_rate_hit, rate_count,
                             rate_hit, rate_reset, rate_unhit, rates_hit)
 
@@ -21,8 +21,9 @@ from otp.addresses import Address, mailbox_canonical
 
 
 def address_cache_key(prefix: str, address: Address) -> str:
-    """The cache key of an address's throttle state: `prefix` and a SHA-256 of the normalised address."""
-    return f"{prefix}:{hashlib.sha256(address.value.encode()).hexdigest()[:32]}"
+    """The cache key of an address's throttle state: `prefix` and a keyed hash of the normalised address
+    (core.keys.throttle_digest: an unkeyed one gives phone numbers back to whoever hashes the number space)."""
+    return f"{prefix}:{throttle_digest(address.value)}"
 
 
 @dataclass(frozen=True, kw_only=True)

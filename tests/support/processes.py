@@ -25,13 +25,21 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        # The file keeps earlier runs' lines (same name, appended): log() reads from here on, so wait_for_log
+        # never takes an old "ready." for this start's.
+        self._log_start = self._log.tell()
         # Its own process group, so stopping it also stops any pool children.
         self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What the process wrote since its latest start."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(getattr(self, "_log_start", 0))
+            return log.read().decode(errors="replace")
 
     def wait_for_log(self, text: str, *, timeout: float = 30.0) -> None:
         def seen():

@@ -1,6 +1,16 @@
 """The broker transport: kombu's Redis channel, keeping one redis-py client where kombu made one per message."""
+import pytest
+import redis
+from celery import Celery
+from django.conf import settings
+from django.core.cache import cache
+
 from config.celery import app
-from core.broker import Transport
+from core.broker import BrokerUnfit, BrokerUnreachable, Transport, broker_redis_check
+from otp import services
+from otp.models import Purpose
+from tests.support.redis_state import RedisServer
+from tests.support.waiting import free_port
 
 
 def test_the_app_publishes_through_the_transport_that_keeps_its_client():
@@ -28,3 +38,68 @@ def test_a_tls_broker_url_keeps_kombus_tls_default():
     with app.connection_for_write("rediss://127.0.0.1:6380/0") as connection:
         assert isinstance(connection.transport, Transport)
         assert connection.ssl
+
+
+# --- The broker's Redis keeps every job (contract: Configuration) ---------------------------------------------
+
+@pytest.fixture
+def spare_redis(tmp_path):
+    """A redis-server of this test's own, whose settings the test may change."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def redis_url_of(server: RedisServer, database: int, host: str = "127.0.0.1") -> str:
+    return f"redis://{host}:{server.port}/{database}"
+
+
+def test_the_broker_is_not_the_cache_database():
+    assert settings.REDIS_URL and settings.CELERY_BROKER_URL.rsplit("/", 1)[0] == settings.REDIS_URL.rsplit("/", 1)[0]
+    assert int(settings.CELERY_BROKER_URL.rsplit("/", 1)[1]) == int(settings.REDIS_URL.rsplit("/", 1)[1]) + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cache_flush_keeps_the_queued_jobs(email_address, broker_redis):
+    # Django's cache.clear() is FLUSHDB on REDIS_URL's database: with the broker on that database, it deleted
+    # every job waiting to be sent.
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    assert broker_redis.llen("email") == 1
+    cache.clear()
+    assert broker_redis.llen("email") == 1
+
+
+def test_a_noeviction_broker_apart_from_the_cache_passes(spare_redis):
+    broker_redis_check(Celery(broker=redis_url_of(spare_redis, 1)), cache_url=redis_url_of(spare_redis, 0))
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru", "allkeys-random", "volatile-ttl"])
+def test_a_broker_that_may_evict_jobs_is_refused_with_one_line(spare_redis, policy):
+    redis.Redis(port=spare_redis.port).config_set("maxmemory-policy", policy)
+    with pytest.raises(BrokerUnfit) as refused:
+        broker_redis_check(Celery(broker=redis_url_of(spare_redis, 1)), cache_url=redis_url_of(spare_redis, 0))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("Invalid setting CELERY_BROKER_URL") and policy in message
+
+
+def test_one_server_named_two_ways_is_still_one_database(spare_redis):
+    # The settings compare URLs; only the server can tell that localhost and 127.0.0.1 are one Redis.
+    with pytest.raises(BrokerUnfit, match="apart from REDIS_URL"):
+        broker_redis_check(Celery(broker=redis_url_of(spare_redis, 3, "localhost")),
+                           cache_url=redis_url_of(spare_redis, 3))
+
+
+def test_a_broker_database_redis_does_not_have_is_refused(spare_redis):
+    # REDIS_URL on the last database leaves the default broker (the next one) outside the server's databases.
+    with pytest.raises(BrokerUnfit, match="database 16"):
+        broker_redis_check(Celery(broker=redis_url_of(spare_redis, 16)), cache_url=redis_url_of(spare_redis, 15))
+
+
+def test_an_unreachable_broker_is_not_taken_for_a_bad_policy():
+    port = free_port()  # nothing listens there
+    with pytest.raises(BrokerUnreachable):
+        broker_redis_check(Celery(broker=f"redis://127.0.0.1:{port}/1"), cache_url=settings.REDIS_URL)
+
+
+def test_brokers_that_are_not_redis_are_not_checked():
+    broker_redis_check(Celery(broker="memory://"), cache_url=settings.REDIS_URL)

@@ -1,5 +1,6 @@
 """A bad setting stops start-up with one line naming it; good ones start."""
 import os
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,70 @@ def test_a_failure_budget_above_one_percent_of_the_code_space_a_year_stops_start
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "OTP_MAX_FAILURES_PER_DAY=28" in lines[0], result.stderr
     assert start(OTP_MAX_FAILURES_PER_DAY="28", OTP_LENGTH="7").returncode == 0
+
+def setting_value(name: str, **overrides) -> str:
+    result = subprocess.run([sys.executable, "-c", f"from django.conf import settings; print(settings.{name})"],
+                            cwd=BACKEND_DIR, env={**os.environ, **overrides}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("redis_url, broker_url", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://:secret@cache.internal", "redis://:secret@cache.internal/1"),
+    ("rediss://cache.internal:6380/4?ssl_cert_reqs=required", "rediss://cache.internal:6380/5?ssl_cert_reqs=required"),
+    ("redis://cache.internal?db=2", "redis://cache.internal/3"),  # redis-py reads a `db` query before the path
+])
+def test_the_broker_defaults_to_the_next_database_of_redis_url(redis_url, broker_url):
+    # Contract (Configuration): never the cache's database, whose routine flush would delete the queued jobs.
+    assert setting_value("CELERY_BROKER_URL", REDIS_URL=redis_url, CELERY_BROKER_URL="") == broker_url
+
+
+@pytest.mark.parametrize("redis_url, broker_url", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://127.0.0.1:6379/0", "redis://:password@127.0.0.1"),  # port and database left at their defaults
+    ("redis://cache.internal?db=3", "redis://Cache.Internal:6379/3"),
+])
+def test_a_broker_on_the_cache_database_stops_start_up(redis_url, broker_url):
+    result = start(REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Invalid setting CELERY_BROKER_URL=" in lines[0], result.stderr
+    assert "password" not in result.stderr
+
+
+def test_a_socket_redis_url_needs_a_broker_url_of_its_own():
+    result = start(REDIS_URL="unix:///run/redis/redis.sock?db=0", CELERY_BROKER_URL="")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "CELERY_BROKER_URL" in lines[0], result.stderr
+    assert start(REDIS_URL="unix:///run/redis/redis.sock?db=0",
+                 CELERY_BROKER_URL="redis://127.0.0.1:6379/1").returncode == 0
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"OTP_HMAC_KEY": "k" * 40, "OTP_HMAC_KEY_FALLBACKS": "o" * 40 + ",too-short"}, "OTP_HMAC_KEY_FALLBACKS"),
+    # Without OTP_HMAC_KEY the keys derive from SECRET_KEY: these fallbacks would be silently ignored.
+    ({"OTP_HMAC_KEY": "", "OTP_HMAC_KEY_FALLBACKS": "o" * 40}, "OTP_HMAC_KEY_FALLBACKS"),
+    ({"OTP_THROTTLE_KEY": "too-short"}, "OTP_THROTTLE_KEY"),
+])
+def test_bad_rotation_keys_stop_start_up_with_one_line_that_shows_no_key(overrides, name):
+    result = start(**overrides)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and f"Invalid setting {name}=" in lines[0], result.stderr
+    assert "o" * 40 not in result.stderr and "too-short" not in result.stderr
+
+
+def test_good_rotation_keys_start():
+    assert start(OTP_HMAC_KEY="k" * 40, OTP_HMAC_KEY_FALLBACKS="o" * 40 + ", " + "p" * 32,
+                 OTP_THROTTLE_KEY="t" * 32).returncode == 0
+
+
+def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
+    # Contract (Configuration): `.env.example` lists every one; the README's settings table does too.
+    repo = BACKEND_DIR.parent
+    read = set(re.findall(r'env(?:_str|_int|_float|_bool|_list|_choice|_rate|\.str)\(\s*"([A-Z][A-Z0-9_]*)"',
+                          (BACKEND_DIR / "config" / "settings.py").read_text()))
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(), flags=re.MULTILINE))
+    readme = (repo / "README.md").read_text()
+    assert {"OTP_DELIVERY_RETENTION_DAYS", "OTP_HMAC_KEY_FALLBACKS", "OTP_THROTTLE_KEY"} <= read
+    assert read - listed == set()
+    assert {name for name in read if f"`{name}`" not in readme} == set()

@@ -55,8 +55,8 @@ def test_a_job_meeting_a_database_outage_while_its_code_lives_tries_again(databa
 
 
 def test_a_payload_from_a_newer_release_is_put_back_not_misread(caplog):
-    payload = {"v": 2, "delivery_id": 1, "sealed": "...", "expires_at": time.time() + 60}
+    payload = {"v": 3, "delivery_id": 1, "sealed_otherwise": "...", "expires_at": time.time() + 60}
     with pytest.raises(tasks.PayloadVersionUnknown):
         tasks._delivery_arguments(None, None, payload)
     tasks.delivery_send.apply(kwargs={"payload": payload})
-    assert "payload version 2 is newer than this worker reads: put back" in caplog.text
+    assert "payload version 3 is newer than this worker reads: put back" in caplog.text

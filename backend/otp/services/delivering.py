@@ -19,6 +19,8 @@ from otp.models import Delivery, Purpose
 logger = logging.getLogger("otp.services")
 
 CODE_EXPIRED_ERROR = "Code expired before it could be sent."
+PAYLOAD_REFUSED_ERROR = ("Job refused, not sent: its sealed code did not open for this delivery (changed, copied "
+                         "from another delivery's job, or sealed under a key this worker does not have).")
 
 # Pauses between tries to record an accepted send, in seconds. With each try's own bounded wait (the pool's
 # timeout, or the statement timeout) the tries end well inside the broker's visibility timeout, so no other
@@ -56,6 +58,17 @@ def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", pr
                                        sent_at=sent_at)
     if finished:
         metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
+
+
+def delivery_refuse(*, delivery_id: int, reason: str) -> None:
+    """Record that the job for `delivery_id` was refused unsent, with `reason` (the delivery ends `failed`,
+    unless it already ended). Nothing is recorded for a delivery that does not exist.
+
+    Raises django.db.DatabaseError when the database does.
+    """
+    delivery = Delivery.objects.filter(id=delivery_id).first()
+    if delivery is not None:
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=reason)
 
 
 def _database_connection_release() -> None:

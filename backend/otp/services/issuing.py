@@ -15,8 +15,9 @@ from otp.models import Delivery, Purpose
 from otp.services.delivering import delivery_finish
 
 # The delivery job's payload format. Fields may be added within a version (workers ignore fields they do not
-# know); the version changes only when a field changes meaning.
-DELIVERY_PAYLOAD_VERSION = 1
+# know); the version changes only when a field changes meaning. 2: the code travels sealed (`code_sealed`)
+# instead of in plaintext (`code`, version 1), which workers still read for jobs queued before.
+DELIVERY_PAYLOAD_VERSION = 2
 
 
 def code_request(*, address: Address, purpose: Purpose) -> None:
@@ -65,17 +66,28 @@ def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
 
     Raises DependencyUnavailable("broker") when the broker refuses, after recording the delivery as failed.
     """
-    payload = {"v": DELIVERY_PAYLOAD_VERSION, "delivery_id": delivery.id, "code": code,
-               "expires_at": delivery.expires_at.timestamp()}
+    payload = delivery_payload(delivery_id=delivery.id, code=code, expires_at=delivery.expires_at.timestamp())
     try:
         tasks.delivery_send.apply_async(
             kwargs={"payload": payload},
             queue=queues.queue_for_channel(delivery.channel),
-            # What Celery's logs and events show instead of the arguments: never the code.
-            kwargsrepr=repr({"payload": {**payload, "code": "<hidden>"}}),
+            # What Celery's logs and events show instead of the arguments.
+            kwargsrepr=repr({"payload": {**payload, "code_sealed": "<hidden>"}}),
             headers={REQUEST_ID_HEADER: request_id_current()},
         )
     except kombu.exceptions.OperationalError as exc:
         # The code exists only in this process now: record that it was never sent and tell the caller.
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
         raise DependencyUnavailable("broker") from exc
+
+
+def delivery_payload(*, delivery_id: int, code: str, expires_at: float) -> dict:
+    """The delivery job's payload (version DELIVERY_PAYLOAD_VERSION): {"v": 2, "delivery_id": int, "expires_at":
+    the code's expiry in Unix seconds, "code_sealed": codes.code_seal(...)}.
+
+    The code is sealed with the delivery id and the expiry as associated data, so Redis (its memory, its
+    append-only file, a backup) never holds it in plaintext, and a sealed code copied into another job is refused
+    (contract: Delivery).
+    """
+    return {"v": DELIVERY_PAYLOAD_VERSION, "delivery_id": delivery_id, "expires_at": expires_at,
+            "code_sealed": codes.code_seal(code=code, delivery_id=delivery_id, expires_at=expires_at)}
