@@ -10,6 +10,7 @@ from pathlib import Path
 import environ
 
 from otp import queues
+from otp.providers.mailbox import sender_parse
 from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
@@ -103,6 +104,8 @@ if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
 SERVICE_NAME = env_str("SERVICE_NAME", "OTP Login")
+if not SERVICE_NAME.isprintable():  # it is in every email's Subject: a line break there would end the header
+    _fail("SERVICE_NAME", SERVICE_NAME, "printable text on one line")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -228,6 +231,11 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+try:  # every email's From and Message-ID are built from it: a value mail readers cannot parse never starts
+    sender_parse(DEFAULT_FROM_EMAIL)
+except ValueError as _exc:
+    _fail("DEFAULT_FROM_EMAIL", DEFAULT_FROM_EMAIL,
+          f"one mailbox such as no-reply@example.com or OTP Login <no-reply@example.com> ({_exc})")
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

@@ -16,6 +16,7 @@ class Inbox:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[email.message.EmailMessage] = []
+        self.raw: list[bytes] = []  # each accepted message as the client sent it, index for index with `messages`
         self.refuse_next = 0
         self.refused = 0
         self.hold_next_rcpt_seconds = 0.0  # a slow server: the next RCPT is answered only after this long
@@ -45,12 +46,15 @@ class Inbox:
                 return "451 4.3.0 Try again later"
             message = email.message_from_bytes(envelope.content, policy=policy.default)
             message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+            message["X-Envelope-From"] = envelope.mail_from
             self.messages.append(message)
+            self.raw.append(envelope.content)
         return "250 OK"
 
     def reset(self) -> None:
         with self.lock:
             self.messages.clear()
+            self.raw.clear()
             self.refuse_next = 0
             self.refused = 0
             self.hold_next_rcpt_seconds = 0.0
@@ -60,6 +64,11 @@ class Inbox:
     def to(self, address: str) -> list:
         with self.lock:
             return [m for m in self.messages if address in m["X-Envelope-To"]]
+
+    def raw_to(self, address: str) -> list[bytes]:
+        """The bytes of each message to `address`, as the client sent them (to re-parse under another policy)."""
+        with self.lock:
+            return [raw for m, raw in zip(self.messages, self.raw) if address in m["X-Envelope-To"]]
 
     def wait_for_message(self, address: str, *, count: int = 1, timeout: float = 20.0):
         return wait_for(lambda: (self.to(address) if len(self.to(address)) >= count else None),

@@ -1,4 +1,5 @@
 """The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -110,3 +111,42 @@ def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, setti
 
     assert len(own_smtp_server.inbox.to("second@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
+
+
+def _strictly_parsed(raw: bytes):
+    """The message as a strict reader sees it: a defect anywhere in its structure raises, and each header's own
+    defects are listed (header values are parsed when read)."""
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(raw, policy=policy.strict)
+    header_defects = {name: [str(defect) for defect in message[name].defects] for name in message.keys()}
+    return message, {name: found for name, found in header_defects.items() if found}
+
+
+@pytest.mark.parametrize("from_email, display_name, addr_spec", [
+    ("no-reply@example.com", "", "no-reply@example.com"),
+    # Django's documented form: the issue's input, whose Message-ID came out as <...@example.com>>.
+    ("OTP Login <no-reply@example.com>", "OTP Login", "no-reply@example.com"),
+    ('"Login, Inc." <no-reply@example.com>', "Login, Inc.", "no-reply@example.com"),
+    ("Ünïcode Dienst <no-reply@bücher.example>", "Ünïcode Dienst", "no-reply@xn--bcher-kva.example"),
+    # IDNA 2008 keeps ß: Python's own codec (IDNA 2003) turned this sender into no-reply@strasse.de.
+    ("OTP <no-reply@straße.de>", "OTP", "no-reply@xn--strae-oqa.de"),
+    ("no-reply@localhost", "", "no-reply@localhost"),
+])
+def test_every_header_parses_cleanly_under_the_strict_email_policy(own_smtp_server, settings, from_email,
+                                                                   display_name, addr_spec):
+    settings.DEFAULT_FROM_EMAIL = from_email
+    settings.SERVICE_NAME = "Connexion sécurisée"  # a non-ASCII subject, encoded by the mail library
+    SmtpEmailProvider().send(to="alice@example.com", message=Message(subject=f"Your {settings.SERVICE_NAME} code",
+                                                                      text="Your code is 123456.", html="<p>123456</p>"))
+
+    message, header_defects = _strictly_parsed(own_smtp_server.inbox.raw_to("alice@example.com")[0])
+
+    assert header_defects == {}
+    sender = message["From"].addresses
+    assert [(a.display_name, a.addr_spec) for a in sender] == [(display_name, addr_spec)]
+    domain = addr_spec.partition("@")[2]
+    assert re.fullmatch(rf"<[a-z]+@{re.escape(domain)}>", message["Message-ID"]), message["Message-ID"]
+    assert message["Subject"] == "Your Connexion sécurisée code"
+    assert own_smtp_server.inbox.messages[0]["X-Envelope-From"] == addr_spec  # the envelope sender too

@@ -49,6 +49,13 @@ def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     ({"JWT_SIGNING_KEY": "too-short"}, "JWT_SIGNING_KEY"),
     ({"OTP_HMAC_KEY": "too-short"}, "OTP_HMAC_KEY"),
     ({"REFRESH_TOKEN_LIFETIME_SECONDS": "300"}, "REFRESH_TOKEN_LIFETIME_SECONDS"),
+    # Every email's From and Message-ID are built from it; each must parse under the strict email policy.
+    ({"DEFAULT_FROM_EMAIL": "OTP Login no-reply@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "a@example.com, b@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "OTP <no-reply@example.com>>"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "no-reply@example.com\r\nBcc: victim@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "jörg@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"SERVICE_NAME": "OTP\nBcc: victim@example.com"}, "SERVICE_NAME"),
 ])
 def test_settings_that_break_a_promise_of_the_contract_stop_start_up(overrides, name):
     result = start(**overrides)
@@ -72,4 +79,11 @@ def test_twilio_backend_without_credentials_is_refused():
 def test_process_environment_wins_and_good_values_start():
     result = start(OTP_LENGTH="8", SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t",
                    TWILIO_FROM_NUMBER="+14155550100")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("value", ["OTP Login <no-reply@example.com>", '"Login, Inc." <no-reply@example.com>',
+                                   "Ünïcode <no-reply@bücher.example>", "no-reply@localhost"])
+def test_each_shape_of_sender_starts(value):
+    result = start(DEFAULT_FROM_EMAIL=value)
     assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 
 from otp.messages import Message
 from otp.providers.base import SendPermanentError, SendTransientError
+from otp.providers.mailbox import sender_parse
 
 
 def _letters(n: int) -> str:
@@ -75,12 +76,14 @@ def _email_connection_drop(connection: BaseEmailBackend) -> None:
 
 
 def _email_send(connection: BaseEmailBackend, *, to: str, message: Message) -> str:
-    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
-    message_id = f"<{_letters(24)}@{domain}>"
+    # Read with the email library, not split on "@": `OTP Login <no-reply@example.com>` made the Message-ID
+    # `<...@example.com>>`, and Django's own IDNA 2003 conversion mailed `straße.de` as `strasse.de`.
+    sender = sender_parse(settings.DEFAULT_FROM_EMAIL)
+    message_id = f"<{_letters(24)}@{sender.domain}>"
     email = _CodeEmail(
         subject=message.subject,
         body=message.text,
-        from_email=settings.DEFAULT_FROM_EMAIL,
+        from_email=sender.header,
         to=[to],
         headers={"Message-ID": message_id},
         connection=connection,
