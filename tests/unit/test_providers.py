@@ -15,7 +15,7 @@ class ThrowawaySmsProvider:
     timeout_seconds = 40.0
     sent: list = []
 
-    def send(self, *, to, message):
+    def send(self, *, to, message, delivery_id):
         self.sent.append((to, message.text))
         return f"throwaway-{len(self.sent)}"
 

@@ -25,7 +25,7 @@ def own_smtp_server(settings):
 
 def test_one_connection_carries_many_messages(own_smtp_server):
     for n in range(3):
-        SmtpEmailProvider().send(to=f"user{n}@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to=f"user{n}@example.com", message=MESSAGE, delivery_id=1)
 
     assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
         "user0@example.com", "user1@example.com", "user2@example.com"]
@@ -33,22 +33,22 @@ def test_one_connection_carries_many_messages(own_smtp_server):
 
 
 def test_a_connection_the_server_dropped_is_found_out_before_the_message_and_replaced(own_smtp_server):
-    SmtpEmailProvider().send(to="before@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="before@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.restart()  # closes the connection the sender keeps
 
-    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE, delivery_id=1)
 
     assert len(own_smtp_server.inbox.to("after@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
 
 
 def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(own_smtp_server):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.inbox.refuse_next = 1
 
     with pytest.raises(SendTransientError, match="SMTP 451"):
-        SmtpEmailProvider().send(to="refused@example.com", message=MESSAGE)
-    SmtpEmailProvider().send(to="third@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="refused@example.com", message=MESSAGE, delivery_id=1)
+    SmtpEmailProvider().send(to="third@example.com", message=MESSAGE, delivery_id=1)
 
     assert own_smtp_server.inbox.to("refused@example.com") == []
     assert len(own_smtp_server.inbox.to("third@example.com")) == 1
@@ -56,20 +56,20 @@ def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(ow
 
 
 def test_a_server_that_is_down_is_a_transient_error(own_smtp_server):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.stop()
 
     # The kept connection is dead and no new one can be opened: retried later by the task, not here.
     with pytest.raises(SendTransientError, match="SMTP connection"):
-        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
 
 
 def test_a_changed_email_setting_gets_a_new_connection(own_smtp_server, settings):
     other = SmtpServer().start()
     try:
-        SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
         settings.EMAIL_PORT = other.port
-        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
         assert len(other.inbox.to("second@example.com")) == 1
         assert own_smtp_server.inbox.to("second@example.com") == []
     finally:
@@ -97,17 +97,17 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
     numbers = [f"+1415555{n:04d}" for n in range(48)]
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda number: TwilioSmsProvider().send(to=number, message=MESSAGE), numbers))
+        list(pool.map(lambda number: TwilioSmsProvider().send(to=number, message=MESSAGE, delivery_id=1), numbers))
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
 
 
 def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, settings):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS = 0
 
-    SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
 
     assert len(own_smtp_server.inbox.to("second@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
@@ -138,8 +138,8 @@ def test_every_header_parses_cleanly_under_the_strict_email_policy(own_smtp_serv
                                                                    display_name, addr_spec):
     settings.DEFAULT_FROM_EMAIL = from_email
     settings.SERVICE_NAME = "Connexion sécurisée"  # a non-ASCII subject, encoded by the mail library
-    SmtpEmailProvider().send(to="alice@example.com", message=Message(subject=f"Your {settings.SERVICE_NAME} code",
-                                                                      text="Your code is 123456.", html="<p>123456</p>"))
+    SmtpEmailProvider().send(to="alice@example.com", delivery_id=1, message=Message(
+        subject=f"Your {settings.SERVICE_NAME} code", text="Your code is 123456.", html="<p>123456</p>"))
 
     message, header_defects = _strictly_parsed(own_smtp_server.inbox.raw_to("alice@example.com")[0])
 

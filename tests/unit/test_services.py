@@ -210,7 +210,7 @@ class RecordingSender:
         self.outcomes = list(outcomes)
         self.sent = []
 
-    def send(self, *, to, message):
+    def send(self, *, to, message, delivery_id):
         outcome = self.outcomes.pop(0) if self.outcomes else "ok"
         if isinstance(outcome, Exception):
             raise outcome
@@ -367,11 +367,59 @@ def test_provider_status_callback_updates_the_record(email_address, sender):
     delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     assert services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        url="http://localhost:8080/webhooks/twilio/status/",
         params={"MessageSid": "provider-1", "MessageStatus": "undelivered", "ErrorCode": "30003"}))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.provider_status) == ("failed", "undelivered") and "30003" in delivery.last_error
     assert not services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
-        params={"MessageSid": "nope", "MessageStatus": "delivered"}))
+        url="http://localhost:8080/webhooks/twilio/status/", params={"MessageSid": "nope", "MessageStatus": "delivered"}))
+
+
+def _callback(delivery, status, *, sid="SM1", error_code=""):
+    """What the webhook applies for Twilio's signed callback `status` on `delivery`'s callback URL."""
+    return services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        url=f"http://localhost:8080/webhooks/twilio/status/?delivery={delivery.id}",
+        params={"MessageSid": sid, "MessageStatus": status, "ErrorCode": error_code}))
+
+
+def test_a_carrier_failure_reported_during_a_failed_try_is_not_put_back_in_the_queue(email_address, sender):
+    # The provider took the message and the carrier refused it, while the worker saw the call fail: the run
+    # that puts the delivery back for a retry must not move a failed delivery back to queued.
+    delivery = factories.issued_code(email_address)
+
+    def accepted_then_lost():
+        _callback(delivery, "undelivered", error_code="30003")
+        return SendTransientError("Twilio 503")
+
+    recorder = sender()
+    recorder.send = lambda **kwargs: (_ for _ in ()).throw(accepted_then_lost())
+    with pytest.raises(services.DeliveryRetry):
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider_status) == ("failed", "undelivered")
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # the retry sends nothing
+    assert recorder.sent == []
+
+
+def test_a_delivery_its_provider_reported_on_is_recorded_sent_not_sent_again(email_address, sender):
+    # The provider took the message (its callback says so) but the worker never learnt it: a 5xx answer, or
+    # a run that died after the send. The next run records it sent instead of sending a second message.
+    delivery = factories.issued_code(email_address)
+    calls = []
+
+    def accepted_then_lost(**kwargs):
+        calls.append(kwargs["to"])
+        _callback(delivery, "queued")
+        raise SendTransientError("Twilio 502")
+
+    recorder = sender()
+    recorder.send = accepted_then_lost
+    with pytest.raises(services.DeliveryRetry):
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)
+    delivery.refresh_from_db()
+    assert calls == ["alice@example.com"]
+    assert (delivery.status, delivery.provider_id, delivery.provider_status) == ("sent", "SM1", "queued")
 
 
 # --- Housekeeping -------------------------------------------------------------------------------

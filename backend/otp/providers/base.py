@@ -15,13 +15,27 @@ class SendPermanentError(Exception):
 
 @dataclass(frozen=True)
 class StatusReport:
-    """A provider's status callback, read: which message, the provider's own status word, and what it means for
-    the delivery (`final` is "sent", "failed" or "" when the status decides nothing yet)."""
+    """A provider's status callback, read.
+
+    Attributes:
+        provider_id: the provider's id of the message.
+        provider_status: the provider's own status word.
+        final: what it means for the delivery: "failed" for a carrier failure (a delivery `sent`, or not yet
+            recorded, becomes `failed`), "sent" when the message went out, "" when the word decides nothing yet.
+        error_code: the provider's error code, if any.
+        delivery_id: the delivery the callback URL names (the provider signed that URL), or None for a URL
+            without one (callbacks of messages sent before the URL named its delivery).
+        replaces: the stored provider statuses this one may overwrite: those before it in the provider's own
+            order ("" included). A status not in it, the same one again or a later one, changes nothing, so
+            callbacks that arrive late, out of order or twice never move a delivery backwards.
+    """
 
     provider_id: str
     provider_status: str
     final: str = ""
     error_code: str = ""
+    delivery_id: int | None = None
+    replaces: frozenset[str] = frozenset()
 
 
 class Provider(Protocol):
@@ -38,9 +52,11 @@ class Provider(Protocol):
     channel: str
     timeout_seconds: float
 
-    def send(self, *, to: str, message: Message) -> str:
+    def send(self, *, to: str, message: Message, delivery_id: int) -> str:
         """Deliver `message` to `to` (an email address or an E.164 number); return the provider's message id.
 
+        `delivery_id` names the delivery this message belongs to: the same on every try of one delivery, so a
+        provider can tie its callbacks to it.
         Raises SendTransientError when trying again later may work, SendPermanentError when it will not.
         """
 
@@ -48,13 +64,16 @@ class Provider(Protocol):
 class StatusCallbackProvider(Provider, Protocol):
     """A provider that reports delivery status back over HTTP (an optional part of the interface).
 
-    `signature_header` names the request header that carries the callback's signature.
+    `signature_header` names the request header that carries the callback's signature. `send` gives the
+    provider a callback URL that names the delivery, and `status_callback_parse` reads it back, so a callback
+    finds its delivery even before the worker recorded the provider's id, or when it never learnt it.
     """
 
     signature_header: str
 
     def status_callback_verify(self, *, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
-        """True when the callback to `url` with form `params` carries the provider's valid signature."""
+        """True when the callback to `url` (the full public URL, query included) with form `params` carries the
+        provider's valid signature."""
 
-    def status_callback_parse(self, *, params: Mapping[str, str]) -> StatusReport:
-        """Read a verified callback's form parameters."""
+    def status_callback_parse(self, *, url: str, params: Mapping[str, str]) -> StatusReport:
+        """Read a verified callback: its URL (which names the delivery) and its form parameters."""

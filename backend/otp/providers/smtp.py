@@ -115,7 +115,7 @@ class SmtpEmailProvider:
     channel = "email"
     timeout_seconds = 10.0
 
-    def send(self, *, to: str, message: Message) -> str:
+    def send(self, *, to: str, message: Message, delivery_id: int) -> str:
         connection = _email_connection(self.timeout_seconds)
         try:
             return _email_send(connection, to=to, message=message)

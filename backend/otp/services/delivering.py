@@ -8,6 +8,7 @@ from typing import Mapping
 
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
 from django.utils import timezone
 
 from core.errors import SignatureInvalid
@@ -41,8 +42,11 @@ def delivery_retry_countdown(*, retries_done: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _delivery_update(delivery_id: int, **fields) -> None:
-    Delivery.objects.filter(id=delivery_id).update(updated_at=timezone.now(), **fields)
+def _delivery_put_back(delivery_id: int, *, lease_until: datetime, last_error: str) -> None:
+    # Only the run that holds the lease puts the delivery back in the queue: a status callback that failed it
+    # meanwhile, or another run that took over a lapsed lease, is never overwritten.
+    Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING, lease_until=lease_until).update(
+        status=Delivery.Status.QUEUED, last_error=last_error, lease_until=None, updated_at=timezone.now())
 
 
 def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", provider_id: str = "",
@@ -78,13 +82,21 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     should try again in `countdown` seconds, and django.db.DatabaseError when the database fails before the send.
     """
     now = timezone.now()
-    delivery = queries.delivery_claim(delivery_id=delivery_id, now=now,
-                                      lease_until=now + timedelta(seconds=providers.delivery_lease_seconds()))
+    lease_until = now + timedelta(seconds=providers.delivery_lease_seconds())
+    delivery = queries.delivery_claim(delivery_id=delivery_id, now=now, lease_until=lease_until)
     if delivery is None:  # not there to take: find out why
         delivery = Delivery.objects.filter(id=delivery_id).first()
         if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
             logger.info("delivery %s is %s: this run sends nothing", delivery_id,
                         delivery.status if delivery else "gone")
+            return
+        if delivery.provider_status:
+            # The provider reported on this delivery (a status callback naming it): it holds the message, which
+            # an earlier run sent without recording it (it died, or its answer was lost). Not sent again.
+            logger.info("delivery %s was reported %s by its provider: recorded sent, not sent again", delivery_id,
+                        delivery.provider_status)
+            delivery_finish(delivery=delivery, status=Delivery.Status.SENT, provider_id=delivery.provider_id,
+                            sent_at=now)
             return
         if delivery.expires_at <= now:
             delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
@@ -105,7 +117,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     provider_name = providers.provider_name(delivery.channel)  # the registry's name, as the issue recorded it
     _database_connection_release()
     try:
-        provider_id = provider.send(to=delivery.address, message=message)
+        provider_id = provider.send(to=delivery.address, message=message, delivery_id=delivery_id)
     except providers.SendPermanentError as exc:
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
@@ -120,7 +132,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
             delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
                             provider=provider_name)
             return
-        _delivery_update(delivery_id, status=Delivery.Status.QUEUED, last_error=str(exc)[:1000], lease_until=None)
+        _delivery_put_back(delivery_id, lease_until=lease_until, last_error=str(exc)[:1000])
         metric_count("otp_delivery_retries_total", channel=delivery.channel)
         raise DeliveryRetry(countdown) from exc
     if _delivery_sent_record(delivery=delivery, provider_id=provider_id, provider=provider_name):
@@ -149,15 +161,44 @@ def _delivery_sent_record(*, delivery: Delivery, provider_id: str, provider: str
             time.sleep(pause)
 
 
+# The delivery states a carrier-failure callback moves to `failed`. `unknown` stays: the record says the service
+# could not learn the outcome in time, and provider_status then says what the provider reported afterwards.
+_CARRIER_FAILURE_ENDS = (Delivery.Status.QUEUED, Delivery.Status.SENDING, Delivery.Status.SENT)
+
+
 def delivery_status_record(*, report: providers.StatusReport) -> bool:
-    """Apply a provider's status report to the delivery it names; False when none matches."""
-    fields: dict = {"provider_status": report.provider_status}
+    """Apply a provider's status report to the delivery it names, forward only (contract: Delivery); returns
+    False when no delivery matched or the report changed nothing.
+
+    The delivery is the one the callback URL names (`report.delivery_id`), if its recorded provider id is empty
+    or the report's; a URL naming none (sent before URLs named deliveries) matches on the provider id alone.
+    `provider_status` moves only forward in the provider's own order (`report.replaces`); a repeat, or a
+    status the provider puts before the recorded one, changes nothing. `status` moves only to `failed`, on a
+    carrier failure (`report.final == "failed"`), from queued, sending or sent; failed and unknown never become
+    sent. A missing provider id is filled in. All of it is one conditional UPDATE, so concurrent callbacks for
+    one delivery cannot interleave: the database applies them one after the other, each against the row the
+    one before left.
+    """
+    if report.delivery_id is not None:
+        match = Q(id=report.delivery_id) & (Q(provider_id="") | Q(provider_id=report.provider_id))
+    elif report.provider_id:
+        match = Q(provider_id=report.provider_id)
+    else:
+        return False
+    fields: dict = {
+        "provider_status": report.provider_status,
+        "provider_id": Case(When(provider_id="", then=Value(report.provider_id)), default=F("provider_id")),
+        "updated_at": timezone.now(),
+    }
     if report.final == Delivery.Status.FAILED:
-        fields.update(status=Delivery.Status.FAILED,
-                      last_error=f"Provider reported {report.provider_status} (error {report.error_code or 'none'})")
-    elif report.final == Delivery.Status.SENT:
-        fields.update(status=Delivery.Status.SENT)
-    return Delivery.objects.filter(provider_id=report.provider_id).update(updated_at=timezone.now(), **fields) > 0
+        failing = Q(status__in=_CARRIER_FAILURE_ENDS)
+        error = f"Provider reported {report.provider_status} (error {report.error_code or 'none'})"
+        fields.update(
+            status=Case(When(failing, then=Value(Delivery.Status.FAILED.value)), default=F("status")),
+            last_error=Case(When(failing, then=Value(error, output_field=TextField())), default=F("last_error")),
+            lease_until=Case(When(failing, then=Value(None, output_field=DateTimeField())), default=F("lease_until")),
+        )
+    return Delivery.objects.filter(match, provider_status__in=report.replaces).update(**fields) > 0
 
 
 def delivery_status_callback_record(*, provider_name: str, url: str, params: Mapping[str, str],
@@ -171,4 +212,4 @@ def delivery_status_callback_record(*, provider_name: str, url: str, params: Map
     provider = providers.provider_class("sms", provider_name)()
     if not provider.status_callback_verify(url=url, params=params, headers=headers):
         raise SignatureInvalid(f"Missing or invalid {provider.signature_header}.")
-    return delivery_status_record(report=provider.status_callback_parse(params=params))
+    return delivery_status_record(report=provider.status_callback_parse(url=url, params=params))
