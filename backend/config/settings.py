@@ -230,6 +230,12 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
+# How long a worker waits for the server's reply once the whole message is sent (after the end of DATA). RFC
+# 5321 section 4.5.3.2.6 allows 10 minutes; ours must keep the delivery lease inside the broker's visibility
+# timeout (checked at start-up, otp.apps). No reply in time: the delivery is recorded `unknown`, not resent.
+EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = env_float("EMAIL_FINAL_REPLY_TIMEOUT_SECONDS", 15.0, minimum=1.0)
+if EMAIL_FINAL_REPLY_TIMEOUT_SECONDS > 600:
+    _fail("EMAIL_FINAL_REPLY_TIMEOUT_SECONDS", EMAIL_FINAL_REPLY_TIMEOUT_SECONDS, "at most 600 (RFC 5321's 10 minutes)")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
 try:  # every email's From and Message-ID are built from it: a value mail readers cannot parse never starts
     sender_parse(DEFAULT_FROM_EMAIL)

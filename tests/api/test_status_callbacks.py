@@ -86,6 +86,15 @@ def test_a_failed_delivery_never_becomes_sent():
     assert (delivery.status, delivery.provider_status, delivery.last_error) == ("failed", "delivered", "Twilio 503")
 
 
+@pytest.mark.parametrize("final_word", ["delivered", "undelivered"])
+def test_an_unknown_delivery_stays_unknown_and_learns_what_the_provider_says(final_word):
+    # The worker could not learn whether Twilio took it, so it holds no SID: the URL finds it.
+    delivery = sms_delivery(status="unknown", last_error="Twilio connection: ReadTimeout")
+    assert callback(final_word, sid="SMlost", delivery=delivery.id, error_code="30003").status_code == 204
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider_status, delivery.provider_id) == ("unknown", final_word, "SMlost")
+
+
 def test_a_callback_before_the_worker_recorded_the_sid_finds_its_delivery_by_the_url():
     delivery = sms_delivery(status="sending", lease_until=timezone.now() + timedelta(seconds=30))
     assert callback("sent", sid="SMearly", delivery=delivery.id).status_code == 204

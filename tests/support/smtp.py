@@ -20,6 +20,11 @@ class Inbox:
         self.refuse_next = 0
         self.refused = 0
         self.hold_next_rcpt_seconds = 0.0  # a slow server: the next RCPT is answered only after this long
+        # A server that takes the next message, then answers the end of DATA only after this long (RFC 5321
+        # section 4.5.3.2.6 allows 10 minutes), or never: the connection dropped once the message is taken.
+        self.hold_next_final_reply_seconds = 0.0
+        self.drop_after_next_data = False
+        self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
 
@@ -40,6 +45,7 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
+            self.data_attempts.append(envelope.content)
             if self.refuse_next > 0:
                 self.refuse_next -= 1
                 self.refused += 1
@@ -49,6 +55,12 @@ class Inbox:
             message["X-Envelope-From"] = envelope.mail_from
             self.messages.append(message)
             self.raw.append(envelope.content)
+            hold, self.hold_next_final_reply_seconds = self.hold_next_final_reply_seconds, 0.0
+            drop, self.drop_after_next_data = self.drop_after_next_data, False
+        if drop:
+            server.transport.close()  # taken, and no reply ever comes
+        if hold:
+            await asyncio.sleep(hold)
         return "250 OK"
 
     def reset(self) -> None:
@@ -58,6 +70,9 @@ class Inbox:
             self.refuse_next = 0
             self.refused = 0
             self.hold_next_rcpt_seconds = 0.0
+            self.hold_next_final_reply_seconds = 0.0
+            self.drop_after_next_data = False
+            self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.sessions = 0
 

@@ -14,7 +14,7 @@ from otp import codes, providers, services
 from otp.providers.twilio import TwilioSmsProvider
 from otp.services import delivering
 from otp.models import Delivery, OneTimeCode, Purpose
-from otp.providers import SendPermanentError, SendTransientError
+from otp.providers import SendOutcomeUnknownError, SendPermanentError, SendTransientError
 from tests.support import factories
 from tests.support.redis_state import redis_flush
 from users.models import User
@@ -339,6 +339,41 @@ def test_permanent_failure_is_recorded_and_not_retried(email_address, sender):
     services.delivery_send(delivery_id=delivery.id, code="123456")
     delivery.refresh_from_db()
     assert delivery.status == "failed" and "21211" in delivery.last_error and not recorder.sent
+
+
+def test_an_unknown_outcome_is_recorded_counted_and_never_sent_again(email_address, sender, monkeypatch):
+    counted = []
+    monkeypatch.setattr(delivering, "metric_count", lambda name, **labels: counted.append((name, labels)))
+    recorder = sender(SendOutcomeUnknownError("Twilio connection: ReadTimeout; asked Twilio: no such message"))
+    delivery = factories.issued_code(email_address)
+
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # no retry asked for
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # a redelivered job
+
+    delivery.refresh_from_db()
+    assert recorder.sent == []  # the one try raised; the second run sent nothing
+    assert (delivery.status, delivery.attempts, delivery.lease_until) == ("unknown", 1, None)
+    assert "ReadTimeout" in delivery.last_error and delivery.provider == "locmem" and delivery.sent_at is None
+    assert counted == [("otp_deliveries_total", {"channel": "email", "status": "unknown"})]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unknown_outcome_the_database_never_records_is_not_run_again(email_address, sender, monkeypatch, caplog):
+    # Like an accepted send: a database error must not reach the task, whose retry would send again.
+    monkeypatch.setattr(delivering, "SENT_RECORD_PAUSES", ())
+    recorder = sender()
+    _pool_held_while_sending(recorder, seconds=6)
+    holding_send = recorder.send
+
+    def send_then_lose_the_answer(**kwargs):
+        holding_send(**kwargs)
+        raise SendOutcomeUnknownError("Twilio connection: ReadTimeout")
+
+    recorder.send = send_then_lose_the_answer
+    delivery = factories.issued_code(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # no database error reaches the task
+    assert f"delivery {delivery.id} was left unknown by email (provider id none) but not recorded" in caplog.text
+    assert Delivery.objects.get(id=delivery.id).status == "sending"  # waits in the pool until it is given back
 
 
 def test_expired_job_is_dropped_and_recorded(email_address, sender):

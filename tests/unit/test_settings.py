@@ -43,6 +43,15 @@ def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     # A visibility timeout inside the delivery lease: the broker hands a job still being sent to a second worker.
     ({"CELERY_VISIBILITY_TIMEOUT_SECONDS": "15", "OTP_SEND_RETRY_BACKOFF_SECONDS": "0.1"},
      "CELERY_VISIBILITY_TIMEOUT_SECONDS"),
+    # The whole chain (contract: Delivery): the SMTP final reply's wait, plus the time to record the outcome,
+    # must keep the lease below the visibility timeout; past it a second worker sends the code again.
+    ({"EMAIL_BACKEND": "smtp", "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS": "100"}, "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"),
+    ({"EMAIL_BACKEND": "smtp", "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS": "601"}, "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"),
+    # Twilio's whole wait (the send, then asking whether it took a message whose answer was lost) is fixed:
+    # the visibility timeout is what must grow.
+    ({"SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t",
+      "TWILIO_FROM_NUMBER": "+14155550100", "CELERY_VISIBILITY_TIMEOUT_SECONDS": "45"},
+     "CELERY_VISIBILITY_TIMEOUT_SECONDS"),
     ({"SERVICE_NAME": "Acme 1234567"}, "SERVICE_NAME"),
     ({"DEFAULT_FROM_EMAIL": "codes@123456.example.com"}, "DEFAULT_FROM_EMAIL"),
     ({"PUBLIC_BASE_URL": "https://login-000000.example.com"}, "PUBLIC_BASE_URL"),

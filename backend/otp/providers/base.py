@@ -13,6 +13,12 @@ class SendPermanentError(Exception):
     """The send failed, and trying again will not help (an invalid number, a refused recipient)."""
 
 
+class SendOutcomeUnknownError(Exception):
+    """The provider may have taken the message, and asking it did not tell: a read timeout or a connection
+    dropped after the request was written (for SMTP, after the end of DATA), and the provider's own check
+    inconclusive. The delivery is recorded `unknown` and never sent again (contract: Delivery)."""
+
+
 @dataclass(frozen=True)
 class StatusReport:
     """A provider's status callback, read.
@@ -44,8 +50,11 @@ class Provider(Protocol):
     Attributes:
         name: the registry name the settings choose it by (`EMAIL_BACKEND` or `SMS_BACKEND`).
         channel: "email" or "sms".
-        timeout_seconds: the longest a send may wait on the provider, in seconds. The delivery lease is derived
-            from it (registry.delivery_lease_seconds), so that no second worker sends while one still waits.
+        timeout_seconds: the longest one `send` may take, in seconds: every wait on the provider, the request
+            and any check of an unknown outcome together. The delivery lease is derived from it
+            (registry.delivery_lease_seconds), so that no second worker sends while one still waits.
+        timeout_setting (optional): the setting that lengthens `timeout_seconds`, if one does: start-up names
+            it when the provider's wait does not fit the broker's visibility timeout (otp.apps).
     """
 
     name: str
@@ -56,8 +65,10 @@ class Provider(Protocol):
         """Deliver `message` to `to` (an email address or an E.164 number); return the provider's message id.
 
         `delivery_id` names the delivery this message belongs to: the same on every try of one delivery, so a
-        provider can tie its callbacks to it.
-        Raises SendTransientError when trying again later may work, SendPermanentError when it will not.
+        provider can tie its callbacks, or a duplicate a mailbox should fold, to it.
+        Raises SendTransientError when the provider never got the message and trying again later may work,
+        SendPermanentError when trying again will not help, SendOutcomeUnknownError when the provider may have
+        taken it and could not say.
         """
 
 

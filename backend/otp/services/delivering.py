@@ -2,6 +2,7 @@
 outcome; providers' status callbacks update the record afterwards."""
 import logging
 import random
+import re
 import time
 from datetime import datetime, timedelta
 from typing import Mapping
@@ -21,9 +22,9 @@ logger = logging.getLogger("otp.services")
 
 CODE_EXPIRED_ERROR = "Code expired before it could be sent."
 
-# Pauses between tries to record an accepted send, in seconds. With each try's own bounded wait (the pool's
-# timeout, or the statement timeout) the tries end well inside the broker's visibility timeout, so no other
-# worker is handed the job meanwhile.
+# Pauses between tries to record a send's outcome (sent, or unknown), in seconds. A try is started only if
+# its longest wait (_database_try_seconds) still ends inside the lease, which allows
+# registry.OUTCOME_RECORD_SECONDS for it: no other run takes the delivery over while this one records.
 SENT_RECORD_PAUSES = (0.2, 0.5, 1.0)
 
 
@@ -62,6 +63,16 @@ def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", pr
         metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
 
 
+def _database_try_seconds() -> float:
+    """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
+    statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    pool = options.get("pool")
+    wait = float(pool.get("timeout", 30.0)) if isinstance(pool, dict) else 0.0  # psycopg_pool's default is 30
+    statement = re.search(r"statement_timeout=(\d+)", str(options.get("options", "")))
+    return wait + (int(statement.group(1)) / 1000 if statement else float(options.get("timeout", 5.0)))
+
+
 def _database_connection_release() -> None:
     """Give this thread's database connection back to the pool before a provider call.
 
@@ -74,19 +85,25 @@ def _database_connection_release() -> None:
         connection.close()
 
 
+# A delivery in one of these states is never sent (again): `unknown` means the provider may have taken it.
+_FINAL = (Delivery.Status.SENT, Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
+
+
 def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
 
-    The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it sent or held and
-    returns; a run after a crash finds the lease lapsed and takes over. Raises DeliveryRetry when the task
-    should try again in `countdown` seconds, and django.db.DatabaseError when the database fails before the send.
+    The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it final (sent,
+    failed, unknown) or held and returns; a run after a crash finds the lease lapsed and takes over. A send
+    whose outcome stays unknown (providers.SendOutcomeUnknownError) is recorded `unknown` and never sent again
+    (contract: Delivery). Raises DeliveryRetry when the task should try again in `countdown` seconds, and
+    django.db.DatabaseError when the database fails before the send.
     """
     now = timezone.now()
     lease_until = now + timedelta(seconds=providers.delivery_lease_seconds())
     delivery = queries.delivery_claim(delivery_id=delivery_id, now=now, lease_until=lease_until)
     if delivery is None:  # not there to take: find out why
         delivery = Delivery.objects.filter(id=delivery_id).first()
-        if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+        if delivery is None or delivery.status in _FINAL:
             logger.info("delivery %s is %s: this run sends nothing", delivery_id,
                         delivery.status if delivery else "gone")
             return
@@ -116,12 +133,21 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     provider = providers.provider_for(delivery.channel)
     provider_name = providers.provider_name(delivery.channel)  # the registry's name, as the issue recorded it
     _database_connection_release()
+    # Recording the outcome must end inside the lease, which allows OUTCOME_RECORD_SECONDS after the provider.
+    record_deadline = lease_until - timedelta(seconds=providers.registry.LEASE_MARGIN_SECONDS)
     try:
         provider_id = provider.send(to=delivery.address, message=message, delivery_id=delivery_id)
     except providers.SendPermanentError as exc:
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
                         provider=provider_name)
+        return
+    except providers.SendOutcomeUnknownError as exc:
+        # The provider may have taken it: sending again could deliver the code twice. The user may ask for a
+        # new code once the cooldown has passed.
+        logger.warning("delivery %s: outcome unknown, recorded unknown and not sent again: %s", delivery_id, exc)
+        _delivery_outcome_record(delivery=delivery, status=Delivery.Status.UNKNOWN, provider=provider_name,
+                                 last_error=str(exc)[:1000], deadline=record_deadline)
         return
     except providers.SendTransientError as exc:
         countdown = delivery_retry_countdown(retries_done=retries_done)
@@ -135,28 +161,32 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
         _delivery_put_back(delivery_id, lease_until=lease_until, last_error=str(exc)[:1000])
         metric_count("otp_delivery_retries_total", channel=delivery.channel)
         raise DeliveryRetry(countdown) from exc
-    if _delivery_sent_record(delivery=delivery, provider_id=provider_id, provider=provider_name):
+    if _delivery_outcome_record(delivery=delivery, status=Delivery.Status.SENT, provider_id=provider_id,
+                                provider=provider_name, deadline=record_deadline):
         logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
 
 
-def _delivery_sent_record(*, delivery: Delivery, provider_id: str, provider: str) -> bool:
-    """Record that the provider accepted the message; False if the database would not take it.
+def _delivery_outcome_record(*, delivery: Delivery, status: str, provider: str, deadline: datetime,
+                             provider_id: str = "", last_error: str = "") -> bool:
+    """Record what the provider said, `sent` (with its id) or `unknown`; False if the database would not take it.
 
     Never raises a database error: the job would run again and, once its lease lapsed, send the code a second
     time, and the contract allows a duplicate only when the worker dies between acceptance and record. So the
-    update is tried a few times (on a fresh connection each time), then given up with an error line; the
-    delivery then stays `sending` with the provider's acceptance in the log.
+    update is tried a few times (on a fresh connection each time), each later try only if its longest wait
+    (_database_try_seconds) ends by `deadline`, inside this run's lease; then given up with an error line. The
+    delivery then stays `sending` with the provider's answer in the log, and beat fails it once its code expired.
     """
     for pause in (*SENT_RECORD_PAUSES, None):
         try:
-            delivery_finish(delivery=delivery, status=Delivery.Status.SENT, provider_id=provider_id,
-                            provider=provider, sent_at=timezone.now())
+            delivery_finish(delivery=delivery, status=status, provider_id=provider_id, provider=provider,
+                            last_error=last_error, sent_at=timezone.now() if status == Delivery.Status.SENT else None)
             return True
         except DatabaseError as exc:
             _database_connection_release()  # a connection the error broke goes back, and the pool drops it
-            if pause is None:
-                logger.error("delivery %s was accepted by %s (provider id %s) but not recorded: %s", delivery.id,
-                             delivery.channel, provider_id, exc)
+            if pause is None or timezone.now() + timedelta(seconds=pause + _database_try_seconds()) > deadline:
+                logger.error("delivery %s was %s by %s (provider id %s) but not recorded: %s", delivery.id,
+                             "accepted" if status == Delivery.Status.SENT else "left unknown", delivery.channel,
+                             provider_id or "none", exc)
                 return False
             time.sleep(pause)
 
