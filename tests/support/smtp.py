@@ -24,6 +24,7 @@ class Inbox:
         # section 4.5.3.2.6 allows 10 minutes), or never: the connection dropped once the message is taken.
         self.hold_next_final_reply_seconds = 0.0
         self.drop_after_next_data = False
+        self.hold_next_refusal_seconds = 0.0  # a refusal (refuse_next) that comes this late
         self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
@@ -46,10 +47,16 @@ class Inbox:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.data_attempts.append(envelope.content)
-            if self.refuse_next > 0:
+            refuse = self.refuse_next > 0
+            if refuse:
                 self.refuse_next -= 1
                 self.refused += 1
-                return "451 4.3.0 Try again later"
+                hold, self.hold_next_refusal_seconds = self.hold_next_refusal_seconds, 0.0
+        if refuse:
+            if hold:
+                await asyncio.sleep(hold)
+            return "451 4.3.0 Try again later"
+        with self.lock:
             message = email.message_from_bytes(envelope.content, policy=policy.default)
             message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
             message["X-Envelope-From"] = envelope.mail_from
@@ -72,6 +79,7 @@ class Inbox:
             self.hold_next_rcpt_seconds = 0.0
             self.hold_next_final_reply_seconds = 0.0
             self.drop_after_next_data = False
+            self.hold_next_refusal_seconds = 0.0
             self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.sessions = 0

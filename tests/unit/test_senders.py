@@ -341,3 +341,15 @@ def test_the_providers_declared_timeouts_cover_their_whole_wait(settings):
     assert TwilioSmsProvider.timeout_seconds == (twilio_provider.CONNECT_TIMEOUT_SECONDS
                                                  + twilio_provider.TIMEOUT_SECONDS
                                                  + sum(twilio_provider.CHECK_PAUSES_SECONDS) + checks)
+
+
+def test_a_refusal_that_comes_late_after_the_end_of_data_is_still_a_refusal(own_smtp_server, settings, monkeypatch):
+    # The final reply may come after the commands' budget is spent; smtplib then sends RSET, which must not turn
+    # the server's answer into a connection error.
+    monkeypatch.setattr(smtp_provider, "COMMANDS_SECONDS", 1.0)
+    settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = 5.0
+    own_smtp_server.inbox.refuse_next = 1
+    own_smtp_server.inbox.hold_next_refusal_seconds = 2.0
+
+    with pytest.raises(SendTransientError, match="SMTP 451"):
+        SmtpEmailProvider().send(to="refused-late@example.com", message=MESSAGE, delivery_id=7)

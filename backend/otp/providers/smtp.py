@@ -71,7 +71,9 @@ class _BoundedSmtp:
             return self.timeout
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"SMTP: the server took more than {COMMANDS_SECONDS:g} s before the end of DATA")
+            # smtplib's own "connection lost" error: its sendmail then still reports a refusal of the message
+            # (SMTPDataError) when the RSET after it finds the budget spent.
+            raise smtplib.SMTPServerDisconnected(f"the server took more than {COMMANDS_SECONDS:g} s")
         return left
 
     def _get_socket(self, host, port, timeout):
