@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import environ
 
 from otp import queues
+from otp.providers.mailbox import sender_parse
 from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
@@ -104,6 +105,8 @@ if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
 SERVICE_NAME = env_str("SERVICE_NAME", "OTP Login")
+if not SERVICE_NAME.isprintable():  # it is in every email's Subject: a line break there would end the header
+    _fail("SERVICE_NAME", SERVICE_NAME, "printable text on one line")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -267,7 +270,18 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
+# How long a worker waits for the server's reply once the whole message is sent (after the end of DATA). RFC
+# 5321 section 4.5.3.2.6 allows 10 minutes; ours must keep the delivery lease inside the broker's visibility
+# timeout (checked at start-up, otp.apps). No reply in time: the delivery is recorded `unknown`, not resent.
+EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = env_float("EMAIL_FINAL_REPLY_TIMEOUT_SECONDS", 15.0, minimum=1.0)
+if EMAIL_FINAL_REPLY_TIMEOUT_SECONDS > 600:
+    _fail("EMAIL_FINAL_REPLY_TIMEOUT_SECONDS", EMAIL_FINAL_REPLY_TIMEOUT_SECONDS, "at most 600 (RFC 5321's 10 minutes)")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+try:  # every email's From and Message-ID are built from it: a value mail readers cannot parse never starts
+    sender_parse(DEFAULT_FROM_EMAIL)
+except ValueError as _exc:
+    _fail("DEFAULT_FROM_EMAIL", DEFAULT_FROM_EMAIL,
+          f"one mailbox such as no-reply@example.com or OTP Login <no-reply@example.com> ({_exc})")
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

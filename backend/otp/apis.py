@@ -234,7 +234,7 @@ class ProviderStatusApi(APIView):
                    responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE, 415: ERROR_SHAPE})
     def post(self, request):
         params = request.data.dict() if hasattr(request.data, "dict") else {}
-        # The provider signs the URL it called, which is the public one, not the one behind the proxy.
-        delivery_status_callback_record(provider_name=self.provider_name, url=f"{settings.PUBLIC_BASE_URL}{request.path}",
+        # The provider signs the URL it called, query included (it names the delivery): the public one.
+        delivery_status_callback_record(provider_name=self.provider_name, url=f"{settings.PUBLIC_BASE_URL}{request.get_full_path()}",
                                         params=params, headers=request.headers)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -28,21 +28,45 @@ def failure_budget_check() -> None:
 
 
 def delivery_chain_check() -> None:
-    """Refuse to start unless the longest provider wait < the delivery lease < the broker's visibility timeout.
+    """Refuse to start unless provider wait < delivery lease < the broker's visibility timeout (< the code's
+    life, checked in the settings).
 
-    A worker that still waits on a provider after its lease lapsed, or after the broker handed its job to
-    another worker, is exactly how a second worker sends the same code again (contract: Delivery). The lease
-    is derived from the configured providers (otp.providers.registry), hence this check runs once the apps
-    are ready rather than in the settings module. Raises SystemExit with one line naming the variable.
+    The provider wait is the longest `timeout_seconds` of the configured providers: the whole of one send, checks
+    of an unknown outcome and the SMTP final reply (EMAIL_FINAL_REPLY_TIMEOUT_SECONDS) included. The lease adds
+    the time to record the outcome (registry.OUTCOME_RECORD_SECONDS, within which the tries of
+    otp.services.delivering end) and a margin for clocks. A worker that still waits on a provider, or still
+    records its answer, after its lease lapsed, or after the broker handed its job to another worker, is exactly
+    how a second worker sends the same code again (contract: Delivery). The lease is derived from the configured
+    providers (otp.providers.registry), hence this check runs once the apps are ready rather than in the settings
+    module. Raises SystemExit with one line naming the variable to change: the provider's own setting when it
+    is what makes the chain too long and lowering it can repair it, CELERY_VISIBILITY_TIMEOUT_SECONDS otherwise.
     """
     from otp import providers
+    from otp.providers import registry
 
     lease = providers.delivery_lease_seconds()
+    visibility = settings.CELERY_VISIBILITY_TIMEOUT_SECONDS
     # A run that finds the delivery held retries just after the lease lapses: that delay must be due before
     # the broker would hand the job out again.
-    if lease + 1 >= settings.CELERY_VISIBILITY_TIMEOUT_SECONDS:
-        raise SystemExit(
-            f"Invalid setting CELERY_VISIBILITY_TIMEOUT_SECONDS={settings.CELERY_VISIBILITY_TIMEOUT_SECONDS!r}: "
-            f"expected a value above the delivery lease ({lease:g} s: the slowest configured provider's timeout "
-            f"plus a margin) plus 1."
-        )
+    if lease + 1 < visibility:
+        return
+    configured = registry.providers_configured()
+    slowest = max(configured, key=lambda cls: cls.timeout_seconds)
+    # The longest provider wait that fits: the visibility timeout less 1 s, the record time and the margin.
+    room = visibility - 1 - (lease - slowest.timeout_seconds)
+    setting = getattr(slowest, "timeout_setting", "")
+    if setting:
+        below = getattr(settings, setting) - (slowest.timeout_seconds - room)
+        if below > 1 and all(cls.timeout_seconds < room for cls in configured if cls is not slowest):
+            raise SystemExit(
+                f"Invalid setting {setting}={getattr(settings, setting)!r}: expected a value below {below:g}, so "
+                f"that the delivery lease ({lease:g} s: the slowest provider's whole wait, plus "
+                f"{registry.OUTCOME_RECORD_SECONDS:g} s to record the outcome and a {registry.LEASE_MARGIN_SECONDS} s "
+                f"margin) plus 1 stays below CELERY_VISIBILITY_TIMEOUT_SECONDS={visibility} (or raise that, below "
+                f"OTP_TTL_SECONDS)."
+            )
+    raise SystemExit(
+        f"Invalid setting CELERY_VISIBILITY_TIMEOUT_SECONDS={visibility!r}: expected a value above the delivery "
+        f"lease ({lease:g} s: the slowest configured provider's whole wait, plus {registry.OUTCOME_RECORD_SECONDS:g} s "
+        f"to record the outcome and a {registry.LEASE_MARGIN_SECONDS} s margin) plus 1, and below OTP_TTL_SECONDS."
+    )

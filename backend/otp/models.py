@@ -46,6 +46,9 @@ class Delivery(models.Model):
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        # The provider may have taken the message, and the worker could not learn whether (a read timeout, a
+        # connection dropped after the request, no final SMTP reply in time). Final: never sent again.
+        UNKNOWN = "unknown", "Unknown"
 
     address = models.CharField(max_length=254)
     channel = models.CharField(max_length=8, choices=Channel.choices)

@@ -84,11 +84,13 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
 
 
 # Also returns whether an active account has the address, so a login delivery needs no second query. An address
-# is an email or an E.164 number, never both, so one test covers both columns.
+# is an email or an E.164 number, never both, so one test covers both columns. A delivery its provider already
+# reported on (a status callback) holds an accepted message: it is never claimed to be sent again.
 DELIVERY_CLAIM_SQL = f"""
 UPDATE {DELIVERY_TABLE} SET status = %(sending)s, attempts = attempts + 1, updated_at = %(now)s,
     lease_until = %(lease_until)s
 WHERE id = %(id)s AND expires_at > %(now)s AND (status = %(queued)s OR (status = %(sending)s AND lease_until < %(now)s))
+    AND provider_status = ''
 RETURNING id, address, channel, purpose, expires_at, EXISTS (
     SELECT 1 FROM {USER_TABLE} AS account WHERE account.is_active
     AND (account.email = {DELIVERY_TABLE}.address OR account.mobile = {DELIVERY_TABLE}.address)
@@ -100,7 +102,8 @@ _EXPIRES_AT_COLUMN = Delivery._meta.get_field("expires_at").get_col(DELIVERY_TAB
 
 
 def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) -> Delivery | None:
-    """Take a delivery for this run, if it is queued (or its holder's lease lapsed) and its code still lives.
+    """Take a delivery for this run, if it is queued (or its holder's lease lapsed), its code still lives and
+    its provider has not reported on it.
 
     Returns the delivery (status `sending`, with `account_exists` set) or None when there was nothing to take.
     One `UPDATE ... RETURNING` (PostgreSQL, and SQLite since 3.35) instead of a read and an update; Django's

@@ -78,9 +78,10 @@ def test_broker_outage_at_enqueue_is_503_recorded_and_the_user_may_retry(base_en
 
 
 def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis, sms):
-    # The shortest visibility timeout the settings accept: above the delivery lease, and above the longest
-    # retry delay (4 s x 2^2).
-    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "17",
+    # The shortest visibility timeout the settings accept: above the delivery lease plus 1 s (49 s: Twilio's whole
+    # wait, its checks of a lost answer included, plus the time to record the outcome and a margin), and above
+    # the longest retry delay (4 s x 2^2).
+    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "51",
            "OTP_SEND_RETRY_BACKOFF_SECONDS": "4", "OTP_SEND_MAX_RETRIES": "2"}
     stack = stacks(env).start_api()
     worker = stack.start_worker()
@@ -90,7 +91,7 @@ def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_time
     stack.kill_worker(worker)
 
     stack.start_worker()
-    message = sms.wait_for_message("+14155552681", timeout=40)
+    message = sms.wait_for_message("+14155552681", timeout=75)
     delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
     assert delivery.attempts == 2 and len(sms.to("+14155552681")) == 1
     assert stack.post("/verify-otp/", {"mobile": "+14155552681", "code": code_from_sms(message)}).status_code == 200
@@ -109,7 +110,7 @@ def test_pool_child_killed_mid_send_is_requeued_and_delivered_once(base_env, sta
     os.kill(children[0], signal.SIGKILL)
 
     # Late ack + reject_on_worker_lost: the job comes back at once; it waits out the dead send's lease, then sends.
-    message = inbox.wait_for_message("slow@example.com", timeout=40)
+    message = inbox.wait_for_message("slow@example.com", timeout=75)
     assert "WorkerLostError" in worker.log() or "SIGKILL" in worker.log()
     delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
     assert delivery.attempts == 2 and len(inbox.to("slow@example.com")) == 1

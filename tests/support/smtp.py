@@ -16,9 +16,16 @@ class Inbox:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[email.message.EmailMessage] = []
+        self.raw: list[bytes] = []  # each accepted message as the client sent it, index for index with `messages`
         self.refuse_next = 0
         self.refused = 0
         self.hold_next_rcpt_seconds = 0.0  # a slow server: the next RCPT is answered only after this long
+        # A server that takes the next message, then answers the end of DATA only after this long (RFC 5321
+        # section 4.5.3.2.6 allows 10 minutes), or never: the connection dropped once the message is taken.
+        self.hold_next_final_reply_seconds = 0.0
+        self.drop_after_next_data = False
+        self.hold_next_refusal_seconds = 0.0  # a refusal (refuse_next) that comes this late
+        self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
 
@@ -39,27 +46,52 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
-            if self.refuse_next > 0:
+            self.data_attempts.append(envelope.content)
+            refuse = self.refuse_next > 0
+            if refuse:
                 self.refuse_next -= 1
                 self.refused += 1
-                return "451 4.3.0 Try again later"
+                hold, self.hold_next_refusal_seconds = self.hold_next_refusal_seconds, 0.0
+        if refuse:
+            if hold:
+                await asyncio.sleep(hold)
+            return "451 4.3.0 Try again later"
+        with self.lock:
             message = email.message_from_bytes(envelope.content, policy=policy.default)
             message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+            message["X-Envelope-From"] = envelope.mail_from
             self.messages.append(message)
+            self.raw.append(envelope.content)
+            hold, self.hold_next_final_reply_seconds = self.hold_next_final_reply_seconds, 0.0
+            drop, self.drop_after_next_data = self.drop_after_next_data, False
+        if drop:
+            server.transport.close()  # taken, and no reply ever comes
+        if hold:
+            await asyncio.sleep(hold)
         return "250 OK"
 
     def reset(self) -> None:
         with self.lock:
             self.messages.clear()
+            self.raw.clear()
             self.refuse_next = 0
             self.refused = 0
             self.hold_next_rcpt_seconds = 0.0
+            self.hold_next_final_reply_seconds = 0.0
+            self.drop_after_next_data = False
+            self.hold_next_refusal_seconds = 0.0
+            self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.sessions = 0
 
     def to(self, address: str) -> list:
         with self.lock:
             return [m for m in self.messages if address in m["X-Envelope-To"]]
+
+    def raw_to(self, address: str) -> list[bytes]:
+        """The bytes of each message to `address`, as the client sent them (to re-parse under another policy)."""
+        with self.lock:
+            return [raw for m, raw in zip(self.messages, self.raw) if address in m["X-Envelope-To"]]
 
     def wait_for_message(self, address: str, *, count: int = 1, timeout: float = 20.0):
         return wait_for(lambda: (self.to(address) if len(self.to(address)) >= count else None),

@@ -1,12 +1,19 @@
 """The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
+import re
+import time
+
 import pytest
 
 from otp.messages import Message
-from otp.providers import SendTransientError
+from otp.providers import SendOutcomeUnknownError, SendPermanentError, SendTransientError
+from otp.providers import smtp as smtp_provider
+from otp.providers import twilio as twilio_provider
 from otp.providers.smtp import SmtpEmailProvider
-from otp.providers.twilio import TwilioSmsProvider, _twilio_client_build
+from otp.providers.twilio import TwilioSmsProvider, _twilio_check_client, _twilio_client_build
+from tests.support import twilio_standin
 from tests.support.parallel import run_in_parallel
 from tests.support.smtp import SmtpServer
+from tests.support.waiting import free_port
 
 MESSAGE = Message(subject="Your code", text="Your code is 123456.")
 
@@ -23,7 +30,7 @@ def own_smtp_server(settings):
 
 def test_one_connection_carries_many_messages(own_smtp_server):
     for n in range(3):
-        SmtpEmailProvider().send(to=f"user{n}@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to=f"user{n}@example.com", message=MESSAGE, delivery_id=1)
 
     assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
         "user0@example.com", "user1@example.com", "user2@example.com"]
@@ -31,22 +38,22 @@ def test_one_connection_carries_many_messages(own_smtp_server):
 
 
 def test_a_connection_the_server_dropped_is_found_out_before_the_message_and_replaced(own_smtp_server):
-    SmtpEmailProvider().send(to="before@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="before@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.restart()  # closes the connection the sender keeps
 
-    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE, delivery_id=1)
 
     assert len(own_smtp_server.inbox.to("after@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
 
 
 def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(own_smtp_server):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.inbox.refuse_next = 1
 
     with pytest.raises(SendTransientError, match="SMTP 451"):
-        SmtpEmailProvider().send(to="refused@example.com", message=MESSAGE)
-    SmtpEmailProvider().send(to="third@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="refused@example.com", message=MESSAGE, delivery_id=1)
+    SmtpEmailProvider().send(to="third@example.com", message=MESSAGE, delivery_id=1)
 
     assert own_smtp_server.inbox.to("refused@example.com") == []
     assert len(own_smtp_server.inbox.to("third@example.com")) == 1
@@ -54,20 +61,20 @@ def test_a_refused_message_closes_the_connection_and_the_next_opens_a_new_one(ow
 
 
 def test_a_server_that_is_down_is_a_transient_error(own_smtp_server):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     own_smtp_server.stop()
 
     # The kept connection is dead and no new one can be opened: retried later by the task, not here.
     with pytest.raises(SendTransientError, match="SMTP connection"):
-        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
 
 
 def test_a_changed_email_setting_gets_a_new_connection(own_smtp_server, settings):
     other = SmtpServer().start()
     try:
-        SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
         settings.EMAIL_PORT = other.port
-        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+        SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
         assert len(other.inbox.to("second@example.com")) == 1
         assert own_smtp_server.inbox.to("second@example.com") == []
     finally:
@@ -83,8 +90,10 @@ def twilio_settings(settings, sms):
     settings.TWILIO_API_BASE_URL = sms.base_url
     settings.CELERY_WORKER_CONCURRENCY = 16
     _twilio_client_build.cache_clear()  # built once per process, from these settings
+    _twilio_check_client.cache_clear()
     yield sms
     _twilio_client_build.cache_clear()
+    _twilio_check_client.cache_clear()
 
 
 def test_worker_threads_keep_their_twilio_connections(twilio_settings):
@@ -94,17 +103,253 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
     sms.latency_seconds = 0.05  # so the 16 sends overlap
     numbers = [f"+1415555{n:04d}" for n in range(48)]
 
-    run_in_parallel(16, lambda i: [TwilioSmsProvider().send(to=number, message=MESSAGE) for number in numbers[i::16]])
+    run_in_parallel(16, lambda i: [TwilioSmsProvider().send(to=number, message=MESSAGE, delivery_id=1)
+                                   for number in numbers[i::16]])
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
 
 
 def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, settings):
-    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="first@example.com", message=MESSAGE, delivery_id=1)
     settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS = 0
 
-    SmtpEmailProvider().send(to="second@example.com", message=MESSAGE)
+    SmtpEmailProvider().send(to="second@example.com", message=MESSAGE, delivery_id=1)
 
     assert len(own_smtp_server.inbox.to("second@example.com")) == 1
     assert own_smtp_server.inbox.sessions == 2
+
+
+def _strictly_parsed(raw: bytes):
+    """The message as a strict reader sees it: a defect anywhere in its structure raises, and each header's own
+    defects are listed (header values are parsed when read)."""
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(raw, policy=policy.strict)
+    header_defects = {name: [str(defect) for defect in message[name].defects] for name in message.keys()}
+    return message, {name: found for name, found in header_defects.items() if found}
+
+
+@pytest.mark.parametrize("from_email, display_name, addr_spec", [
+    ("no-reply@example.com", "", "no-reply@example.com"),
+    # Django's documented form: the issue's input, whose Message-ID came out as <...@example.com>>.
+    ("OTP Login <no-reply@example.com>", "OTP Login", "no-reply@example.com"),
+    ('"Login, Inc." <no-reply@example.com>', "Login, Inc.", "no-reply@example.com"),
+    ("Ünïcode Dienst <no-reply@bücher.example>", "Ünïcode Dienst", "no-reply@xn--bcher-kva.example"),
+    # IDNA 2008 keeps ß: Python's own codec (IDNA 2003) turned this sender into no-reply@strasse.de.
+    ("OTP <no-reply@straße.de>", "OTP", "no-reply@xn--strae-oqa.de"),
+    ("no-reply@localhost", "", "no-reply@localhost"),
+])
+def test_every_header_parses_cleanly_under_the_strict_email_policy(own_smtp_server, settings, from_email,
+                                                                   display_name, addr_spec):
+    settings.DEFAULT_FROM_EMAIL = from_email
+    settings.SERVICE_NAME = "Connexion sécurisée"  # a non-ASCII subject, encoded by the mail library
+    SmtpEmailProvider().send(to="alice@example.com", delivery_id=1, message=Message(
+        subject=f"Your {settings.SERVICE_NAME} code", text="Your code is 123456.", html="<p>123456</p>"))
+
+    message, header_defects = _strictly_parsed(own_smtp_server.inbox.raw_to("alice@example.com")[0])
+
+    assert header_defects == {}
+    sender = message["From"].addresses
+    assert [(a.display_name, a.addr_spec) for a in sender] == [(display_name, addr_spec)]
+    domain = addr_spec.partition("@")[2]
+    assert re.fullmatch(rf"<[a-z]+@{re.escape(domain)}>", message["Message-ID"]), message["Message-ID"]
+    assert message["Subject"] == "Your Connexion sécurisée code"
+    assert own_smtp_server.inbox.messages[0]["X-Envelope-From"] == addr_spec  # the envelope sender too
+
+
+# --- An outcome that may be unknown: SMTP after the end of DATA -----------------------------------------
+
+
+def test_a_final_reply_later_than_the_commands_budget_is_waited_for_up_to_its_own_bound(own_smtp_server, settings,
+                                                                                         monkeypatch):
+    # RFC 5321 section 4.5.3.2.6: the server may take long to answer the end of DATA; the client waits up to
+    # EMAIL_FINAL_REPLY_TIMEOUT_SECONDS there, whatever the budget of the commands before it.
+    monkeypatch.setattr(smtp_provider, "COMMANDS_SECONDS", 1.0)
+    settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = 5.0
+    own_smtp_server.inbox.hold_next_final_reply_seconds = 2.0
+
+    message_id = SmtpEmailProvider().send(to="slow@example.com", message=MESSAGE, delivery_id=7)
+
+    assert own_smtp_server.inbox.to("slow@example.com")[0]["Message-ID"] == message_id
+
+
+def test_no_final_reply_in_time_is_an_unknown_outcome_not_a_failure(own_smtp_server, settings):
+    settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = 1.0
+    own_smtp_server.inbox.hold_next_final_reply_seconds = 4.0
+
+    with pytest.raises(SendOutcomeUnknownError, match="no final reply to the end of DATA within 1 s"):
+        SmtpEmailProvider().send(to="late@example.com", message=MESSAGE, delivery_id=7)
+
+    assert len(own_smtp_server.inbox.to("late@example.com")) == 1  # the server had taken it: resending would be a duplicate
+    SmtpEmailProvider().send(to="next@example.com", message=MESSAGE, delivery_id=8)  # a fresh connection works
+    assert len(own_smtp_server.inbox.to("next@example.com")) == 1
+
+
+def test_a_connection_dropped_after_the_end_of_data_is_an_unknown_outcome(own_smtp_server):
+    own_smtp_server.inbox.drop_after_next_data = True
+
+    with pytest.raises(SendOutcomeUnknownError):
+        SmtpEmailProvider().send(to="dropped@example.com", message=MESSAGE, delivery_id=7)
+
+    assert len(own_smtp_server.inbox.to("dropped@example.com")) == 1
+
+
+def test_a_stall_before_the_end_of_data_is_transient_and_bounded_by_the_commands_budget(own_smtp_server, monkeypatch):
+    # Before the end of DATA the server has not taken the message: no doubt about the outcome, so a retry is safe.
+    monkeypatch.setattr(smtp_provider, "COMMANDS_SECONDS", 1.0)
+    own_smtp_server.inbox.hold_next_rcpt_seconds = 5.0
+    started = time.monotonic()
+
+    with pytest.raises(SendTransientError, match="SMTP connection"):
+        SmtpEmailProvider().send(to="stalled@example.com", message=MESSAGE, delivery_id=7)
+
+    assert time.monotonic() - started < 3
+    assert own_smtp_server.inbox.to("stalled@example.com") == []
+
+
+def test_every_try_of_one_delivery_carries_one_message_id(own_smtp_server):
+    own_smtp_server.inbox.refuse_next = 1
+    with pytest.raises(SendTransientError, match="SMTP 451"):
+        SmtpEmailProvider().send(to="twice@example.com", message=MESSAGE, delivery_id=41)
+    first = SmtpEmailProvider().send(to="twice@example.com", message=MESSAGE, delivery_id=41)
+    other = SmtpEmailProvider().send(to="twice@example.com", message=MESSAGE, delivery_id=42)
+
+    import email
+    ids = [email.message_from_bytes(raw)["Message-ID"] for raw in own_smtp_server.inbox.data_attempts]
+    assert ids == [first, first, other] and first != other
+    assert re.fullmatch(r"<[a-z]{24}@localhost>", first)
+
+
+# --- An outcome that may be unknown: Twilio ------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_twilio(twilio_settings, monkeypatch):
+    """Twilio's timeouts and check pauses shortened, so a lost answer costs a test seconds, not half a minute."""
+    monkeypatch.setattr(twilio_provider, "TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(twilio_provider, "CHECK_PAUSES_SECONDS", (0.2, 0.3))
+    twilio_settings.late_seconds = 3.0
+    return twilio_settings
+
+
+def test_an_answer_lost_to_a_read_timeout_is_looked_up_and_the_taken_message_returned(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [twilio_standin.LATE]
+
+    sid = TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert [m["sid"] for m in sms.to("+14155552671")] == [sid] and len(sms.requests) == 1
+    assert sms.list_requests == [{"To": "+14155552671", "PageSize": "50"}]
+
+
+def test_a_connection_dropped_after_the_request_is_looked_up_and_found(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [twilio_standin.TAKEN_THEN_DROPPED]
+
+    sid = TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert [m["sid"] for m in sms.to("+14155552671")] == [sid] and len(sms.requests) == 1
+
+
+def test_a_message_the_list_never_shows_is_an_unknown_outcome_after_two_checks(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [twilio_standin.DROPPED]
+
+    with pytest.raises(SendOutcomeUnknownError, match="no such message in the Messages list"):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert len(sms.requests) == 1 and len(sms.list_requests) == 2 and sms.accepted == []
+
+
+def test_a_gateway_without_a_messages_list_leaves_the_outcome_unknown_after_one_check(quick_twilio):
+    sms = quick_twilio
+    sms.messages_list = False
+    sms.script[:] = [twilio_standin.LATE]
+
+    with pytest.raises(SendOutcomeUnknownError, match="no Messages list"):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert len(sms.requests) == 1 and len(sms.list_requests) == 1
+
+
+@pytest.mark.parametrize("status", [405])
+def test_a_gateway_answering_405_to_the_list_leaves_the_outcome_unknown(quick_twilio, status):
+    sms = quick_twilio
+    sms.messages_list, sms.messages_list_status = False, status
+    sms.script[:] = [twilio_standin.DROPPED]
+
+    with pytest.raises(SendOutcomeUnknownError, match=f"no Messages list \\(HTTP {status}\\)"):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+
+def test_only_a_message_with_this_body_created_since_the_attempt_matches(quick_twilio, monkeypatch):
+    # Another message to the number (another code) and one with this body created long before the attempt (its
+    # creation time older than the clock-skew margin) are not this attempt's.
+    sms = quick_twilio
+    TwilioSmsProvider().send(to="+14155552671", message=Message(subject="", text="Your code is 654321."), delivery_id=6)
+    TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=5)
+    monkeypatch.setattr(twilio_provider, "CLOCK_SKEW_SECONDS", -3600)  # as if that one were an hour old
+    sms.script[:] = [twilio_standin.DROPPED]
+
+    with pytest.raises(SendOutcomeUnknownError):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+
+def test_a_gateway_timeout_after_the_message_was_taken_returns_it(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [twilio_standin.TAKEN_THEN_504]
+
+    sid = TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert [m["sid"] for m in sms.to("+14155552671")] == [sid] and len(sms.requests) == 1
+
+
+def test_a_gateway_timeout_with_nothing_taken_stays_transient(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [504]
+
+    with pytest.raises(SendTransientError, match="Twilio 504"):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+
+def test_twilio_5xx_and_429_are_transient_and_4xx_permanent_without_asking(quick_twilio):
+    sms = quick_twilio
+    sms.script[:] = [503, 429, 400]
+    for expected in (SendTransientError, SendTransientError, SendPermanentError):
+        with pytest.raises(expected):
+            TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+    assert sms.list_requests == [] and sms.accepted == []
+
+
+def test_a_connection_never_made_is_transient_without_asking(twilio_settings, settings):
+    sms = twilio_settings
+    settings.TWILIO_API_BASE_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+    with pytest.raises(SendTransientError, match="Twilio connection: ConnectionError"):
+        TwilioSmsProvider().send(to="+14155552671", message=MESSAGE, delivery_id=7)
+
+    assert sms.list_requests == []
+
+
+def test_the_providers_declared_timeouts_cover_their_whole_wait(settings):
+    settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = 20.0
+    assert SmtpEmailProvider.timeout_seconds == smtp_provider.COMMANDS_SECONDS + 20.0
+    checks = len(twilio_provider.CHECK_PAUSES_SECONDS) * (
+        twilio_provider.CHECK_CONNECT_TIMEOUT_SECONDS + twilio_provider.CHECK_TIMEOUT_SECONDS)
+    assert TwilioSmsProvider.timeout_seconds == (twilio_provider.CONNECT_TIMEOUT_SECONDS
+                                                 + twilio_provider.TIMEOUT_SECONDS
+                                                 + sum(twilio_provider.CHECK_PAUSES_SECONDS) + checks)
+
+
+def test_a_refusal_that_comes_late_after_the_end_of_data_is_still_a_refusal(own_smtp_server, settings, monkeypatch):
+    # The final reply may come after the commands' budget is spent; smtplib then sends RSET, which must not turn
+    # the server's answer into a connection error.
+    monkeypatch.setattr(smtp_provider, "COMMANDS_SECONDS", 1.0)
+    settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS = 5.0
+    own_smtp_server.inbox.refuse_next = 1
+    own_smtp_server.inbox.hold_next_refusal_seconds = 2.0
+
+    with pytest.raises(SendTransientError, match="SMTP 451"):
+        SmtpEmailProvider().send(to="refused-late@example.com", message=MESSAGE, delivery_id=7)

@@ -14,7 +14,7 @@ from otp import codes, providers, services
 from otp.providers.twilio import TwilioSmsProvider
 from otp.services import delivering
 from otp.models import Delivery, OneTimeCode, Purpose
-from otp.providers import SendPermanentError, SendTransientError
+from otp.providers import SendOutcomeUnknownError, SendPermanentError, SendTransientError
 from tests.support import factories
 from tests.support.redis_state import redis_flush
 from users import services as user_services
@@ -243,7 +243,7 @@ class RecordingSender:
         self.outcomes = list(outcomes)
         self.sent = []
 
-    def send(self, *, to, message):
+    def send(self, *, to, message, delivery_id):
         outcome = self.outcomes.pop(0) if self.outcomes else "ok"
         if isinstance(outcome, Exception):
             raise outcome
@@ -374,6 +374,41 @@ def test_permanent_failure_is_recorded_and_not_retried(email_address, sender):
     assert delivery.status == "failed" and "21211" in delivery.last_error and not recorder.sent
 
 
+def test_an_unknown_outcome_is_recorded_counted_and_never_sent_again(email_address, sender, monkeypatch):
+    counted = []
+    monkeypatch.setattr(delivering, "metric_count", lambda name, **labels: counted.append((name, labels)))
+    recorder = sender(SendOutcomeUnknownError("Twilio connection: ReadTimeout; asked Twilio: no such message"))
+    delivery = factories.issued_code(email_address)
+
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # no retry asked for
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # a redelivered job
+
+    delivery.refresh_from_db()
+    assert recorder.sent == []  # the one try raised; the second run sent nothing
+    assert (delivery.status, delivery.attempts, delivery.lease_until) == ("unknown", 1, None)
+    assert "ReadTimeout" in delivery.last_error and delivery.provider == "locmem" and delivery.sent_at is None
+    assert counted == [("otp_deliveries_total", {"channel": "email", "status": "unknown"})]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unknown_outcome_the_database_never_records_is_not_run_again(email_address, sender, monkeypatch, caplog):
+    # Like an accepted send: a database error must not reach the task, whose retry would send again.
+    monkeypatch.setattr(delivering, "SENT_RECORD_PAUSES", ())
+    recorder = sender()
+    _pool_held_while_sending(recorder, seconds=6)
+    holding_send = recorder.send
+
+    def send_then_lose_the_answer(**kwargs):
+        holding_send(**kwargs)
+        raise SendOutcomeUnknownError("Twilio connection: ReadTimeout")
+
+    recorder.send = send_then_lose_the_answer
+    delivery = factories.issued_code(email_address)
+    services.delivery_send(delivery_id=delivery.id, code="123456")  # no database error reaches the task
+    assert f"delivery {delivery.id} was left unknown by email (provider id none) but not recorded" in caplog.text
+    assert Delivery.objects.get(id=delivery.id).status == "sending"  # waits in the pool until it is given back
+
+
 def test_expired_job_is_dropped_and_recorded(email_address, sender):
     recorder = sender()
     delivery = factories.issued_code(email_address)
@@ -400,11 +435,59 @@ def test_provider_status_callback_updates_the_record(email_address, sender):
     delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")
     assert services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        url="http://localhost:8080/webhooks/twilio/status/",
         params={"MessageSid": "provider-1", "MessageStatus": "undelivered", "ErrorCode": "30003"}))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.provider_status) == ("failed", "undelivered") and "30003" in delivery.last_error
     assert not services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
-        params={"MessageSid": "nope", "MessageStatus": "delivered"}))
+        url="http://localhost:8080/webhooks/twilio/status/", params={"MessageSid": "nope", "MessageStatus": "delivered"}))
+
+
+def _callback(delivery, status, *, sid="SM1", error_code=""):
+    """What the webhook applies for Twilio's signed callback `status` on `delivery`'s callback URL."""
+    return services.delivery_status_record(report=TwilioSmsProvider().status_callback_parse(
+        url=f"http://localhost:8080/webhooks/twilio/status/?delivery={delivery.id}",
+        params={"MessageSid": sid, "MessageStatus": status, "ErrorCode": error_code}))
+
+
+def test_a_carrier_failure_reported_during_a_failed_try_is_not_put_back_in_the_queue(email_address, sender):
+    # The provider took the message and the carrier refused it, while the worker saw the call fail: the run
+    # that puts the delivery back for a retry must not move a failed delivery back to queued.
+    delivery = factories.issued_code(email_address)
+
+    def accepted_then_lost():
+        _callback(delivery, "undelivered", error_code="30003")
+        return SendTransientError("Twilio 503")
+
+    recorder = sender()
+    recorder.send = lambda **kwargs: (_ for _ in ()).throw(accepted_then_lost())
+    with pytest.raises(services.DeliveryRetry):
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider_status) == ("failed", "undelivered")
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)  # the retry sends nothing
+    assert recorder.sent == []
+
+
+def test_a_delivery_its_provider_reported_on_is_recorded_sent_not_sent_again(email_address, sender):
+    # The provider took the message (its callback says so) but the worker never learnt it: a 5xx answer, or
+    # a run that died after the send. The next run records it sent instead of sending a second message.
+    delivery = factories.issued_code(email_address)
+    calls = []
+
+    def accepted_then_lost(**kwargs):
+        calls.append(kwargs["to"])
+        _callback(delivery, "queued")
+        raise SendTransientError("Twilio 502")
+
+    recorder = sender()
+    recorder.send = accepted_then_lost
+    with pytest.raises(services.DeliveryRetry):
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    services.delivery_send(delivery_id=delivery.id, code="123456", retries_done=1)
+    delivery.refresh_from_db()
+    assert calls == ["alice@example.com"]
+    assert (delivery.status, delivery.provider_id, delivery.provider_status) == ("sent", "SM1", "queued")
 
 
 # --- Housekeeping -------------------------------------------------------------------------------

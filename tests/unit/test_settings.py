@@ -44,12 +44,28 @@ def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     # A visibility timeout inside the delivery lease: the broker hands a job still being sent to a second worker.
     ({"CELERY_VISIBILITY_TIMEOUT_SECONDS": "15", "OTP_SEND_RETRY_BACKOFF_SECONDS": "0.1"},
      "CELERY_VISIBILITY_TIMEOUT_SECONDS"),
+    # The whole chain (contract: Delivery): the SMTP final reply's wait, plus the time to record the outcome,
+    # must keep the lease below the visibility timeout; past it a second worker sends the code again.
+    ({"EMAIL_BACKEND": "smtp", "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS": "100"}, "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"),
+    ({"EMAIL_BACKEND": "smtp", "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS": "601"}, "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"),
+    # Twilio's whole wait (the send, then asking whether it took a message whose answer was lost) is fixed:
+    # the visibility timeout is what must grow.
+    ({"SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t",
+      "TWILIO_FROM_NUMBER": "+14155550100", "CELERY_VISIBILITY_TIMEOUT_SECONDS": "45"},
+     "CELERY_VISIBILITY_TIMEOUT_SECONDS"),
     ({"SERVICE_NAME": "Acme 1234567"}, "SERVICE_NAME"),
     ({"DEFAULT_FROM_EMAIL": "codes@123456.example.com"}, "DEFAULT_FROM_EMAIL"),
     ({"PUBLIC_BASE_URL": "https://login-000000.example.com"}, "PUBLIC_BASE_URL"),
     ({"JWT_SIGNING_KEY": "too-short"}, "JWT_SIGNING_KEY"),
     ({"OTP_HMAC_KEY": "too-short"}, "OTP_HMAC_KEY"),
     ({"REFRESH_TOKEN_LIFETIME_SECONDS": "300"}, "REFRESH_TOKEN_LIFETIME_SECONDS"),
+    # Every email's From and Message-ID are built from it; each must parse under the strict email policy.
+    ({"DEFAULT_FROM_EMAIL": "OTP Login no-reply@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "a@example.com, b@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "OTP <no-reply@example.com>>"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "no-reply@example.com\r\nBcc: victim@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"DEFAULT_FROM_EMAIL": "jörg@example.com"}, "DEFAULT_FROM_EMAIL"),
+    ({"SERVICE_NAME": "OTP\nBcc: victim@example.com"}, "SERVICE_NAME"),
 ])
 def test_settings_that_break_a_promise_of_the_contract_stop_start_up(overrides, name):
     result = start(**overrides)
@@ -155,3 +171,8 @@ def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
     assert {"OTP_DELIVERY_RETENTION_DAYS", "OTP_HMAC_KEY_FALLBACKS", "OTP_THROTTLE_KEY"} <= read
     assert read - listed == set()
     assert {name for name in read if f"`{name}`" not in readme} == set()
+@pytest.mark.parametrize("value", ["OTP Login <no-reply@example.com>", '"Login, Inc." <no-reply@example.com>',
+                                   "Ünïcode <no-reply@bücher.example>", "no-reply@localhost"])
+def test_each_shape_of_sender_starts(value):
+    result = start(DEFAULT_FROM_EMAIL=value)
+    assert result.returncode == 0, result.stderr

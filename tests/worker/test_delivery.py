@@ -55,12 +55,13 @@ def test_sms_round_trip_through_the_twilio_client(sms):
     assert message["from"] == TWILIO_FROM_NUMBER and message["account_sid"] == TWILIO_ACCOUNT_SID
     code = code_from_sms(message)
     assert message["body"].endswith(f"@localhost #{code}")
-    assert sms.requests[0]["StatusCallback"] == "http://localhost:8080/webhooks/twilio/status/"
     assert sms.requests[0]["authorization"].startswith("Basic ")
 
     assert post(APIClient(), "/verify-otp/", {"mobile": "+14155552671", "code": code}).status_code == 200
     delivery = delivery_in_state("+14155552671", "sent")
     assert delivery.provider_id == message["sid"]
+    # The callback URL names the delivery, so a status callback finds it even before its SID is recorded.
+    assert sms.requests[0]["StatusCallback"] == f"http://localhost:8080/webhooks/twilio/status/?delivery={delivery.id}"
     assert User.objects.get().mobile == "+14155552671"
 
 
@@ -102,6 +103,9 @@ def test_smtp_4xx_is_retried_until_delivered_once(inbox):
     inbox.wait_for_message("bob@example.com")
     delivery = delivery_in_state("bob@example.com", "sent")
     assert inbox.refused == 2 and delivery.attempts == 3 and len(inbox.to("bob@example.com")) == 1
+    # Every try of one delivery carries one Message-ID, so a mailbox can fold a duplicate that gets through.
+    import email
+    assert {email.message_from_bytes(raw)["Message-ID"] for raw in inbox.data_attempts} == {delivery.provider_id}
 
 
 def test_ten_parallel_registers_send_exactly_one_email(inbox):

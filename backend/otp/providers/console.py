@@ -20,7 +20,7 @@ class ConsoleSmsProvider:
     channel = "sms"
     timeout_seconds = 0.0
 
-    def send(self, *, to: str, message: Message) -> str:
+    def send(self, *, to: str, message: Message, delivery_id: int) -> str:
         sys.stdout.write(f"--- SMS to {to} ---\n{message.text}\n---\n")
         sys.stdout.flush()
         return f"console-{uuid.uuid4().hex}"

@@ -20,7 +20,11 @@ SMS_PROVIDERS: dict[str, str] = {
 }
 PROVIDERS: dict[str, dict[str, str]] = {"email": EMAIL_PROVIDERS, "sms": SMS_PROVIDERS}
 
-# The lease outlasts the provider's own timeout by this many seconds: time to record the outcome.
+# Once the provider has answered, the worker records the outcome within this many seconds (its tries stop in
+# time: otp.services.delivering). The lease covers it, so no other run takes a delivery over while the first
+# still records what the provider said: a takeover then would send the code again.
+OUTCOME_RECORD_SECONDS = 16.0
+# And this margin on top: the clocks of the workers that compare a lease may differ.
 LEASE_MARGIN_SECONDS = 5
 
 
@@ -55,7 +59,14 @@ def provider_for(channel: str):
     return instance
 
 
+def providers_configured() -> list[type]:
+    """The provider class the settings chose for each channel."""
+    return [provider_class(channel) for channel in PROVIDERS]
+
+
 def delivery_lease_seconds() -> float:
-    """How long a worker holds a delivery while it talks to a provider, in seconds: the longest timeout of the
-    configured providers plus LEASE_MARGIN_SECONDS, so two workers never send one code at once."""
-    return max(provider_class(channel).timeout_seconds for channel in PROVIDERS) + LEASE_MARGIN_SECONDS
+    """How long a worker holds a delivery, in seconds: the longest `timeout_seconds` of the configured providers
+    (each covers its whole wait, outcome checks included), plus OUTCOME_RECORD_SECONDS to record the outcome,
+    plus LEASE_MARGIN_SECONDS, so two runs never send one code at once."""
+    return (max(cls.timeout_seconds for cls in providers_configured()) + OUTCOME_RECORD_SECONDS
+            + LEASE_MARGIN_SECONDS)

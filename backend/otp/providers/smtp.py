@@ -1,5 +1,8 @@
 """Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, one kept connection
-per worker thread."""
+per worker thread, every wait bounded, and a message the server may have accepted told apart from a failure."""
+import functools
+import hashlib
+import hmac
 import secrets
 import smtplib
 import string
@@ -9,9 +12,18 @@ import time
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
 
 from otp.messages import Message
-from otp.providers.base import SendPermanentError, SendTransientError
+from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendTransientError
+from otp.providers.mailbox import sender_parse
+
+DJANGO_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+# Everything before the end of DATA shares this budget, in seconds: checking a kept connection, connecting,
+# EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA and the message itself. A server that has not taken the whole message
+# by then has not accepted it, so running out is a transient failure. The final reply has its own wait,
+# EMAIL_FINAL_REPLY_TIMEOUT_SECONDS.
+COMMANDS_SECONDS = 10.0
 
 
 def _letters(n: int) -> str:
@@ -30,6 +42,78 @@ class _CodeEmail(EmailMultiAlternatives):
         return msg
 
 
+def _message_id(*, delivery_id: int, domain: str) -> str:
+    """The Message-ID of every email of one delivery (RFC 5322 section 3.6.4): the same on each try, so a
+    mailbox can fold a duplicate that still gets through. Letters only, so no digit run stands beside the code,
+    from a keyed hash of the delivery id, so it tells outsiders nothing about how many deliveries there are."""
+    key = hashlib.sha256(b"otp-message-id:" + settings.SECRET_KEY.encode()).digest()
+    digest = hmac.new(key, str(delivery_id).encode(), hashlib.sha256).digest()
+    return f"<{''.join(string.ascii_lowercase[byte % 26] for byte in digest[:24])}@{domain}>"
+
+
+class _BoundedSmtp:
+    """smtplib's client, each wait bounded: the commands of a send share the backend's `deadline`
+    (time.monotonic()), and the reply to the end of DATA gets EMAIL_FINAL_REPLY_TIMEOUT_SECONDS.
+
+    RFC 5321 section 4.5.3.2.6 lets a server take 10 minutes for that reply; ours is bounded so the provider's
+    whole wait stays inside the delivery lease and the broker's visibility timeout (otp.apps). From the end of
+    DATA until that reply arrives `awaiting_final_reply` is True: an error then leaves the outcome unknown.
+    """
+
+    def __init__(self, *args, budget, **kwargs):
+        self._budget = budget  # the backend, whose `deadline` the provider sets for each message
+        self.awaiting_final_reply = False
+        super().__init__(*args, **kwargs)
+
+    def _time_left(self) -> float:
+        deadline = getattr(self._budget, "deadline", None)
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            # smtplib's own "connection lost" error: its sendmail then still reports a refusal of the message
+            # (SMTPDataError) when the RSET after it finds the budget spent.
+            raise smtplib.SMTPServerDisconnected(f"the server took more than {COMMANDS_SECONDS:g} s")
+        return left
+
+    def _get_socket(self, host, port, timeout):
+        return super()._get_socket(host, port, self._time_left())
+
+    def send(self, s):
+        if self.sock is not None:
+            self.sock.settimeout(self._time_left())
+        super().send(s)
+        # smtplib sends commands as text and the message as bytes ending in CRLF "." CRLF (SMTP.data).
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.awaiting_final_reply = True
+
+    def getreply(self):
+        if self.sock is not None:
+            self.sock.settimeout(settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS if self.awaiting_final_reply
+                                 else self._time_left())
+        reply = super().getreply()
+        self.awaiting_final_reply = False
+        return reply
+
+
+class _BoundedSmtpClient(_BoundedSmtp, smtplib.SMTP):
+    pass
+
+
+class _BoundedSmtpSslClient(_BoundedSmtp, smtplib.SMTP_SSL):
+    pass
+
+
+class BoundedSmtpBackend(DjangoSmtpBackend):
+    """Django's SMTP backend on the bounded client; the provider sets `deadline` before each message."""
+
+    deadline: float | None = None
+
+    @property
+    def connection_class(self):
+        return functools.partial(_BoundedSmtpSslClient if self.use_ssl else _BoundedSmtpClient, budget=self)
+
+
 def _smtp_code_error(code: int, text: str) -> Exception:
     return (SendTransientError if 400 <= code < 500 else SendPermanentError)(f"SMTP {code}: {text}")
 
@@ -37,8 +121,9 @@ def _smtp_code_error(code: int, text: str) -> Exception:
 _email_connections = threading.local()
 
 
-def _email_connection(timeout_seconds: float) -> BaseEmailBackend:
-    """This thread's mail connection, kept open from one message to the next.
+def _email_connection(*, deadline: float) -> BaseEmailBackend:
+    """This thread's mail connection, kept open from one message to the next; its commands, the NOOP check
+    included, must be done by `deadline` (time.monotonic()).
 
     Opening one (TCP, EHLO, STARTTLS, AUTH, QUIT) costs about as much as the rest of a delivery
     (docs/performance.md), so a worker holds at most CELERY_WORKER_CONCURRENCY connections to the mail server.
@@ -52,8 +137,12 @@ def _email_connection(timeout_seconds: float) -> BaseEmailBackend:
         _email_connection_drop(cached[1])
         cached = None
     if cached is None:
-        cached = _email_connections.cached = (key, get_connection(timeout=timeout_seconds))
+        # Django's SMTP backend is replaced by its bounded subclass; other backends (console, locmem) are used as
+        # they are.
+        backend = f"{__name__}.BoundedSmtpBackend" if settings.EMAIL_BACKEND == DJANGO_SMTP_BACKEND else None
+        cached = _email_connections.cached = (key, get_connection(backend=backend, timeout=COMMANDS_SECONDS))
     connection = cached[1]
+    connection.deadline = deadline
     smtp = getattr(connection, "connection", None)  # the SMTP backend's open socket; other backends have none
     if smtp is not None:
         idle = time.monotonic() - getattr(_email_connections, "last_used", 0.0)
@@ -68,19 +157,24 @@ def _email_connection(timeout_seconds: float) -> BaseEmailBackend:
 
 
 def _email_connection_drop(connection: BaseEmailBackend) -> None:
+    smtp = getattr(connection, "connection", None)
     try:
         connection.close()
     except OSError:  # smtplib's errors are OSErrors; QUIT on a dead connection may fail, and that is fine
         pass
+    if smtp is not None:
+        smtp.close()  # the socket goes even when QUIT failed (Django forgets the client either way)
 
 
-def _email_send(connection: BaseEmailBackend, *, to: str, message: Message) -> str:
-    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
-    message_id = f"<{_letters(24)}@{domain}>"
+def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, delivery_id: int) -> str:
+    # Read with the email library, not split on "@": `OTP Login <no-reply@example.com>` made the Message-ID
+    # `<...@example.com>>`, and Django's own IDNA 2003 conversion mailed `straße.de` as `strasse.de`.
+    sender = sender_parse(settings.DEFAULT_FROM_EMAIL)
+    message_id = _message_id(delivery_id=delivery_id, domain=sender.domain)
     email = _CodeEmail(
         subject=message.subject,
         body=message.text,
-        from_email=settings.DEFAULT_FROM_EMAIL,
+        from_email=sender.header,
         to=[to],
         headers={"Message-ID": message_id},
         connection=connection,
@@ -102,21 +196,37 @@ def _email_error(exc: OSError) -> Exception:
     return SendTransientError(f"SMTP connection: {exc.__class__.__name__}: {exc}")
 
 
+class _WholeWait:
+    """`timeout_seconds` read when asked, since a setting is part of it: COMMANDS_SECONDS plus
+    EMAIL_FINAL_REPLY_TIMEOUT_SECONDS."""
+
+    def __get__(self, instance, owner) -> float:
+        return COMMANDS_SECONDS + settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS
+
+
 class SmtpEmailProvider:
     """Email through the Django mail backend that `EMAIL_BACKEND` names (SMTP, or Django's in-memory one in tests).
 
-    The provider id is the message's Message-ID. A 4xx reply or a connection error is transient, a 5xx permanent.
+    The provider id is the message's Message-ID, one per delivery. A 4xx reply or a connection error before the
+    end of DATA is transient, a 5xx permanent; no final reply to the end of DATA in time (a timeout, or the
+    connection dropped) leaves the outcome unknown.
     """
 
     name = "smtp"
     channel = "email"
-    timeout_seconds = 10.0
+    timeout_seconds = _WholeWait()
+    timeout_setting = "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"
 
-    def send(self, *, to: str, message: Message) -> str:
-        connection = _email_connection(self.timeout_seconds)
+    def send(self, *, to: str, message: Message, delivery_id: int) -> str:
+        connection = _email_connection(deadline=time.monotonic() + COMMANDS_SECONDS)
         try:
-            return _email_send(connection, to=to, message=message)
+            return _email_send(connection, to=to, message=message, delivery_id=delivery_id)
         except OSError as exc:
+            unknown = getattr(getattr(connection, "connection", None), "awaiting_final_reply", False)
             # Never reuse a connection left in an unknown state; the task retries the message later.
             _email_connection_drop(connection)
+            if unknown:
+                raise SendOutcomeUnknownError(
+                    f"SMTP: no final reply to the end of DATA within {settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS:g} s "
+                    f"({exc.__class__.__name__}: {exc})") from exc
             raise _email_error(exc) from exc

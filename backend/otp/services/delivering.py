@@ -2,12 +2,14 @@
 outcome; providers' status callbacks update the record afterwards."""
 import logging
 import random
+import re
 import time
 from datetime import datetime, timedelta
 from typing import Mapping
 
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
 from django.utils import timezone
 
 from core.errors import SignatureInvalid
@@ -22,9 +24,9 @@ CODE_EXPIRED_ERROR = "Code expired before it could be sent."
 PAYLOAD_REFUSED_ERROR = ("Job refused, not sent: its sealed code did not open for this delivery (changed, copied "
                          "from another delivery's job, or sealed under a key this worker does not have).")
 
-# Pauses between tries to record an accepted send, in seconds. With each try's own bounded wait (the pool's
-# timeout, or the statement timeout) the tries end well inside the broker's visibility timeout, so no other
-# worker is handed the job meanwhile.
+# Pauses between tries to record a send's outcome (sent, or unknown), in seconds. A try is started only if
+# its longest wait (_database_try_seconds) still ends inside the lease, which allows
+# registry.OUTCOME_RECORD_SECONDS for it: no other run takes the delivery over while this one records.
 SENT_RECORD_PAUSES = (0.2, 0.5, 1.0)
 
 
@@ -43,8 +45,11 @@ def delivery_retry_countdown(*, retries_done: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _delivery_update(delivery_id: int, **fields) -> None:
-    Delivery.objects.filter(id=delivery_id).update(updated_at=timezone.now(), **fields)
+def _delivery_put_back(delivery_id: int, *, lease_until: datetime, last_error: str) -> None:
+    # Only the run that holds the lease puts the delivery back in the queue: a status callback that failed it
+    # meanwhile, or another run that took over a lapsed lease, is never overwritten.
+    Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING, lease_until=lease_until).update(
+        status=Delivery.Status.QUEUED, last_error=last_error, lease_until=None, updated_at=timezone.now())
 
 
 def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", provider_id: str = "",
@@ -69,6 +74,14 @@ def delivery_refuse(*, delivery_id: int, reason: str) -> None:
     delivery = Delivery.objects.filter(id=delivery_id).first()
     if delivery is not None:
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=reason)
+def _database_try_seconds() -> float:
+    """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
+    statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    pool = options.get("pool")
+    wait = float(pool.get("timeout", 30.0)) if isinstance(pool, dict) else 0.0  # psycopg_pool's default is 30
+    statement = re.search(r"statement_timeout=(\d+)", str(options.get("options", "")))
+    return wait + (int(statement.group(1)) / 1000 if statement else float(options.get("timeout", 5.0)))
 
 
 def _database_connection_release() -> None:
@@ -83,21 +96,35 @@ def _database_connection_release() -> None:
         connection.close()
 
 
+# A delivery in one of these states is never sent (again): `unknown` means the provider may have taken it.
+_FINAL = (Delivery.Status.SENT, Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
+
+
 def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
 
-    The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it sent or held and
-    returns; a run after a crash finds the lease lapsed and takes over. Raises DeliveryRetry when the task
-    should try again in `countdown` seconds, and django.db.DatabaseError when the database fails before the send.
+    The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it final (sent,
+    failed, unknown) or held and returns; a run after a crash finds the lease lapsed and takes over. A send
+    whose outcome stays unknown (providers.SendOutcomeUnknownError) is recorded `unknown` and never sent again
+    (contract: Delivery). Raises DeliveryRetry when the task should try again in `countdown` seconds, and
+    django.db.DatabaseError when the database fails before the send.
     """
     now = timezone.now()
-    delivery = queries.delivery_claim(delivery_id=delivery_id, now=now,
-                                      lease_until=now + timedelta(seconds=providers.delivery_lease_seconds()))
+    lease_until = now + timedelta(seconds=providers.delivery_lease_seconds())
+    delivery = queries.delivery_claim(delivery_id=delivery_id, now=now, lease_until=lease_until)
     if delivery is None:  # not there to take: find out why
         delivery = Delivery.objects.filter(id=delivery_id).first()
-        if delivery is None or delivery.status in (Delivery.Status.SENT, Delivery.Status.FAILED):
+        if delivery is None or delivery.status in _FINAL:
             logger.info("delivery %s is %s: this run sends nothing", delivery_id,
                         delivery.status if delivery else "gone")
+            return
+        if delivery.provider_status:
+            # The provider reported on this delivery (a status callback naming it): it holds the message, which
+            # an earlier run sent without recording it (it died, or its answer was lost). Not sent again.
+            logger.info("delivery %s was reported %s by its provider: recorded sent, not sent again", delivery_id,
+                        delivery.provider_status)
+            delivery_finish(delivery=delivery, status=Delivery.Status.SENT, provider_id=delivery.provider_id,
+                            sent_at=now)
             return
         if delivery.expires_at <= now:
             delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=CODE_EXPIRED_ERROR)
@@ -117,12 +144,21 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     provider = providers.provider_for(delivery.channel)
     provider_name = providers.provider_name(delivery.channel)  # the registry's name, as the issue recorded it
     _database_connection_release()
+    # Recording the outcome must end inside the lease, which allows OUTCOME_RECORD_SECONDS after the provider.
+    record_deadline = lease_until - timedelta(seconds=providers.registry.LEASE_MARGIN_SECONDS)
     try:
-        provider_id = provider.send(to=delivery.address, message=message)
+        provider_id = provider.send(to=delivery.address, message=message, delivery_id=delivery_id)
     except providers.SendPermanentError as exc:
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
                         provider=provider_name)
+        return
+    except providers.SendOutcomeUnknownError as exc:
+        # The provider may have taken it: sending again could deliver the code twice. The user may ask for a
+        # new code once the cooldown has passed.
+        logger.warning("delivery %s: outcome unknown, recorded unknown and not sent again: %s", delivery_id, exc)
+        _delivery_outcome_record(delivery=delivery, status=Delivery.Status.UNKNOWN, provider=provider_name,
+                                 last_error=str(exc)[:1000], deadline=record_deadline)
         return
     except providers.SendTransientError as exc:
         countdown = delivery_retry_countdown(retries_done=retries_done)
@@ -133,44 +169,77 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
             delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
                             provider=provider_name)
             return
-        _delivery_update(delivery_id, status=Delivery.Status.QUEUED, last_error=str(exc)[:1000], lease_until=None)
+        _delivery_put_back(delivery_id, lease_until=lease_until, last_error=str(exc)[:1000])
         metric_count("otp_delivery_retries_total", channel=delivery.channel)
         raise DeliveryRetry(countdown) from exc
-    if _delivery_sent_record(delivery=delivery, provider_id=provider_id, provider=provider_name):
+    if _delivery_outcome_record(delivery=delivery, status=Delivery.Status.SENT, provider_id=provider_id,
+                                provider=provider_name, deadline=record_deadline):
         logger.info("delivery %s sent by %s (provider id %s)", delivery_id, delivery.channel, provider_id)
 
 
-def _delivery_sent_record(*, delivery: Delivery, provider_id: str, provider: str) -> bool:
-    """Record that the provider accepted the message; False if the database would not take it.
+def _delivery_outcome_record(*, delivery: Delivery, status: str, provider: str, deadline: datetime,
+                             provider_id: str = "", last_error: str = "") -> bool:
+    """Record what the provider said, `sent` (with its id) or `unknown`; False if the database would not take it.
 
     Never raises a database error: the job would run again and, once its lease lapsed, send the code a second
     time, and the contract allows a duplicate only when the worker dies between acceptance and record. So the
-    update is tried a few times (on a fresh connection each time), then given up with an error line; the
-    delivery then stays `sending` with the provider's acceptance in the log.
+    update is tried a few times (on a fresh connection each time), each later try only if its longest wait
+    (_database_try_seconds) ends by `deadline`, inside this run's lease; then given up with an error line. The
+    delivery then stays `sending` with the provider's answer in the log, and beat fails it once its code expired.
     """
     for pause in (*SENT_RECORD_PAUSES, None):
         try:
-            delivery_finish(delivery=delivery, status=Delivery.Status.SENT, provider_id=provider_id,
-                            provider=provider, sent_at=timezone.now())
+            delivery_finish(delivery=delivery, status=status, provider_id=provider_id, provider=provider,
+                            last_error=last_error, sent_at=timezone.now() if status == Delivery.Status.SENT else None)
             return True
         except DatabaseError as exc:
             _database_connection_release()  # a connection the error broke goes back, and the pool drops it
-            if pause is None:
-                logger.error("delivery %s was accepted by %s (provider id %s) but not recorded: %s", delivery.id,
-                             delivery.channel, provider_id, exc)
+            if pause is None or timezone.now() + timedelta(seconds=pause + _database_try_seconds()) > deadline:
+                logger.error("delivery %s was %s by %s (provider id %s) but not recorded: %s", delivery.id,
+                             "accepted" if status == Delivery.Status.SENT else "left unknown", delivery.channel,
+                             provider_id or "none", exc)
                 return False
             time.sleep(pause)
 
 
+# The delivery states a carrier-failure callback moves to `failed`. `unknown` stays: the record says the service
+# could not learn the outcome in time, and provider_status then says what the provider reported afterwards.
+_CARRIER_FAILURE_ENDS = (Delivery.Status.QUEUED, Delivery.Status.SENDING, Delivery.Status.SENT)
+
+
 def delivery_status_record(*, report: providers.StatusReport) -> bool:
-    """Apply a provider's status report to the delivery it names; False when none matches."""
-    fields: dict = {"provider_status": report.provider_status}
+    """Apply a provider's status report to the delivery it names, forward only (contract: Delivery); returns
+    False when no delivery matched or the report changed nothing.
+
+    The delivery is the one the callback URL names (`report.delivery_id`), if its recorded provider id is empty
+    or the report's; a URL naming none (sent before URLs named deliveries) matches on the provider id alone.
+    `provider_status` moves only forward in the provider's own order (`report.replaces`); a repeat, or a
+    status the provider puts before the recorded one, changes nothing. `status` moves only to `failed`, on a
+    carrier failure (`report.final == "failed"`), from queued, sending or sent; failed and unknown never become
+    sent. A missing provider id is filled in. All of it is one conditional UPDATE, so concurrent callbacks for
+    one delivery cannot interleave: the database applies them one after the other, each against the row the
+    one before left.
+    """
+    if report.delivery_id is not None:
+        match = Q(id=report.delivery_id) & (Q(provider_id="") | Q(provider_id=report.provider_id))
+    elif report.provider_id:
+        match = Q(provider_id=report.provider_id)
+    else:
+        return False
+    fields: dict = {
+        "provider_status": report.provider_status,
+        "provider_id": Case(When(provider_id="", then=Value(report.provider_id)), default=F("provider_id")),
+        "updated_at": timezone.now(),
+    }
     if report.final == Delivery.Status.FAILED:
-        fields.update(status=Delivery.Status.FAILED,
-                      last_error=f"Provider reported {report.provider_status} (error {report.error_code or 'none'})")
-    elif report.final == Delivery.Status.SENT:
-        fields.update(status=Delivery.Status.SENT)
-    return Delivery.objects.filter(provider_id=report.provider_id).update(updated_at=timezone.now(), **fields) > 0
+        failing = Q(status__in=_CARRIER_FAILURE_ENDS)
+        error = f"Provider reported {report.provider_status} (error {report.error_code or 'none'})"
+        fields.update(
+            status=Case(When(failing, then=Value(Delivery.Status.FAILED.value)), default=F("status")),
+            last_error=Case(When(failing, then=Value(error, output_field=TextField())), default=F("last_error")),
+            lease_until=Case(When(failing, then=Value(None, output_field=DateTimeField())), default=F("lease_until")),
+        )
+    return Delivery.objects.filter(match, provider_status__in=report.replaces).update(**fields) > 0
 
 
 def delivery_status_callback_record(*, provider_name: str, url: str, params: Mapping[str, str],
@@ -184,4 +253,4 @@ def delivery_status_callback_record(*, provider_name: str, url: str, params: Map
     provider = providers.provider_class("sms", provider_name)()
     if not provider.status_callback_verify(url=url, params=params, headers=headers):
         raise SignatureInvalid(f"Missing or invalid {provider.signature_header}.")
-    return delivery_status_record(report=provider.status_callback_parse(params=params))
+    return delivery_status_record(report=provider.status_callback_parse(url=url, params=params))
