@@ -250,6 +250,8 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+# Non-ASCII local parts (jörg@example.com) need SMTPUTF8 (RFC 6531) at every relay on the way; off, they are refused.
+EMAIL_ALLOW_SMTPUTF8 = env_bool("EMAIL_ALLOW_SMTPUTF8", False)
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

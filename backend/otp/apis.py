@@ -66,7 +66,8 @@ BAD_REQUEST = OpenApiResponse(
     response=OpenApiTypes.OBJECT,
     description='Field errors as `{"field": ["message"]}`, or `{"detail", "code"}` for a body that is not JSON '
                 '(`parse_error`) and, on /verify-otp/, for any code that does not open the account (`invalid_code`).',
-    examples=[OpenApiExample("Field error", value={"email": ["Enter a valid email address."]}),
+    examples=[OpenApiExample("Field error", value={"email": [
+                  "The part after the @-sign is not valid. It should have a period."]}),
               OpenApiExample("Not JSON", value={"detail": "JSON parse error - Expecting value", "code": "parse_error"}),
               OpenApiExample("Wrong, expired or used code", value={"detail": "Invalid or expired code.",
                                                                    "code": "invalid_code"})],
