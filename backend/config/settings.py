@@ -124,6 +124,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.observability.RequestObservabilityMiddleware",
     "core.middleware.SecurityHeadersMiddleware",
+    "core.middleware.BodyCharsetMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -155,6 +156,8 @@ AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The contract's paths are exact; a POST redirected to add a slash would lose its body.
 APPEND_SLASH = False
+# Every error is JSON (the admin keeps Django's page: core.views.csrf_failure).
+CSRF_FAILURE_VIEW = "core.views.csrf_failure"
 
 TEMPLATES = [
     {
