@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from otp.codes import char_is_spacer
+
 
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
@@ -67,15 +69,26 @@ def email_normalize(raw: str) -> Address:
 
 
 def mobile_normalize(raw: str) -> Address:
-    """To E.164; a number without `+` is read in OTP_DEFAULT_REGION."""
-    _reject_invisible(raw, "Enter a valid mobile number.")
+    """To E.164 with `phonenumbers`; a number without `+` is read in OTP_DEFAULT_REGION.
+
+    Typed the way codes may be (otp.codes): decimal digits of any script, which phonenumbers reads itself, and
+    the spacers codes accept, which it partly refuses (the thin and narrow no-break spaces, most dashes): they
+    are made plain spaces and hyphens first. Letters are refused: phonenumbers reads them as keypad letters
+    (`+1 415 555 CODE` is +14155552633), a number nobody typed. Raises ValidationError.
+    """
+    message = "Enter a valid mobile number."
+    _reject_invisible(raw, message)
+    if any(unicodedata.category(char).startswith("L") for char in raw):
+        raise ValidationError(message)
+    text = "".join(("-" if unicodedata.category(char) == "Pd" else " ") if char_is_spacer(char) else char
+                   for char in raw.strip())
     try:
-        number = phonenumbers.parse(raw.strip(), settings.OTP_DEFAULT_REGION)
+        number = phonenumbers.parse(text, settings.OTP_DEFAULT_REGION)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationError("Enter a valid mobile number.") from exc
+        raise ValidationError(message) from exc
     # An extension cannot receive an SMS; dropping it quietly would text someone else.
     if not phonenumbers.is_valid_number(number) or number.extension:
-        raise ValidationError("Enter a valid mobile number.")
+        raise ValidationError(message)
     return Address(value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), channel=Channel.SMS)
 
 

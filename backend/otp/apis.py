@@ -12,7 +12,7 @@ from rest_framework_simplejwt.views import TokenRefreshView
 
 from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
-from otp.codes import code_is_well_formed, code_length
+from otp.codes import code_length, code_normalize
 from otp.models import Purpose
 from otp.services import code_request, code_verify, delivery_status_callback_record
 from users.services import token_revoke
@@ -120,12 +120,14 @@ class LoginApi(_CodeRequestApi):
 
 
 class VerifyInputSerializer(AddressInputSerializer):
-    code = StrictCharField(help_text="The digits from the email or SMS.")
+    code = StrictCharField(help_text="The digits from the email or SMS, in any script, spaces or dashes between "
+                                     "them allowed (123 456, 123-456, ١٢٣٤٥٦).")
 
     def validate_code(self, value: str) -> str:
-        if not code_is_well_formed(value):
+        code = code_normalize(value)
+        if code is None:
             raise serializers.ValidationError(f"Enter the {code_length()}-digit code.")
-        return value
+        return code
 
 
 class TokenPairOutputSerializer(serializers.Serializer):
