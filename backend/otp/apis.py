@@ -212,7 +212,8 @@ class ProviderStatusApi(APIView):
     @extend_schema(summary="Delivery status callback from the SMS provider",
                    description="The form the provider posts, signed by it over this URL as the public sees it.",
                    request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
-                   responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE, 415: ERROR_SHAPE})
+                   responses={204: OpenApiResponse(description="No body"), 400: ERROR_SHAPE, 403: ERROR_SHAPE,
+                              415: ERROR_SHAPE})
     def post(self, request):
         params = request.data.dict() if hasattr(request.data, "dict") else {}
         # The provider signs the URL it called, which is the public one, not the one behind the proxy.
