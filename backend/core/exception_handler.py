@@ -3,9 +3,10 @@ import logging
 
 import kombu.exceptions
 import redis.exceptions
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, DataError
-from rest_framework import status
+from django.http import Http404
+from rest_framework import exceptions, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -51,6 +52,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(error_body("A value in the request cannot be stored.", "invalid_input"),
                         status=status.HTTP_400_BAD_REQUEST)
 
+    # DRF turns Django's two into its own inside its handler, too late for the `code` added below.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)
     if response is None:
         if isinstance(exc, DatabaseError):

@@ -9,8 +9,10 @@ from django.urls import Resolver404, resolve, reverse
 from django.views import csrf
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -66,6 +68,23 @@ class ReadyzApi(APIView):
                 logger.warning("readiness check %s failed: %s", name, exc)
                 return Response({**error_body(f"{name} is not answering.", "not_ready"), "failed": name}, status=503)
         return Response({"status": "ok"})
+
+
+class SchemaApi(SpectacularAPIView):
+    """/api/schema/: the OpenAPI schema, YAML by default and JSON with `?format=json`; its errors are JSON.
+
+    drf-spectacular renders every answer with the schema's renderers, so an unknown `?format=` (404) or an
+    `Accept` it cannot serve (406) came back as YAML.
+    """
+
+    authentication_classes = []
+    permission_classes = []
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400:
+            response.accepted_renderer, response.accepted_media_type = JSONRenderer(), "application/json"
+        return response
 
 
 @csrf_exempt  # an unknown path has nothing to protect: its answer is a 404 whatever the method, not a CSRF page

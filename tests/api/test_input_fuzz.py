@@ -85,15 +85,20 @@ def test_odd_bodies_and_content_types_never_get_a_500(client, path, body, conten
 
 
 @EXAMPLES
-@given(path=st.sampled_from(["/profile/", "/logout/", "/token/refresh/", "/register/"]),
+@given(path=st.sampled_from(["/profile/", "/logout/", "/token/refresh/", "/register/", "/api/schema/"]),
        authorization=st.one_of(st.text(alphabet=st.characters(max_codepoint=255, exclude_categories=["Cc"]),
                                        max_size=200),
                                st.builds(lambda token: f"Bearer {token}", st.text(
                                    alphabet=st.characters(max_codepoint=255, exclude_categories=["Cc"]), max_size=300))),
-       accept=st.sampled_from(["application/json", "text/html", "*/*", "application/xml", "", "application/json; q=0"]))
-def test_odd_headers_never_get_a_500(client, path, authorization, accept):
+       accept=st.sampled_from(["application/json", "text/html", "*/*", "application/xml", "", "application/json; q=0"]),
+       forwarded_for=st.one_of(st.sampled_from(["", "::1", "fe80::1%eth0", "[::1]:80", "1.2.3.4, ::ffff:10.0.0.1",
+                                                "2001:db8::1, 2001:db8::2", "999.1.1.1", ",,,"]),
+                               st.text(alphabet=st.characters(max_codepoint=255, exclude_categories=["Cc"]),
+                                       max_size=60)))
+def test_odd_headers_never_get_a_500(client, path, authorization, accept, forwarded_for):
     response = client.generic("POST" if path != "/profile/" else "GET", path, b'{"refresh": "x"}',
-                              content_type="application/json", HTTP_AUTHORIZATION=authorization, HTTP_ACCEPT=accept)
+                              content_type="application/json", HTTP_AUTHORIZATION=authorization, HTTP_ACCEPT=accept,
+                              HTTP_X_FORWARDED_FOR=forwarded_for)
     assert_contract_answer(response)
 
 

@@ -160,3 +160,15 @@ def test_a_failed_csrf_check_is_json_outside_the_admin(csrf_client):
 
 def test_a_suspicious_host_is_json_400(csrf_client):
     assert_json_error(csrf_client.get("/healthz", HTTP_HOST="evil.example"), 400, "bad_request")
+
+
+@pytest.mark.parametrize("query, accept, status", [("?format=zzz", "*/*", 404), ("?format=openapi-json", "*/*", 404),
+                                                   ("", "text/html", 406), ("", "application/xml", 406)])
+def test_the_schema_endpoints_errors_are_json_not_yaml(client, query, accept, status):
+    response = client.get(f"/api/schema/{query}", HTTP_ACCEPT=accept)
+    assert_json_error(response, status)
+
+
+def test_the_schema_itself_is_still_served_as_yaml_or_json(client):
+    assert client.get("/api/schema/")["Content-Type"].startswith("application/vnd.oai.openapi")
+    assert client.get("/api/schema/?format=json").json()["openapi"].startswith("3.")
