@@ -128,6 +128,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.observability.RequestObservabilityMiddleware",
     "core.middleware.SecurityHeadersMiddleware",
+    "core.middleware.BodyCharsetMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -159,6 +160,8 @@ AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The contract's paths are exact; a POST redirected to add a slash would lose its body.
 APPEND_SLASH = False
+# Every error is JSON (the admin keeps Django's page: core.views.csrf_failure).
+CSRF_FAILURE_VIEW = "core.views.csrf_failure"
 
 TEMPLATES = [
     {
@@ -282,6 +285,8 @@ try:  # every email's From and Message-ID are built from it: a value mail reader
 except ValueError as _exc:
     _fail("DEFAULT_FROM_EMAIL", DEFAULT_FROM_EMAIL,
           f"one mailbox such as no-reply@example.com or OTP Login <no-reply@example.com> ({_exc})")
+# Non-ASCII local parts (jörg@example.com) need SMTPUTF8 (RFC 6531) at every relay on the way; off, they are refused.
+EMAIL_ALLOW_SMTPUTF8 = env_bool("EMAIL_ALLOW_SMTPUTF8", False)
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

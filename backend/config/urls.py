@@ -1,7 +1,7 @@
 """URL map of the whole service."""
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from core import views as core_views
 from otp import pages as otp_pages
@@ -12,7 +12,7 @@ urlpatterns = [
     path("readyz", core_views.ReadyzApi.as_view(), name="readyz"),
     path("metrics", core_views.metrics, name="metrics"),
     path("home/", otp_pages.home, name="home"),
-    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path("api/schema/", core_views.SchemaApi.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="docs"),
     path("admin/", admin.site.urls),

@@ -3,20 +3,21 @@ import logging
 
 import kombu.exceptions
 import redis.exceptions
-from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, InterfaceError, OperationalError
-from rest_framework import status
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import DatabaseError, DataError
+from django.http import Http404
+from rest_framework import exceptions, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import DependencyUnavailable, RateLimited, ServiceError
+from core.errors import DATABASE_OUTAGES, DependencyUnavailable, RateLimited, ServiceError
 
 logger = logging.getLogger(__name__)
 
 # Which dependency an infrastructure exception means, for a 503 that names it.
 _UNAVAILABLE = (
-    ((OperationalError, InterfaceError), "database"),
+    (DATABASE_OUTAGES, "database"),
     ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "cache"),
     ((kombu.exceptions.OperationalError,), "broker"),
 )
@@ -40,7 +41,22 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body is too large.", "request_too_large"), status=413)
+    if isinstance(exc, SuspiciousOperation):
+        # Django's name for a request that breaks one of its limits (DATA_UPLOAD_MAX_NUMBER_FIELDS, a bad Host):
+        # the client's doing, as its own middleware answers it outside DRF (400).
+        return Response(error_body(f"Bad request: {exc}", "bad_request"), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DataError):
+        # A value PostgreSQL refuses (too long, a NUL byte, out of range) got past the input checks: the request's
+        # doing, so a 400, never a 500. Logged as an error all the same: the check it slipped past needs fixing.
+        logger.error("a request value was refused by the database: %s", exc)
+        return Response(error_body("A value in the request cannot be stored.", "invalid_input"),
+                        status=status.HTTP_400_BAD_REQUEST)
 
+    # DRF turns Django's two into its own inside its handler, too late for the `code` added below.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)
     if response is None:
         if isinstance(exc, DatabaseError):

@@ -1,5 +1,11 @@
-"""Response headers every answer of the API carries."""
+"""Middleware of the API: the response headers every answer carries, and the checks on a request's body that
+must run before anything reads it (Django's form parsing or DRF's parsers)."""
+import codecs
+
 from django.conf import settings
+from django.http import JsonResponse
+
+from core.exception_handler import error_body
 
 
 class SecurityHeadersMiddleware:
@@ -22,3 +28,26 @@ class SecurityHeadersMiddleware:
         if settings.PUBLIC_HTTPS:
             response["Strict-Transport-Security"] = f"max-age={settings.HSTS_SECONDS}; includeSubDomains"
         return response
+
+
+# What a body may be declared in: JSON is UTF-8 (RFC 8259 section 8.1), a form is ASCII once percent-encoded, and
+# Latin-1 is what HTTP/1.1 took for text by default. Names as codecs.lookup() gives them.
+READABLE_CHARSETS = {"utf-8", "ascii", "latin-1"}
+
+
+class BodyCharsetMiddleware:
+    """Answers 415 JSON when a request declares its body in any other charset that Python knows.
+
+    Django takes any name `codecs.lookup` knows as the body's encoding, including codecs that are not text
+    encodings at all (`rot13`, `zlib`, `base64`) or that cannot decode (`undefined`): reading the body with one
+    raised errors no parser expected, a 500. An unknown name is ignored by Django and the body read as UTF-8.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.encoding and codecs.lookup(request.encoding).name not in READABLE_CHARSETS:
+            return JsonResponse(error_body(f'Unsupported charset "{request.encoding}": send UTF-8.',
+                                           "unsupported_media_type"), status=415)
+        return self.get_response(request)

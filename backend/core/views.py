@@ -5,9 +5,14 @@ from celery import current_app as celery_app
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve, reverse
+from django.views import csrf
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -75,8 +80,44 @@ class ReadyzApi(APIView):
         return Response({"status": "ok"})
 
 
+class SchemaApi(SpectacularAPIView):
+    """/api/schema/: the OpenAPI schema, YAML by default and JSON with `?format=json`; its errors are JSON.
+
+    drf-spectacular renders every answer with the schema's renderers, so an unknown `?format=` (404) or an
+    `Accept` it cannot serve (406) came back as YAML.
+    """
+
+    authentication_classes = []
+    permission_classes = []
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400:
+            response.accepted_renderer, response.accepted_media_type = JSONRenderer(), "application/json"
+        return response
+
+
+@csrf_exempt  # an unknown path has nothing to protect: its answer is a 404 whatever the method, not a CSRF page
 def not_found(request, exception=None):
-    return JsonResponse(error_body("Not found.", "not_found"), status=404)
+    detail = "Not found."
+    if not request.path_info.endswith("/") and _route_of(request.path_info + "/") not in (None, not_found):
+        # The contract's paths end with a slash, and a POST redirected to add it would lose its body.
+        detail = f"Not found. Did you mean {request.path}/ (with the slash)?"
+    return JsonResponse(error_body(detail, "not_found"), status=404)
+
+
+def _route_of(path: str):
+    try:
+        return resolve(path).func
+    except Resolver404:
+        return None
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a JSON 403, except under the admin, a site for people, which keeps Django's page."""
+    if request.path_info.startswith(reverse("admin:index")):
+        return csrf.csrf_failure(request, reason=reason)
+    return JsonResponse(error_body(f"CSRF verification failed. {reason}".strip(), "csrf_failed"), status=403)
 
 
 def server_error(request):
@@ -91,8 +132,13 @@ def permission_denied(request, exception=None):
     return JsonResponse(error_body("Permission denied.", "permission_denied"), status=403)
 
 
+@csrf_exempt  # read-only: any other method gets a JSON 405, not a CSRF page
 def metrics(request):
     """Prometheus scrape endpoint. nginx does not proxy it: scrape the API's port from the monitoring network."""
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse(error_body(f'Method "{request.method}" not allowed.', "method_not_allowed"), status=405)
+        response["Allow"] = "GET, HEAD"
+        return response
     depths = {}
     if not celery_app.conf.task_always_eager:
         try:

@@ -2,11 +2,13 @@
 import unicodedata
 from dataclasses import dataclass
 
+import email_validator
 import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import models
+
+from otp.codes import char_is_spacer
 
 
 class Channel(models.TextChoices):
@@ -45,32 +47,48 @@ def mailbox_canonical(address: Address) -> Address:
 
 
 def email_normalize(raw: str) -> Address:
-    """Trim and lower-case; reject anything Django's validator rejects (which also shuts out header injection)."""
-    _reject_invisible(raw, "Enter a valid email address.")
-    value = raw.strip().lower()
-    if not value or len(value) > 254:
-        raise ValidationError("Enter a valid email address.")
-    validate_email(value)
-    local, _, domain = value.rpartition("@")
+    """Trim and lower-case `raw`, then check it by syntax alone with the `email-validator` library.
+
+    Returns the Address `local@domain`, the domain in its ASCII form: internationalised domains are converted with
+    IDNA 2008 / UTS 46, non-transitional (RFC 5891, UTS 46 section 4), so `straße.de` is `xn--strae-oqa.de`, never
+    `strasse.de`, and a look-alike domain can never pass for the one it imitates. Refused, as the contract's
+    address rules say: IP-literal and single-label or special-use domains (RFC 6761), quoted local parts,
+    display names, non-ASCII local parts unless EMAIL_ALLOW_SMTPUTF8 is on (RFC 6531; they are then NFC-normalised),
+    invisible and control characters, and addresses over 254 octets (RFC 5321 section 4.5.3.1.3) once converted.
+    No DNS or other network lookup is made (`check_deliverability=False`). Raises ValidationError with the
+    library's message, which says what is wrong.
+    """
     try:
-        # One ASCII spelling per domain: an internationalised (or look-alike) domain is kept as its punycode,
-        # so `alice@\u0435xample.com` can never pass for alice@example.com.
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValidationError("Enter a valid email address.") from exc
-    return Address(value=f"{local}@{domain}", channel=Channel.EMAIL)
+        checked = email_validator.validate_email(
+            raw.strip().lower(), check_deliverability=False, allow_smtputf8=settings.EMAIL_ALLOW_SMTPUTF8,
+            allow_quoted_local=False, allow_domain_literal=False, allow_display_name=False, allow_empty_local=False,
+            globally_deliverable=True, test_environment=False)
+    except email_validator.EmailNotValidError as exc:
+        raise ValidationError(str(exc)) from exc
+    return Address(value=f"{checked.local_part}@{checked.ascii_domain}", channel=Channel.EMAIL)
 
 
 def mobile_normalize(raw: str) -> Address:
-    """To E.164; a number without `+` is read in OTP_DEFAULT_REGION."""
-    _reject_invisible(raw, "Enter a valid mobile number.")
+    """To E.164 with `phonenumbers`; a number without `+` is read in OTP_DEFAULT_REGION.
+
+    Typed the way codes may be (otp.codes): decimal digits of any script, which phonenumbers reads itself, and
+    the spacers codes accept, which it partly refuses (the thin and narrow no-break spaces, most dashes): they
+    are made plain spaces and hyphens first. Letters are refused: phonenumbers reads them as keypad letters
+    (`+1 415 555 CODE` is +14155552633), a number nobody typed. Raises ValidationError.
+    """
+    message = "Enter a valid mobile number."
+    _reject_invisible(raw, message)
+    if any(unicodedata.category(char).startswith("L") for char in raw):
+        raise ValidationError(message)
+    text = "".join(("-" if unicodedata.category(char) == "Pd" else " ") if char_is_spacer(char) else char
+                   for char in raw.strip())
     try:
-        number = phonenumbers.parse(raw.strip(), settings.OTP_DEFAULT_REGION)
+        number = phonenumbers.parse(text, settings.OTP_DEFAULT_REGION)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationError("Enter a valid mobile number.") from exc
+        raise ValidationError(message) from exc
     # An extension cannot receive an SMS; dropping it quietly would text someone else.
     if not phonenumbers.is_valid_number(number) or number.extension:
-        raise ValidationError("Enter a valid mobile number.")
+        raise ValidationError(message)
     return Address(value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), channel=Channel.SMS)
 
 

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
-from otp.codes import code_is_well_formed, code_length
+from otp.codes import code_length, code_normalize
 from otp.models import Purpose
 from otp.services import code_request, code_verify, delivery_status_callback_record
 from users.services import token_refresh, token_revoke
@@ -65,7 +65,8 @@ BAD_REQUEST = OpenApiResponse(
     response=OpenApiTypes.OBJECT,
     description='Field errors as `{"field": ["message"]}`, or `{"detail", "code"}` for a body that is not JSON '
                 '(`parse_error`) and, on /verify-otp/, for any code that does not open the account (`invalid_code`).',
-    examples=[OpenApiExample("Field error", value={"email": ["Enter a valid email address."]}),
+    examples=[OpenApiExample("Field error", value={"email": [
+                  "The part after the @-sign is not valid. It should have a period."]}),
               OpenApiExample("Not JSON", value={"detail": "JSON parse error - Expecting value", "code": "parse_error"}),
               OpenApiExample("Wrong, expired or used code", value={"detail": "Invalid or expired code.",
                                                                    "code": "invalid_code"})],
@@ -118,12 +119,14 @@ class LoginApi(_CodeRequestApi):
 
 
 class VerifyInputSerializer(AddressInputSerializer):
-    code = StrictCharField(help_text="The digits from the email or SMS.")
+    code = StrictCharField(help_text="The digits from the email or SMS, in any script, spaces or dashes between "
+                                     "them allowed (123 456, 123-456, ١٢٣٤٥٦).")
 
     def validate_code(self, value: str) -> str:
-        if not code_is_well_formed(value):
+        code = code_normalize(value)
+        if code is None:
             raise serializers.ValidationError(f"Enter the {code_length()}-digit code.")
-        return value
+        return code
 
 
 class TokenPairOutputSerializer(serializers.Serializer):
@@ -231,7 +234,8 @@ class ProviderStatusApi(APIView):
     @extend_schema(summary="Delivery status callback from the SMS provider",
                    description="The form the provider posts, signed by it over this URL as the public sees it.",
                    request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
-                   responses={204: OpenApiResponse(description="No body"), 403: ERROR_SHAPE, 415: ERROR_SHAPE})
+                   responses={204: OpenApiResponse(description="No body"), 400: ERROR_SHAPE, 403: ERROR_SHAPE,
+                              415: ERROR_SHAPE})
     def post(self, request):
         params = request.data.dict() if hasattr(request.data, "dict") else {}
         # The provider signs the URL it called, query included (it names the delivery): the public one.

@@ -1,4 +1,4 @@
-"""The one-time code: its format (alphabet, length, well-formedness), making one, its keyed hash, and its
+"""The one-time code: its format (alphabet, length, how it may be typed), making one, its keyed hash, and its
 sealing for the delivery job.
 
 Everything that shows, checks or generates a code reads its format here: the API's input check, the
@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import unicodedata
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -25,15 +26,51 @@ def code_length() -> int:
     return settings.OTP_LENGTH
 
 
+# What people put between groups of digits, by Unicode general category: spaces (Zs: the no-break, thin,
+# figure and ideographic spaces among them) and dashes and hyphens (Pd). Mobile numbers take the same
+# (otp.addresses.mobile_normalize), so a number and a code may be typed alike.
+SPACER_CATEGORIES = frozenset({"Zs", "Pd"})
+
+
+def char_is_spacer(char: str) -> bool:
+    return unicodedata.category(char) in SPACER_CATEGORIES
+
+
 def code_is_well_formed(value: str) -> bool:
-    """True when `value` has the code's length and only characters of CODE_ALPHABET (ASCII digits)."""
+    """True when `value` is a code in its normalised form: the code's length, only characters of CODE_ALPHABET."""
     return len(value) == code_length() and all(char in CODE_ALPHABET for char in value)
 
 
+def code_normalize(typed: str) -> str | None:
+    """The code as it was typed, in its normalised form (ASCII digits); None when it is no well-formed code.
+
+    Accepted (contract, One-time codes): decimal digits of any script (Unicode category Nd: ASCII, Arabic-Indic,
+    Persian, Devanagari, full-width, ...), with spacers (SPACER_CATEGORIES) between them, and whitespace around
+    them. Anything else (a superscript or circled digit, a letter, a dot, a spacer before the first digit or
+    after the last) makes the code invalid. The digits are then checked for the code's length; comparing them
+    with the stored hash, in constant time, is code_matches'.
+    """
+    text = typed.strip()
+    if not text or unicodedata.category(text[0]) != "Nd" or unicodedata.category(text[-1]) != "Nd":
+        return None
+    digits = []
+    for char in text:
+        if unicodedata.category(char) == "Nd":
+            digits.append(str(unicodedata.decimal(char)))
+        elif not char_is_spacer(char):
+            return None
+    code = "".join(digits)
+    return code if code_is_well_formed(code) else None
+
+
 def code_input_attributes() -> dict[str, str]:
-    """HTML attributes of an input that takes a code: `inputmode`, `pattern`, `maxlength`, `autocomplete`."""
-    return {"inputmode": "numeric", "pattern": f"[{CODE_ALPHABET[0]}-{CODE_ALPHABET[-1]}]*",
-            "maxlength": str(code_length()), "autocomplete": "one-time-code"}
+    """HTML attributes of an input that takes a code: `inputmode`, `pattern`, `maxlength`, `autocomplete`.
+
+    They let through everything code_normalize accepts (the API judges the code, not the input): the pattern
+    is the characters it reads, and `maxlength` leaves room for a spacer or a few between the digits.
+    """
+    return {"inputmode": "numeric", "pattern": r"[\p{Nd}\p{Zs}\p{Pd}]*", "maxlength": str(code_length() * 4),
+            "autocomplete": "one-time-code"}
 
 
 def code_generate() -> str:

@@ -1,8 +1,11 @@
 """Reads used by the OTP services, views and support commands."""
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
+
 from otp import throttles
-from otp.addresses import Address
+from otp.addresses import Address, email_normalize, mobile_normalize
 from otp.models import Delivery, OneTimeCode
 from users.models import User
 
@@ -31,3 +34,39 @@ def address_state_get(*, address: Address, limit: int = 10) -> AddressState:
         deliveries=list(Delivery.objects.filter(address=address.value).order_by("-created_at")[:limit]),
         throttles=throttles.address_throttle_state(address=address),
     )
+
+
+@dataclass(frozen=True)
+class AddressFinding:
+    """An account's stored address that today's rules refuse (`verdict` "refused", `detail` says why) or spell
+    otherwise (`verdict` "normalised", `normalised` the spelling; `clashes_with` the id of another account that
+    already holds that spelling, or None)."""
+
+    id: int
+    field: str
+    stored: str
+    verdict: str
+    normalised: str | None = None
+    detail: str = ""
+    clashes_with: int | None = None
+
+
+def account_address_findings() -> Iterator[AddressFinding]:
+    """Every account whose stored email or mobile the address rules (otp.addresses) refuse or normalise to
+    another value, in id order; reads only, a batch of rows at a time."""
+    for field, normalize in (("email", email_normalize), ("mobile", mobile_normalize)):
+        rows = User.objects.filter(**{f"{field}__isnull": False}).order_by("pk").values_list("pk", field)
+        for pk, stored in rows.iterator(chunk_size=2000):
+            try:
+                normalised = normalize(stored).value
+            except ValidationError as exc:
+                yield AddressFinding(id=pk, field=field, stored=stored, verdict="refused", detail=" ".join(exc.messages))
+                continue
+            if normalised != stored:
+                holder = User.objects.filter(**{field: normalised}).exclude(pk=pk).values_list("pk", flat=True).first()
+                yield AddressFinding(id=pk, field=field, stored=stored, verdict="normalised", normalised=normalised,
+                                     clashes_with=holder)
+
+
+def account_count() -> int:
+    return User.objects.count()

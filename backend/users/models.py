@@ -18,8 +18,23 @@ class UserManager(BaseUserManager):
         return user
 
     def create_superuser(self, email: str, password: str, **extra):
+        """`manage.py createsuperuser`: the address as the API stores it; ValidationError when the rules refuse it."""
+        from otp.addresses import email_normalize
+
         extra.update(is_staff=True, is_superuser=True)
-        return self.create_user(email=email.strip().lower(), password=password, **extra)
+        return self.create_user(email=email_normalize(email).value, password=password, **extra)
+
+    def get_by_natural_key(self, username):
+        # The admin's login: any spelling of the address that the API would take for the same account.
+        from django.core.exceptions import ValidationError
+
+        from otp.addresses import email_normalize
+
+        try:
+            username = email_normalize(username).value
+        except ValidationError:
+            pass
+        return super().get_by_natural_key(username)
 
 
 class User(AbstractBaseUser, PermissionsMixin):
@@ -47,6 +62,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email or self.mobile or f"user {self.pk}"
 
+    def clean_fields(self, exclude=None):
+        # The address rules are otp.addresses' (the admin's form applies them: users.admin). Django's own
+        # EmailValidator would then judge the stored spelling by other rules (it refuses the non-ASCII local
+        # parts EMAIL_ALLOW_SMTPUTF8 allows), so the email is left out here.
+        super().clean_fields(exclude={*(exclude or ()), "email"})
 
 class TokenFamily(models.Model):
     """One sign-in's chain of refresh tokens (RFC 9700 section 4.14.2, refresh token rotation).

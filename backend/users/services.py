@@ -14,6 +14,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from core.errors import TokenRejected
+from otp.addresses import email_normalize, mobile_normalize
 from users.models import TokenFamily, User
 from users.tokens import FAMILY_CLAIM, RefreshToken, token_backend
 
@@ -22,12 +23,16 @@ logger = logging.getLogger(__name__)
 
 def user_create(*, email: str | None = None, mobile: str | None = None, last_login: datetime | None = None,
                 is_staff: bool = False) -> User:
-    """Create an account for a normalised email and/or E.164 mobile (otp.addresses normalises them).
+    """Create an account for an email and/or a mobile, stored as the API stores them (otp.addresses: the
+    contract's address rules; an address already normalised stays as it is).
 
-    Raises django.db.IntegrityError when another account has either address, or neither is given (the
-    database's constraints).
+    Raises django.core.exceptions.ValidationError for an address those rules refuse, and
+    django.db.IntegrityError when another account has either address, or neither is given (the database's
+    constraints).
     """
-    return User.objects.create_user(email=email, mobile=mobile, last_login=last_login, is_staff=is_staff)
+    return User.objects.create_user(email=email_normalize(email).value if email else None,
+                                    mobile=mobile_normalize(mobile).value if mobile else None,
+                                    last_login=last_login, is_staff=is_staff)
 
 
 @dataclass(frozen=True)

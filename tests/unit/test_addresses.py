@@ -66,3 +66,77 @@ def test_email_normalisation_never_crashes_and_is_idempotent(raw):
     assert address.value == address.value.strip().lower()
     assert "\n" not in address.value and "\r" not in address.value
     assert email_normalize(address.value) == address
+
+
+# --- The address rules of the contract (email-validator, IDNA 2008 / UTS 46 non-transitional) -----------------
+
+
+@pytest.mark.parametrize("raw, stored", [
+    # IDNA 2003 (Python's `idna` codec) maps these to other, existing domains; IDNA 2008 keeps them apart.
+    ("alice@straße.de", "alice@xn--strae-oqa.de"),
+    ("alice@faß.de", "alice@xn--fa-hia.de"),
+    ("alice@βόλος.com", "alice@xn--nxasmm1c.com"),
+    ("Alice@STRAẞE.de", "alice@xn--strae-oqa.de"),  # capital sharp s is the same domain
+    ("alice@xn--strae-oqa.de", "alice@xn--strae-oqa.de"),
+    ("alice@ＥＸＡＭＰＬＥ.com", "alice@example.com"),  # full-width letters are folded by UTS 46
+])
+def test_internationalised_domains_follow_idna_2008_non_transitional(raw, stored):
+    assert email_normalize(raw).value == stored
+
+
+@pytest.mark.parametrize("raw", [
+    "root@[127.0.0.1]", "root@[IPv6:::1]",  # IP literals
+    "root@localhost", "root@example", "alice@com",  # single-label domains
+    "root@sub.localhost", "alice@example.invalid", "alice@example.onion",  # special-use names
+    '"john doe"@example.com', '"alice"@example.com',  # quoted local parts
+    "jörg@example.com", "ａlice@example.com",  # non-ASCII local parts, with EMAIL_ALLOW_SMTPUTF8 off
+    "alice@example.com.", ".alice@example.com", "al..ice@example.com",
+    "alice@exam\u00adple.com", "alice@exa\u200bmple.com",  # invisible characters
+    "alice@ශ්\u200dරී.lk",  # a joiner: IDNA 2003 dropped it (another domain); email-validator refuses it as invisible
+    "alice@💩.la",  # not a valid IDNA 2008 label
+    "Alice <alice@example.com>",  # a display name
+])
+def test_addresses_mail_systems_refuse_are_refused(raw):
+    with pytest.raises(ValidationError):
+        email_normalize(raw)
+
+
+def test_length_is_checked_after_conversion():
+    # 254 characters as typed, 887 once each `ü` label is xn--tda: longer than any mail system (or column) takes.
+    raw = "a" * 40 + "@" + "ü." * 105 + "com"
+    assert len(raw) == 254
+    with pytest.raises(ValidationError):
+        email_normalize(raw)
+
+
+def test_non_ascii_local_parts_only_with_smtputf8_on(settings):
+    settings.EMAIL_ALLOW_SMTPUTF8 = True
+    assert email_normalize("Jörg@Straße.de").value == "jörg@xn--strae-oqa.de"
+    assert email_normalize("jo\u0308rg@example.com").value == "jörg@example.com"  # NFC: one spelling
+    with pytest.raises(ValidationError):
+        email_normalize('"jörg"@example.com')
+
+
+def test_the_library_never_looks_up_dns(monkeypatch):
+    import dns.resolver
+
+    def no_dns(*args, **kwargs):
+        raise AssertionError("a DNS lookup inside a request")
+
+    monkeypatch.setattr(dns.resolver.Resolver, "resolve", no_dns)
+    assert email_normalize("alice@example.com").value == "alice@example.com"
+
+
+# Short labels, many of them, some non-ASCII: a domain that grows past every limit once converted to ASCII.
+_label = st.text(alphabet="abzüßéσ日", min_size=1, max_size=4)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abc.+_-", min_size=1, max_size=64), st.lists(_label, min_size=20, max_size=80))
+def test_every_accepted_email_fits_its_column_and_is_ascii(local, labels):
+    try:
+        address = email_normalize(f"{local}@{'.'.join(labels)}.com")
+    except ValidationError:
+        return
+    assert len(address.value) <= 254 and address.value.isascii()
+    assert email_normalize(address.value) == address

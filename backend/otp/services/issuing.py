@@ -3,10 +3,10 @@ from datetime import timedelta
 
 import kombu.exceptions
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from core.errors import DependencyUnavailable, NumberNotAllowed
+from core.errors import DATABASE_OUTAGES, DependencyUnavailable, NumberNotAllowed
 from core.metrics import metric_count
 from core.observability import REQUEST_ID_HEADER, request_id_current
 from otp import codes, providers, queries, queues, tasks, throttles
@@ -27,8 +27,9 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
     tells them apart: for a login, the worker checks the account and sends only if it exists.
     Raises core.errors.NumberNotAllowed (400) for a number the SMS destination rules refuse (before any
     throttle is spent: the answer is the same whether or not an account exists), RateLimited (429) and
-    DependencyUnavailable (503); after an outage the throttles taken are given back, since it was not the
-    user's doing.
+    DependencyUnavailable (503); after an outage (core.errors.DATABASE_OUTAGES, or the broker) the throttles
+    taken are given back, since it was not the user's doing. Any other database error keeps them: it comes with
+    the request, and giving them back would let it be repeated at will.
     """
     if address.channel == Channel.SMS:
         refusal = sms_destination_refusal(address=address)
@@ -39,7 +40,7 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
     try:
         code_issue(address=address, purpose=purpose)
         metric_count("otp_codes_issued_total", channel=address.channel.value, purpose=purpose)
-    except (DependencyUnavailable, DatabaseError):
+    except (DependencyUnavailable, *DATABASE_OUTAGES):
         throttles.send_throttle_release(address=address)
         raise
 

@@ -1,0 +1,62 @@
+"""International text through the API: addresses by the contract's rules, codes typed in any script."""
+import pytest
+from rest_framework.test import APIClient
+
+from otp.models import Delivery, OneTimeCode
+from tests.support.http import post
+from users.models import User
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client():
+    return APIClient()
+
+
+def test_a_sharp_s_domain_is_mailed_to_its_own_domain(client):
+    assert post(client, "/register/", {"email": "alice@straße.de"}).status_code == 202
+    assert Delivery.objects.get().address == "alice@xn--strae-oqa.de"  # never alice@strasse.de
+
+
+@pytest.mark.parametrize("email", ["root@[127.0.0.1]", "root@localhost", '"root"@example.com', "jörg@example.com"])
+def test_addresses_mail_systems_refuse_are_a_400(client, email):
+    response = post(client, "/register/", {"email": email})
+    assert response.status_code == 400 and response.json()["email"]
+    assert not OneTimeCode.objects.exists()
+
+
+def test_smtputf8_local_parts_when_the_operator_allows_them(client, settings):
+    settings.EMAIL_ALLOW_SMTPUTF8 = True
+    assert post(client, "/register/", {"email": "Jörg@Straße.de"}).status_code == 202
+    assert Delivery.objects.get().address == "jörg@xn--strae-oqa.de"
+
+
+@pytest.mark.parametrize("typed", ["123 456", "123-456", "١٢٣٤٥٦", "۱۲۳۴۵۶", "１２３４５６", "123\u00a0456",
+                                   "123\u2009456", "  123 – 456 "])
+def test_a_code_typed_with_spaces_dashes_or_other_digits_signs_in(client, fixed_code, typed):
+    assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
+    assert fixed_code[-1] == "123456"
+    response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": typed})
+    assert response.status_code == 200, response.content
+    assert User.objects.get().email == "alice@example.com"
+
+
+@pytest.mark.parametrize("typed", ["¹²³⁴⁵⁶", "123.456", "12345", "abcdef", "-123456"])
+def test_other_characters_make_the_code_invalid(client, typed):
+    response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": typed})
+    assert response.status_code == 400 and response.json() == {"code": ["Enter the 6-digit code."]}
+
+
+def test_a_mobile_in_arabic_indic_digits_with_thin_spaces_signs_in_with_a_code_typed_alike(client, fixed_code):
+    mobile = "+١\u2009٤١٥\u2009٥٥٥\u2009٢٦٧١"
+    assert post(client, "/register/", {"mobile": mobile}).status_code == 202
+    response = post(client, "/verify-otp/", {"mobile": mobile, "code": "١٢٣ ٤٥٦"})
+    assert response.status_code == 200, response.content
+    assert User.objects.get().mobile == "+14155552671"
+
+
+def test_the_home_page_input_lets_through_what_the_api_accepts(client):
+    page = client.get("/home/").content.decode()
+    assert 'pattern="[\\p{Nd}\\p{Zs}\\p{Pd}]*"' in page
+    assert 'maxlength="24"' in page
