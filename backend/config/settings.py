@@ -432,9 +432,12 @@ if REDIS_URL and not CELERY_BROKER_URL:
 elif REDIS_URL and _redis_location(CELERY_BROKER_URL) == _redis_location(REDIS_URL):
     _fail("CELERY_BROKER_URL", CELERY_BROKER_URL.split("@")[-1],
           "a Redis database apart from REDIS_URL's (a cache flush would delete the queued jobs); unset, it is the next one")
-CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
+# kombu's in-memory transport, named with a host: Celery acquires a producer even for a job it runs in-process,
+# and kombu warns "No hostname was supplied" on every job when the URL has none.
+_IN_PROCESS_BROKER_URL = "memory://localhost/"
+CELERY_BROKER_URL = CELERY_BROKER_URL or _IN_PROCESS_BROKER_URL
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
-CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == _IN_PROCESS_BROKER_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
