@@ -6,11 +6,10 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 
 .PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean
 
-# Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
-run: export DEBUG ?= true
+# Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
+# only API_PORT is read). See bin/quick-run.
 run: $(VENV)/.runtime-installed
-	$(MANAGE) migrate --noinput
-	$(MANAGE) runserver $${API_PORT:-8000}
+	@bin/quick-run
 
 # The test suite runs against the local PostgreSQL (127.0.0.1) and a redis-server of its own, with real Celery
 # workers, the native stack behind nginx, and Debian's Chromium for the browser test.
