@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
+# The support targets below run manage.py on the settings of .env and the environment (the native stack's
+# database); with QUICK_RUN=1, on the quick run's instead (bin/quick-run: SQLite, whatever .env says).
+DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
-.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean
+.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
+	manage createsuperuser user-create address-status
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
 # only API_PORT is read). See bin/quick-run.
@@ -33,6 +37,24 @@ up: $(VENV)/.runtime-installed nginx
 # Stops exactly what `make up` started from this checkout.
 down:
 	bin/stack down
+
+# Support commands, as written in the README. Variables reach the commands through the environment, so an
+# address with spaces or quotes needs no escaping beyond the shell's own.
+manage: $(VENV)/.runtime-installed
+	@$(DJANGO) $(ARGS)
+
+createsuperuser: $(VENV)/.runtime-installed
+	@$(DJANGO) createsuperuser $(ARGS)
+
+# Only values given on make's command line count: many shells export EMAIL for other tools.
+given = $(filter command line,$(origin $(1)))
+user-create: $(VENV)/.runtime-installed
+	@$(if $(call given,EMAIL)$(call given,MOBILE),:,echo 'usage: make user-create EMAIL=alice@example.com (or MOBILE=+14155552671, or both)' >&2; exit 2)
+	@$(DJANGO) user_create $(if $(call given,EMAIL),--email "$$EMAIL") $(if $(call given,MOBILE),--mobile "$$MOBILE") $(ARGS)
+
+address-status: $(VENV)/.runtime-installed
+	@$(if $(call given,ADDRESS),:,echo 'usage: make address-status ADDRESS=alice@example.com (or a mobile number)' >&2; exit 2)
+	@$(DJANGO) address_status "$$ADDRESS"
 
 # Debian's nginx, installed when missing; its service is kept from starting (we run our own, in the foreground).
 nginx:
