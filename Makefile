@@ -32,11 +32,11 @@ bench: $(VENV)/.bench-installed nginx wrk
 # The full stack without Docker: migrations, gunicorn, a worker per queue, beat and nginx, from .env and the
 # environment. Returns once /readyz answers 200 through nginx on HTTP_PORT. Logs: var/stack/log/.
 up: $(VENV)/.runtime-installed nginx
-	bin/stack up
+	@bin/stack up
 
 # Stops exactly what `make up` started from this checkout.
 down:
-	bin/stack down
+	@bin/stack down
 
 # Support commands, as written in the README. Variables reach the commands through the environment, so an
 # address with spaces or quotes needs no escaping beyond the shell's own.
