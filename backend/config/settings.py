@@ -100,7 +100,8 @@ if len(SECRET_KEY) < 32:
     _fail("SECRET_KEY", "<hidden>", "at least 32 characters")
 SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
-PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8080").rstrip("/")
+# Unset, it follows HTTP_PORT (nginx's), so moving the port does not break Twilio's callbacks and their signatures.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_PORT', 8080, minimum=1, maximum=65535)}").rstrip("/")
 if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
