@@ -41,6 +41,7 @@ METRICS = {
     "otp_deliveries_total": ("counter", "Deliveries that reached a final state, by channel and status."),
     "otp_delivery_retries_total": ("counter", "Transient delivery failures that were retried, by channel."),
     "otp_delivery_seconds": ("histogram", "Time from a code's issue to its provider's acceptance, by channel."),
+    "otp_sms_refused_total": ("counter", "SMS codes refused before any send, by reason (non_geographic, region, type)."),
 }
 # Histograms' bucket bounds, in seconds: LATENCY_BUCKETS unless named here.
 HISTOGRAM_BUCKETS = {"otp_delivery_seconds": DELIVERY_BUCKETS}

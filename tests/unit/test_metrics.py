@@ -15,6 +15,7 @@ EXPOSED = {
     "otp_deliveries_total": ("counter", {"channel", "status"}),
     "otp_delivery_retries_total": ("counter", {"channel"}),
     "otp_delivery_seconds": ("histogram", {"channel"}),
+    "otp_sms_refused_total": ("counter", {"reason"}),
     "otp_queue_depth": ("gauge", {"queue"}),
 }
 SAMPLE_NAMES = {"counter": lambda name: {name}, "gauge": lambda name: {name},
@@ -37,6 +38,7 @@ def record_one_of_each():
     metrics.metric_count("otp_deliveries_total", channel="sms", status="sent")
     metrics.metric_count("otp_delivery_retries_total", channel="sms")
     metrics.metric_observe("otp_delivery_seconds", 1.5, channel="sms")
+    metrics.metric_count("otp_sms_refused_total", reason="region")
 
 
 def families(text: str) -> dict:
