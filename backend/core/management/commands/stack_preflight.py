@@ -6,7 +6,6 @@ line naming the variable and what failed, and creates the database when the serv
 the server is on this machine (the README's setup: a local PostgreSQL with trust authentication).
 """
 import ipaddress
-import os
 import re
 
 import psycopg
@@ -31,6 +30,13 @@ class DependencyFailed(Exception):
 def url_shown(url: str) -> str:
     """`url` with any password replaced by `***`, so the line can go to a terminal or a log."""
     return re.sub(r"^(?P<head>[a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\g<head>:***@", url)
+
+
+def database_url_shown(params: dict) -> str:
+    """DATABASE_URL rebuilt from settings.DATABASES["default"] (`params`), without its password."""
+    user = f"{params['USER']}@" if params["USER"] else ""
+    port = f":{params['PORT']}" if params["PORT"] else ""
+    return f"postgres://{user}{params['HOST']}{port}/{params['NAME']}"
 
 
 def host_is_local(host: str) -> bool:
@@ -140,14 +146,13 @@ class Command(BaseCommand):
             if not settings.REDIS_URL:
                 raise DependencyFailed("REDIS_URL is not set: the native stack's processes share throttles, "
                                        "metrics and jobs through Redis (make run is the quick run without it)")
-            created = database_check(params=database, url=url_shown(os.environ.get("DATABASE_URL", "")))
+            created = database_check(params=database, url=database_url_shown(database))
             if created:
                 self.stdout.write(created)
             redis_check(name="REDIS_URL", url=settings.REDIS_URL)
             if settings.CELERY_BROKER_URL != settings.REDIS_URL and settings.CELERY_BROKER_URL.startswith(
                     ("redis://", "rediss://", "unix://")):
-                # Named as the operator set it: CELERY_BROKER_URL, or REDIS_URL when the broker is derived from it.
-                name = "CELERY_BROKER_URL" if os.environ.get("CELERY_BROKER_URL", "").strip() else "REDIS_URL"
-                redis_check(name=name, url=settings.CELERY_BROKER_URL)
+                # The broker's own setting, whether the operator set it or it took its default from REDIS_URL.
+                redis_check(name="CELERY_BROKER_URL", url=settings.CELERY_BROKER_URL)
         except DependencyFailed as failure:
             raise SystemExit(failure.line) from None
