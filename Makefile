@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
+# The support targets below run manage.py on the settings of .env and the environment (the native stack's
+# database); with QUICK_RUN=1, on the quick run's instead (bin/quick-run: SQLite, whatever .env says).
+DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
-.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean
+.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
+	manage createsuperuser user-create address-status promtool
 
-# Quick local run: embedded SQLite, in-process jobs, codes printed on this console.
-run: export DEBUG ?= true
+# Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
+# only API_PORT is read). See bin/quick-run.
 run: $(VENV)/.runtime-installed
-	$(MANAGE) migrate --noinput
-	$(MANAGE) runserver $${API_PORT:-8000}
+	@bin/quick-run
 
 # The test suite runs against the local PostgreSQL (127.0.0.1) and a redis-server of its own, with real Celery
 # workers, the native stack behind nginx, and Debian's Chromium for the browser test.
@@ -29,11 +32,29 @@ bench: $(VENV)/.bench-installed nginx wrk
 # The full stack without Docker: migrations, gunicorn, a worker per queue, beat and nginx, from .env and the
 # environment. Returns once /readyz answers 200 through nginx on HTTP_PORT. Logs: var/stack/log/.
 up: $(VENV)/.runtime-installed nginx
-	bin/stack up
+	@bin/stack up
 
 # Stops exactly what `make up` started from this checkout.
 down:
-	bin/stack down
+	@bin/stack down
+
+# Support commands, as written in the README. Variables reach the commands through the environment, so an
+# address with spaces or quotes needs no escaping beyond the shell's own.
+manage: $(VENV)/.runtime-installed
+	@$(DJANGO) $(ARGS)
+
+createsuperuser: $(VENV)/.runtime-installed
+	@$(DJANGO) createsuperuser $(ARGS)
+
+# Only values given on make's command line count: many shells export EMAIL for other tools.
+given = $(filter command line,$(origin $(1)))
+user-create: $(VENV)/.runtime-installed
+	@$(if $(call given,EMAIL)$(call given,MOBILE),:,echo 'usage: make user-create EMAIL=alice@example.com (or MOBILE=+14155552671, or both)' >&2; exit 2)
+	@$(DJANGO) user_create $(if $(call given,EMAIL),--email "$$EMAIL") $(if $(call given,MOBILE),--mobile "$$MOBILE") $(ARGS)
+
+address-status: $(VENV)/.runtime-installed
+	@$(if $(call given,ADDRESS),:,echo 'usage: make address-status ADDRESS=alice@example.com (or a mobile number)' >&2; exit 2)
+	@$(DJANGO) address_status "$$ADDRESS"
 
 # Debian's nginx, installed when missing; its service is kept from starting (we run our own, in the foreground).
 nginx:
@@ -49,6 +70,17 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# promtool, from Debian's prometheus package (its service is kept from starting), for the tests of ops/prometheus/
+# and of the dashboard's queries. `make test` needs it: listed here so the test target's line stays as it is.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "promtool is missing: install Debian's prometheus package (as root)"; exit 1; fi; \
+	  apt-get update -qq && \
+	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
+	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
+test: promtool
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \

@@ -100,7 +100,8 @@ if len(SECRET_KEY) < 32:
     _fail("SECRET_KEY", "<hidden>", "at least 32 characters")
 SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
-PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8080").rstrip("/")
+# Unset, it follows HTTP_PORT (nginx's), so moving the port does not break Twilio's callbacks and their signatures.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_PORT', 8080, minimum=1, maximum=65535)}").rstrip("/")
 if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
@@ -432,9 +433,12 @@ if REDIS_URL and not CELERY_BROKER_URL:
 elif REDIS_URL and _redis_location(CELERY_BROKER_URL) == _redis_location(REDIS_URL):
     _fail("CELERY_BROKER_URL", CELERY_BROKER_URL.split("@")[-1],
           "a Redis database apart from REDIS_URL's (a cache flush would delete the queued jobs); unset, it is the next one")
-CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
+# kombu's in-memory transport, named with a host: Celery acquires a producer even for a job it runs in-process,
+# and kombu warns "No hostname was supplied" on every job when the URL has none.
+_IN_PROCESS_BROKER_URL = "memory://localhost/"
+CELERY_BROKER_URL = CELERY_BROKER_URL or _IN_PROCESS_BROKER_URL
 # With no broker configured (quick local run), jobs run in-process right after the request commits.
-CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == _IN_PROCESS_BROKER_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True

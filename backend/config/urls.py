@@ -12,6 +12,7 @@ urlpatterns = [
     path("readyz", core_views.ReadyzApi.as_view(), name="readyz"),
     path("metrics", core_views.metrics, name="metrics"),
     path("home/", otp_pages.home, name="home"),
+    path("", otp_pages.root, name="root"),
     path("api/schema/", core_views.SchemaApi.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="docs"),

@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 
 HASH_KEY = "otp:metrics"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A delivery takes from a fraction of a second to the code's whole life, retries included.
+DELIVERY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # generate_latest writes the classic text format, 0.0.4. The library's CONTENT_TYPE_LATEST announces 1.0.0, which
 # the body does not need; its own exposition handler also answers 0.0.4 unless the scraper asks for 1.0.0.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -38,14 +40,19 @@ METRICS = {
     "otp_codes_verified_total": ("counter", "Verify attempts, by result (success, failure, throttled)."),
     "otp_deliveries_total": ("counter", "Deliveries that reached a final state, by channel and status."),
     "otp_delivery_retries_total": ("counter", "Transient delivery failures that were retried, by channel."),
+    "otp_delivery_seconds": ("histogram", "Time from a code's issue to its provider's acceptance, by channel."),
+    "otp_sms_refused_total": ("counter", "SMS codes refused before any send, by reason (non_geographic, region, type)."),
 }
+# Histograms' bucket bounds, in seconds: LATENCY_BUCKETS unless named here.
+HISTOGRAM_BUCKETS = {"otp_delivery_seconds": DELIVERY_BUCKETS}
 QUEUE_DEPTH = ("otp_queue_depth", "Jobs waiting in each broker queue.")
 
 # A stored field is `sample_name|key="value",...`: the name, then the labels sorted by key, values escaped
 # as in Prometheus' text format so that the collector can split them back whatever they hold.
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-_BUCKET_LABELS = tuple(f'le="{bound}"' for bound in LATENCY_BUCKETS)
+_BUCKET_LABELS = {name: tuple((bound, f'le="{bound}"') for bound in HISTOGRAM_BUCKETS.get(name, LATENCY_BUCKETS))
+                  for name, (kind, _) in METRICS.items() if kind == "histogram"}
 
 
 def _escape(value) -> str:
@@ -150,16 +157,16 @@ def metric_count(name: str, amount: float = 1, **labels) -> None:
 def metric_observe(name: str, seconds: float, **labels) -> None:
     """Record one observation of `seconds` (seconds) in the histogram `name` (a key of METRICS).
 
-    Labels as for metric_count. Adds 1 to `{name}_count`, `seconds` to `{name}_sum` and 1 to every bucket of
-    LATENCY_BUCKETS whose bound is at or above the value, and to +Inf. Kept in memory like metric_count.
-    Returns None.
+    Labels as for metric_count. Adds 1 to `{name}_count`, `seconds` to `{name}_sum` and 1 to every bucket (of
+    HISTOGRAM_BUCKETS[name], else LATENCY_BUCKETS) whose bound is at or above the value, and to +Inf. Kept in
+    memory like metric_count. Returns None.
     """
     text = _label_text(labels)
     prefix = f"{name}_bucket|{text}," if text else f"{name}_bucket|"
     increments = {f"{name}_count|{text}": 1, f"{name}_sum|{text}": seconds}
     # Buckets are stored cumulative, as Prometheus exposes them. The others get 0, so that every bucket exists
     # from the first observation on.
-    for bound, le in zip(LATENCY_BUCKETS, _BUCKET_LABELS):
+    for bound, le in _BUCKET_LABELS[name]:
         increments[prefix + le] = 1 if seconds <= bound else 0
     increments[prefix + 'le="+Inf"'] = 1
     _get_store().add(increments)

@@ -71,6 +71,15 @@ def _kwargs_to_republish(payload: dict | None, delivery_id: int, code: str, expi
     return {"payload": services.delivery_payload(delivery_id=delivery_id, code=code, expires_at=expires_at)}
 
 
+def _request_id_of(request) -> str | None:
+    """The id of the request that enqueued this job, from the job's message header.
+
+    A worker makes each message header an attribute of the task's request; a job run in-process
+    (CELERY_TASK_ALWAYS_EAGER, the quick run) gets its headers only as the request's `headers` dict.
+    """
+    return getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(REQUEST_ID_HEADER)
+
+
 def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
     from otp import services
 
@@ -89,7 +98,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
         services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.PAYLOAD_REFUSED_ERROR)
         return
     # The id of the request that issued the code travels as a message header, so this job's lines carry it.
-    with request_id_bound(getattr(task.request, REQUEST_ID_HEADER, None)):
+    with request_id_bound(_request_id_of(task.request)):
         try:
             services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries)
         except services.DeliveryRetry as exc:

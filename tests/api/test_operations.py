@@ -128,3 +128,14 @@ def test_schema_validates_against_openapi_3():
         for method, operation in operations.items():
             assert operation.get("summary") or path in ("/healthz", "/readyz"), (method, path)
             assert operation["responses"], (method, path)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sms_refusals_reach_the_metrics_endpoint():
+    # They were counted but never exposed: /metrics writes only the families core.metrics declares, and the
+    # SMS refusals alert (ops/prometheus/alerts.yml) needs them.
+    client = APIClient()
+    before = client.get("/metrics").content.decode()
+    assert post(client, "/register/", {"mobile": "+442079460000"}).json()["code"] == "number_not_allowed"
+    after = client.get("/metrics").content.decode()
+    assert metric(after, "otp_sms_refused_total", reason="region") - metric(before, "otp_sms_refused_total", reason="region") == 1

@@ -13,7 +13,11 @@ from tests.support.processes import REPO_DIR
 from tests.support.redis_state import redis_flush
 from tests.support.waiting import free_port
 
-STACK_REDIS_URL = redis_db_url(14)  # on this run's Redis, apart from the tests' own database
+
+def stack_redis_url() -> str:
+    """Database 14 of this run's Redis, apart from the tests' own. Read when a fixture runs: a conftest named on
+    pytest's command line is imported before pytest_configure has started the run's redis-server."""
+    return redis_db_url(14)
 
 
 @dataclass
@@ -39,7 +43,7 @@ def stack_env(base_env: dict, *, http_port: int, api_port: int, stack_dir: Path)
         "STACK_DIR": str(stack_dir),
         "HTTP_PORT": str(http_port),
         "API_PORT": str(api_port),
-        "REDIS_URL": STACK_REDIS_URL,
+        "REDIS_URL": stack_redis_url(),
         "TRUSTED_PROXY_COUNT": "1",
         "OTP_IP_SEND_RATE": "5/min",
         "OTP_IP_VERIFY_RATE": "30/min",
@@ -70,7 +74,7 @@ def stack(django_db_setup, django_db_blocker, smtp_server, twilio_standin):
 @pytest.fixture(autouse=True)
 def stack_redis_clean():
     """Throttle state of the stack's Redis database, reset for each test (exchange bindings stay)."""
-    client = redis.Redis.from_url(STACK_REDIS_URL)
+    client = redis.Redis.from_url(stack_redis_url())
     redis_flush(client)
     yield
     client.close()

@@ -14,6 +14,8 @@ EXPOSED = {
     "otp_codes_verified_total": ("counter", {"result"}),
     "otp_deliveries_total": ("counter", {"channel", "status"}),
     "otp_delivery_retries_total": ("counter", {"channel"}),
+    "otp_delivery_seconds": ("histogram", {"channel"}),
+    "otp_sms_refused_total": ("counter", {"reason"}),
     "otp_queue_depth": ("gauge", {"queue"}),
 }
 SAMPLE_NAMES = {"counter": lambda name: {name}, "gauge": lambda name: {name},
@@ -35,6 +37,8 @@ def record_one_of_each():
     metrics.metric_count("otp_codes_verified_total", result="success")
     metrics.metric_count("otp_deliveries_total", channel="sms", status="sent")
     metrics.metric_count("otp_delivery_retries_total", channel="sms")
+    metrics.metric_observe("otp_delivery_seconds", 1.5, channel="sms")
+    metrics.metric_count("otp_sms_refused_total", reason="region")
 
 
 def families(text: str) -> dict:
@@ -104,3 +108,30 @@ def test_two_processes_add_to_the_same_figures_in_redis(monkeypatch):
 
     family = families(metrics.metrics_render(queue_depths={}).decode())["otp_deliveries"]
     assert [(sample.labels, sample.value) for sample in family.samples] == [({"channel": "email", "status": "sent"}, 3)]
+
+
+@pytest.mark.django_db
+def test_a_sent_delivery_records_its_latency_and_a_login_without_account_is_not_a_failure(store, email_address):
+    # The alerts (ops/prometheus/alerts.yml) page on failed deliveries and on slow ones: a login for an address
+    # without an account is by design and counted apart, and the latency histogram has buckets up to a code's life.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from otp.models import Delivery
+    from otp.services import delivering
+    from tests.support import factories
+
+    sent = factories.issued_code(email_address)
+    sent.expires_at = timezone.now() + timedelta(seconds=settings.OTP_TTL_SECONDS - 3)  # issued 3 s ago
+    delivering.delivery_finish(delivery=sent, status=Delivery.Status.SENT, provider_id="p1", sent_at=timezone.now())
+    login = factories.issued_code(email_address, purpose="login")
+    delivering.delivery_finish(delivery=login, status=Delivery.Status.FAILED, last_error="No account for this address.",
+                               outcome=delivering.NO_ACCOUNT_OUTCOME)
+    parsed = families(metrics.metrics_render(queue_depths={}).decode())
+
+    assert {sample.labels["status"]: sample.value for sample in parsed["otp_deliveries"].samples} == {
+        "sent": 1, "no_account": 1}
+    latency = {sample.labels["le"]: sample.value for sample in parsed["otp_delivery_seconds"].samples
+               if sample.name.endswith("_bucket")}
+    assert latency["2.5"] == 0 and latency["5.0"] == 1 and latency["300.0"] == 1  # about 3 s

@@ -60,3 +60,16 @@ def test_a_payload_from_a_newer_release_is_put_back_not_misread(caplog):
         tasks._delivery_arguments(None, None, payload)
     tasks.delivery_send.apply(kwargs={"payload": payload})
     assert "payload version 3 is newer than this worker reads: put back" in caplog.text
+
+
+def test_a_job_run_in_process_keeps_the_request_id_of_the_request_that_enqueued_it(monkeypatch):
+    # The quick run (no broker) runs each job in-process through Task.apply, which hands the message headers over
+    # as request.headers instead of request attributes; the job's lines must still carry the request's id.
+    from core.observability import REQUEST_ID_HEADER, request_id_current
+    from otp import services
+
+    seen = []
+    monkeypatch.setattr(services, "delivery_send", lambda **kwargs: seen.append(request_id_current()))
+    payload = {"v": 1, "delivery_id": 1, "code": "123456", "expires_at": time.time() + 60}
+    tasks.delivery_send.apply(kwargs={"payload": payload}, headers={REQUEST_ID_HEADER: "req-42"})
+    assert seen == ["req-42"]

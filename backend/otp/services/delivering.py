@@ -13,7 +13,7 @@ from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
 from django.utils import timezone
 
 from core.errors import SignatureInvalid
-from core.metrics import metric_count
+from core.metrics import metric_count, metric_observe
 from otp import providers, queries
 from otp.messages import email_message_render, sms_message_render
 from otp.models import Delivery, Purpose
@@ -23,6 +23,9 @@ logger = logging.getLogger("otp.services")
 CODE_EXPIRED_ERROR = "Code expired before it could be sent."
 PAYLOAD_REFUSED_ERROR = ("Job refused, not sent: its sealed code did not open for this delivery (changed, copied "
                          "from another delivery's job, or sealed under a key this worker does not have).")
+# Metrics count a login for an address without an account apart from failures: it is the design, not a fault, and
+# an alert on failed deliveries must not fire when someone types unknown addresses.
+NO_ACCOUNT_OUTCOME = "no_account"
 
 # Pauses between tries to record a send's outcome (sent, or unknown), in seconds. A try is started only if
 # its longest wait (_database_try_seconds) still ends inside the lease, which allows
@@ -53,16 +56,24 @@ def _delivery_put_back(delivery_id: int, *, lease_until: datetime, last_error: s
 
 
 def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", provider_id: str = "",
-                    provider: str | None = None, sent_at: datetime | None = None) -> None:
+                    provider: str | None = None, sent_at: datetime | None = None, outcome: str | None = None) -> None:
     """Record a delivery's final state (sent or failed) and count it; a final state is never overwritten.
 
-    Raises django.db.DatabaseError when the database does.
+    `outcome` is the `status` label it is counted under in otp_deliveries_total, when not `status` itself. A sent
+    delivery's time from issue to acceptance (seconds) goes to otp_delivery_seconds. Raises
+    django.db.DatabaseError when the database does.
     """
     finished = queries.delivery_finish(delivery_id=delivery.id, status=status, now=timezone.now(),
                                        last_error=last_error, provider_id=provider_id, provider=provider,
                                        sent_at=sent_at)
     if finished:
-        metric_count("otp_deliveries_total", channel=delivery.channel, status=status)
+        metric_count("otp_deliveries_total", channel=delivery.channel, status=outcome or status)
+        if status == Delivery.Status.SENT and sent_at is not None:
+            # Issued at the code's expiry less its lifetime: the claimed row carries no created_at, and reading it
+            # would cost a statement per delivery.
+            issued_at = delivery.expires_at - timedelta(seconds=settings.OTP_TTL_SECONDS)
+            metric_observe("otp_delivery_seconds", max(0.0, (sent_at - issued_at).total_seconds()),
+                           channel=delivery.channel)
 
 
 def delivery_refuse(*, delivery_id: int, reason: str) -> None:
@@ -136,7 +147,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
 
     if delivery.purpose == Purpose.LOGIN and not delivery.account_exists:
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED,
-                        last_error="No account for this address: not sent.")
+                        last_error="No account for this address: not sent.", outcome=NO_ACCOUNT_OUTCOME)
         return
 
     render = email_message_render if delivery.channel == "email" else sms_message_render
