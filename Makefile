@@ -24,8 +24,9 @@ test: $(VENV)/.test-installed nginx chromium
 test-fast: $(VENV)/.test-installed
 	$(BIN)/pytest -m "not e2e and not faults and not browser and not slow"
 
-# Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx,
-# prints a table and writes bench/results/latest.json and latest.png. About 12 minutes.
+# Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx beside
+# a bare view and the real peer (drfpasswordless, bench/peer/), prints a table and writes bench/results/latest.json
+# and latest.png. About 18 minutes; BENCH_ONLY_PEER=1 runs the comparison with the peer alone.
 bench: $(VENV)/.bench-installed nginx wrk
 	$(BIN)/python bench/run.py
 
