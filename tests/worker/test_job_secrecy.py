@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from otp import services, tasks
 from otp.models import Delivery, Purpose
 from otp.addresses import mobile_normalize
+from tests.support import factories
 from tests.support.broker_messages import broker_blobs, delivery_jobs
 from tests.support.http import post
 from tests.support.twilio_standin import code_from_sms
@@ -55,23 +56,22 @@ def test_redis_never_holds_the_code_in_plaintext_queued_unacknowledged_or_retrie
     assert post(APIClient(), "/verify-otp/", {"mobile": number, "code": fixed_code[-1]}).status_code == 200
 
 
-def test_a_plaintext_job_queued_before_the_deploy_is_delivered_and_retried_sealed(fixed_code, broker_redis, sms):
-    number = "+14155552692"
-    delivery = services.code_issue(address=mobile_normalize(number), purpose=Purpose.REGISTER)
-    # Published in the last release's format once its own sealed job is out of the way: the code in plaintext.
-    broker_redis.delete("sms")
+def test_a_plaintext_job_queued_before_the_deploy_is_delivered_and_retried_sealed(broker_redis, sms):
+    number, code = "+14155552692", "482913"
+    delivery = factories.delivery_row(number, channel="sms", purpose="register",
+                                      expires_at=timezone.now() + timedelta(minutes=2))
     hold(delivery)
-    tasks.delivery_send.apply_async(kwargs={"payload": {"v": 1, "delivery_id": delivery.id, "code": fixed_code[-1],
+    # Published in the last release's format: the code in plaintext.
+    tasks.delivery_send.apply_async(kwargs={"payload": {"v": 1, "delivery_id": delivery.id, "code": code,
                                                         "expires_at": delivery.expires_at.timestamp()}}, queue="sms")
     reads = watch_broker(broker_redis, delivery.id, sms, number)
 
     retried = [payload for found, _ in reads for retries, payload in found if retries >= 1]
     assert retried and all(payload["v"] == 2 and "code" not in payload for payload in retried)
-    code = fixed_code[-1].encode()
     # The retry is published before the plaintext original is acknowledged; once it is, the plaintext is gone for
     # good: reads that see the retry waiting show the plaintext only at first, never after.
-    plaintext_beside_retry = [any(code in blob for blob in blobs) for found, blobs in reads
+    plaintext_beside_retry = [any(code.encode() in blob for blob in blobs) for found, blobs in reads
                               if any(retries >= 1 for retries, _ in found)]
     assert plaintext_beside_retry and not plaintext_beside_retry[-1]
     assert plaintext_beside_retry == sorted(plaintext_beside_retry, reverse=True)
-    assert code_from_sms(sms.to(number)[0]) == fixed_code[-1]
+    assert code_from_sms(sms.to(number)[0]) == code
