@@ -133,11 +133,18 @@ def test_a_signed_webhook_form_with_odd_values_is_not_a_500(client, settings):
 
 
 @pytest.mark.parametrize("path", ["/nowhere/", "/register", "/login", "/verify-otp", "/token/refresh", "/logout",
-                                  "/webhooks/twilio/status", "/", "/static/nothing.css", "/admin"])
+                                  "/webhooks/twilio/status", "/static/nothing.css", "/admin"])
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "GET"])
 def test_unknown_paths_and_missing_slashes_are_json_404_for_every_method(csrf_client, path, method):
     response = csrf_client.generic(method, path, b"{}", content_type="application/json")
     assert_json_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_the_root_answers_json_to_every_method_but_get(csrf_client, method):
+    # GET and HEAD on / redirect to /home/ (the newcomer's way in); anything else is the API's JSON 405.
+    response = csrf_client.generic(method, "/", b"{}", content_type="application/json")
+    assert_json_error(response, 405, "method_not_allowed")
 
 
 def test_a_missing_trailing_slash_is_named_in_the_404(csrf_client):

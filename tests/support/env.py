@@ -13,7 +13,10 @@ TWILIO_FROM_NUMBER = "+14155550100"
 def database_url() -> str:
     """The test database pytest-django created, for processes outside this one."""
     db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    # Until a test that uses the database has run, pytest-django leaves NAME as configured: name the test
+    # database it creates (tests/support/isolation.py sets TEST NAME) rather than the configured one.
+    name = db["NAME"] if db["NAME"].startswith("test_") else (db.get("TEST", {}).get("NAME") or f"test_{db['NAME']}")
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}"
 
 
 def delivery_env(*, smtp_server, twilio_standin) -> dict:
