@@ -1,23 +1,35 @@
-"""The API's JSON parser: DRF's, with bodies past DATA_UPLOAD_MAX_MEMORY_SIZE answered 413 and pathologically
-nested ones 400 instead of crashing."""
+"""The API's parsers: DRF's, held to the body limit, and with pathologically nested JSON answered 400 instead of
+crashing."""
+import io
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
 
+def _body_read(stream) -> io.BytesIO:
+    """The body, at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes of it; raises RequestDataTooBig (413) past that.
+
+    Django holds only `request.body` and its own form parsing to that limit; DRF reads the request's stream, so
+    without this a body of any size sent to gunicorn directly (nginx stops it at 64 KiB) was read whole.
+    """
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    data = b"" if stream is None else stream.read() if limit is None else stream.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+    return io.BytesIO(data)
+
+
 class JSONParser(parsers.JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        # DRF reads the request's stream itself, so Django's own size check (on request.body) never runs: a body
-        # past the limit reached the parser whole when no nginx stood in front (gunicorn directly).
-        request = (parser_context or {}).get("request")
+        body = _body_read(stream)
         try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
-        except ValueError:
-            length = 0
-        if settings.DATA_UPLOAD_MAX_MEMORY_SIZE is not None and length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            raise RequestDataTooBig("Request body exceeded DATA_UPLOAD_MAX_MEMORY_SIZE.")
-        try:
-            return super().parse(stream, media_type, parser_context)
+            return super().parse(body, media_type, parser_context)
         except RecursionError as exc:
             raise ParseError("JSON parse error - nested too deeply.") from exc
+
+
+class FormParser(parsers.FormParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        return super().parse(_body_read(stream), media_type, parser_context)

@@ -4,11 +4,11 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.parsers import FormParser
 from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
 from otp.codes import code_length, code_normalize

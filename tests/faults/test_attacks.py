@@ -111,7 +111,7 @@ def test_brute_force_at_the_maximum_allowed_rate_is_bounded(api, settings):
 
 
 HOSTILE_BODIES = [
-    b'{"email": "a@b.c"' + b" " * 70000 + b"}",  # past DATA_UPLOAD_MAX_MEMORY_SIZE
+    b'{"email": "alice@example.com"' + b" " * 70000 + b"}",  # a valid address, past DATA_UPLOAD_MAX_MEMORY_SIZE
     b'{"email": "\\u0000@example.com"}',
     b'{"email": "alice@example.com\\r\\nBcc: all@example.com"}',
     b'{"mobile": "+1 415 555 2671\\u202e"}',  # right-to-left override
@@ -120,7 +120,9 @@ HOSTILE_BODIES = [
     b'{"email": {"$gt": ""}}',
     b'{"email": ["a@b.c", "d@e.f"]}',
     b'{"email": 1e309}',
-    b'{"code": "123456", "email": "a@b.c", "extra": "' + b"x" * 1000 + b'"}',
+    # `a@b.c` was refused by Django's validator (a one-letter top-level domain) but is valid syntax, which is all
+    # the contract checks (email-validator): a single-label domain keeps this body a refusal.
+    b'{"code": "123456", "email": "a@b", "extra": "' + b"x" * 1000 + b'"}',
     b"\xef\xbb\xbf{}",
     b"[" * 5000 + b"]" * 5000,
 ]
