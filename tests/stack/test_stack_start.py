@@ -19,7 +19,9 @@ from tests.support.env import database_url, delivery_env
 from tests.support.processes import REPO_DIR, ManagedProcess
 from tests.support.waiting import free_port, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+# The stack is pointed at the test database, so it must exist before `make up` looks: transaction=True keeps
+# no transaction open while the stack's own processes migrate it.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.django_db(transaction=True)]
 
 # What make itself adds after a failed recipe; everything else is bin/stack's.
 MAKE_TRAILER = re.compile(r"^make: \*\*\* \[.*\] Error \d+$")
