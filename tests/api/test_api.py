@@ -60,7 +60,7 @@ def test_bad_addresses_get_field_errors(client, body, field):
     assert not OneTimeCode.objects.exists()
 
 
-@pytest.mark.parametrize("raw", [b"[" * 100000, b"{bad", b"\xff\xfe", b'{"email": "a@b.c"', b"{'email': 'a@b.c'}"])
+@pytest.mark.parametrize("raw", [b"[" * 60000, b"{bad", b"\xff\xfe", b'{"email": "a@b.c"', b"{'email': 'a@b.c'}"])
 def test_malformed_json_is_a_parse_error(client, raw):
     response = client.post("/register/", data=raw, content_type="application/json")
     assert response.status_code == 400
