@@ -21,6 +21,9 @@ TEST_ENV = {
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
     "PUBLIC_BASE_URL": "http://localhost:8080",
     "EMAIL_BACKEND": "locmem",
+    # The suite's own process keeps the default SMS backend, console, and never runs a job in it (the API tests
+    # only enqueue): with DEBUG off, that must be named. Processes that deliver (tests/support/env.py) turn it off.
+    "OTP_CONSOLE_CODES": "on",
     # Guards are exercised by their own tests with small limits; elsewhere they must not interfere.
     "OTP_IP_SEND_RATE": "100000/min",
     "OTP_IP_VERIFY_RATE": "100000/min",

@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "corsheaders",
     "core",
     "users",
     "otp",
@@ -130,6 +131,8 @@ MIDDLEWARE = [
     "core.observability.RequestObservabilityMiddleware",
     "core.middleware.SecurityHeadersMiddleware",
     "core.middleware.BodyCharsetMiddleware",
+    # Before CommonMiddleware, as django-cors-headers asks: it answers preflights itself (CORS_ALLOWED_ORIGINS).
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,6 +200,18 @@ PUBLIC_HTTPS = PUBLIC_BASE_URL.startswith("https://")
 HSTS_SECONDS = 31_536_000
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PUBLIC_HTTPS
 X_FRAME_OPTIONS = "DENY"
+
+# Cross-origin use of the API (django-cors-headers). Empty, the default: same origin only; no response carries
+# Access-Control-Allow-Origin, so a browser refuses a page of another origin both the preflight and the answer.
+# Listed origins (scheme://host[:port], no path) may call the API endpoints from the browser with a bearer token;
+# cookies are never allowed cross-origin (the admin's session stays same-origin).
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+for _origin in CORS_ALLOWED_ORIGINS:
+    if not re.fullmatch(r"https?://[^/\s*,]+", _origin):
+        _fail("CORS_ALLOWED_ORIGINS", _origin, "comma-separated origins like https://app.example.com (scheme, host "
+              "and port only; no path, no *)")
+CORS_ALLOW_CREDENTIALS = False
+CORS_URLS_REGEX = r"^/(register|login|verify-otp|profile|token/refresh|logout)/$"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 
 # --- Data -------------------------------------------------------------------------------------
@@ -295,6 +310,16 @@ TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
 TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
 TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/")
+# The console backends print every message, code included, into the worker's log. That is a development choice:
+# with DEBUG off (every real deployment) it must be made by name, OTP_CONSOLE_CODES=on, or start-up stops, so a
+# production .env that forgot to choose smtp or twilio never writes codes into its logs (docs/decisions.md).
+OTP_CONSOLE_CODES = env_bool("OTP_CONSOLE_CODES", False)
+_CONSOLE_CHOSEN = {"EMAIL_BACKEND": EMAIL_BACKEND == _DJANGO_MAIL_BACKENDS["console"], "SMS_BACKEND": SMS_BACKEND == "console"}
+for _name, _chosen in _CONSOLE_CHOSEN.items():
+    if _chosen and not DEBUG and not OTP_CONSOLE_CODES:
+        _fail(_name, env_str(_name, "console"), ("smtp" if _name == "EMAIL_BACKEND" else "twilio") + " with DEBUG "
+              "off (the console backend prints every code into the logs), or OTP_CONSOLE_CODES=on to print them "
+              "anyway on a development stack")
 if SMS_BACKEND == "twilio":
     for _name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         if not globals()[_name]:
@@ -335,6 +360,14 @@ OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
 OTP_SMS_ALLOWED_REGIONS = [region.upper() for region in env_list("OTP_SMS_ALLOWED_REGIONS", OTP_DEFAULT_REGION)]
 OTP_SMS_ALLOW_VOIP = env_bool("OTP_SMS_ALLOW_VOIP", True)
 OTP_SMS_ALLOW_FIXED_LINE = env_bool("OTP_SMS_ALLOW_FIXED_LINE", False)
+# Android's SMS Retriever: the 11-character hash of the app (computed from its package name and signing
+# certificate), written on its own line before the WebOTP line so the app reads the code without the SMS
+# permission. Unset: no such line. Checked here for its form, and once the apps are ready for the one-segment SMS
+# it makes (otp.apps.sms_segment_check).
+OTP_SMS_APP_HASH = env_str("OTP_SMS_APP_HASH")
+if OTP_SMS_APP_HASH and not re.fullmatch(r"[A-Za-z0-9+/]{11}", OTP_SMS_APP_HASH):
+    _fail("OTP_SMS_APP_HASH", OTP_SMS_APP_HASH, "the 11 characters (letters, digits, + and /) of the app's SMS "
+          "Retriever hash")
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
 # Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
 # left dead (figures in docs/performance.md).
@@ -484,7 +517,7 @@ if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS:
 # No run of OTP_LENGTH digits other than the code may appear in a message: the values messages show must not
 # hold one (a mail client's code detector, or a reader, would take it for the code).
 _DIGIT_RUN = re.compile(rf"\d{{{OTP_LENGTH},}}")
-for _name in ("SERVICE_NAME", "DEFAULT_FROM_EMAIL", "PUBLIC_BASE_URL"):
+for _name in ("SERVICE_NAME", "DEFAULT_FROM_EMAIL", "PUBLIC_BASE_URL", "OTP_SMS_APP_HASH"):
     if _DIGIT_RUN.search(globals()[_name]):
         _fail(_name, globals()[_name], f"no run of {OTP_LENGTH} or more digits (OTP_LENGTH): messages show it beside the code")
 # HMAC keys shorter than the hash's output weaken it (RFC 2104 section 3; RFC 7518 section 3.2 requires at

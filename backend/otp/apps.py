@@ -10,6 +10,25 @@ class OtpConfig(AppConfig):
     def ready(self) -> None:
         delivery_chain_check()
         failure_budget_check()
+        sms_segment_check()
+
+
+def sms_segment_check() -> None:
+    """With OTP_SMS_APP_HASH set, refuse to start unless the SMS, with the longest code and this SERVICE_NAME and
+    PUBLIC_BASE_URL, fits one segment (160 GSM-7 characters, or 70 UCS-2): Android's SMS Retriever hands the app
+    only a message it received whole, and a concatenated one costs one SMS per part. Raises SystemExit with one
+    line naming OTP_SMS_APP_HASH (the setting that asked for one segment) and what makes the text long."""
+    from otp.messages import sms_length, sms_message_render
+
+    if not settings.OTP_SMS_APP_HASH:
+        return
+    used, room, encoding = sms_length(sms_message_render(code="0" * settings.OTP_LENGTH).text)
+    if used > room:
+        raise SystemExit(
+            f"Invalid setting OTP_SMS_APP_HASH={settings.OTP_SMS_APP_HASH!r}: expected an SMS of one segment, but "
+            f"with SERVICE_NAME={settings.SERVICE_NAME!r} and PUBLIC_BASE_URL's host it is {used} {encoding} "
+            f"characters of {room}: shorten SERVICE_NAME (or unset OTP_SMS_APP_HASH)."
+        )
 
 
 def failure_budget_check() -> None:

@@ -35,6 +35,8 @@ def delivery_env(*, smtp_server, twilio_standin) -> dict:
         "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
         "TWILIO_FROM_NUMBER": TWILIO_FROM_NUMBER,
         "TWILIO_API_BASE_URL": twilio_standin.base_url,
+        # Production's choice: no console backend may print a code (the settings refuse one with DEBUG off).
+        "OTP_CONSOLE_CODES": "off",
         "OTP_SEND_RETRY_BACKOFF_SECONDS": "0.05",
         # The test SMTP server answers at once unless a test holds its final reply: then seconds, not 15, decide.
         "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS": "2",

@@ -68,3 +68,23 @@ def test_no_message_shows_another_digit_run_than_its_code(code, ttl):
     for text in (email.subject, email.text, email.html, sms.text):
         assert _digit_runs(text, 6) <= {code}
     assert code in email.text and code in sms.text
+
+
+def test_sms_with_the_app_hash_keeps_the_webotp_line_last_and_no_other_digit_run(settings):
+    from otp.messages import sms_length
+
+    settings.PUBLIC_BASE_URL = "https://login.example.com"
+    settings.OTP_SMS_APP_HASH = "FA12345+VSu"
+    lines = sms_message_render(code="482913").text.splitlines()
+    assert lines[-2:] == ["FA12345+VSu", "@login.example.com #482913"]
+    assert _digit_runs("\n".join(lines), 6) == {"482913"}
+    assert sms_length("\n".join(lines))[1:] == (160, "GSM-7")
+
+
+def test_sms_length_counts_septets_extension_characters_and_ucs2():
+    from otp.messages import sms_length
+
+    assert sms_length("a" * 160) == (160, 160, "GSM-7")
+    assert sms_length("€[]") == (6, 160, "GSM-7")  # the extension table costs an escape each
+    assert sms_length("Ünïcøde") == (7, 70, "UCS-2")  # ï is not in GSM 03.38
+    assert sms_length("😀") == (2, 70, "UCS-2")  # outside the BMP: a surrogate pair

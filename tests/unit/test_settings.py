@@ -176,3 +176,74 @@ def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
 def test_each_shape_of_sender_starts(value):
     result = start(DEFAULT_FROM_EMAIL=value)
     assert result.returncode == 0, result.stderr
+
+
+# --- Console backends: a development choice, made by name when DEBUG is off (issue 18, item 7) ---
+
+TWILIO = {"SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t",
+          "TWILIO_FROM_NUMBER": "+14155550100"}
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"EMAIL_BACKEND": "console", **TWILIO}, "EMAIL_BACKEND"),
+    ({"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend", **TWILIO}, "EMAIL_BACKEND"),
+    ({"EMAIL_BACKEND": "smtp", "SMS_BACKEND": "console"}, "SMS_BACKEND"),
+    # The contract's default SMS backend is the console: left unset with DEBUG off, it is refused too.
+    ({"EMAIL_BACKEND": "smtp", "SMS_BACKEND": ""}, "SMS_BACKEND"),
+])
+def test_a_console_backend_with_debug_off_stops_start_up_unless_chosen_by_name(overrides, name):
+    result = start(DEBUG="false", OTP_CONSOLE_CODES="", **overrides)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and f"Invalid setting {name}=" in lines[0], result.stderr
+    assert "OTP_CONSOLE_CODES=on" in lines[0]
+    assert start(DEBUG="false", OTP_CONSOLE_CODES="on", **overrides).returncode == 0
+    assert start(DEBUG="true", OTP_CONSOLE_CODES="", **overrides).returncode == 0
+
+
+def test_production_backends_need_no_console_choice():
+    result = start(DEBUG="false", OTP_CONSOLE_CODES="off", EMAIL_BACKEND="smtp", **TWILIO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_example_does_not_ship_console_backends_silently(tmp_path):
+    """`.env.example` copied as it is (with the required secrets filled in) does not start with DEBUG off and a
+    console backend: its one line says how to choose."""
+    from tests.support.processes import REPO_DIR
+
+    example = (REPO_DIR / ".env.example").read_text()
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(example)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DEBUG", "EMAIL_BACKEND", "SMS_BACKEND", "OTP_CONSOLE_CODES")}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
+                            env={**env, "ENV_FILE": str(dotenv)}, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "OTP_CONSOLE_CODES=on" in lines[0], result.stderr
+
+
+# --- Android's SMS Retriever hash, and the cross-origin list ---
+
+@pytest.mark.parametrize("value", ["FA+9qCX9VS", "FA+9qCX9VSu!", "FA-9qCX9VSu", "FA123456VSu"])
+def test_sms_app_hash_must_be_eleven_base64_characters_without_a_code_length_digit_run(value):
+    result = start(OTP_SMS_APP_HASH=value)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Invalid setting OTP_SMS_APP_HASH=" in lines[0], result.stderr
+
+
+def test_sms_app_hash_keeps_the_sms_in_one_segment():
+    assert start(OTP_SMS_APP_HASH="FA12345+VSu").returncode == 0
+    # 160 GSM-7 characters do not hold this name; 70 UCS-2 ones do not hold a Japanese name of 20 characters.
+    for name in ("Acme " + "x" * 80, "ログインサービスのとても長い名前ですよね本当に"):
+        result = start(OTP_SMS_APP_HASH="FA+9qCX9VSu", SERVICE_NAME=name)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1, result.stderr
+        assert "Invalid setting OTP_SMS_APP_HASH=" in lines[0] and "SERVICE_NAME" in lines[0], lines[0]
+        assert start(SERVICE_NAME=name).returncode == 0  # without the hash, a longer SMS is the operator's call
+
+
+@pytest.mark.parametrize("value", ["*", "https://app.example.com/", "app.example.com", "https://a.example.com/login"])
+def test_cors_allowed_origins_must_be_origins(value):
+    result = start(CORS_ALLOWED_ORIGINS=value)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "CORS_ALLOWED_ORIGINS" in lines[0], result.stderr
+    assert start(CORS_ALLOWED_ORIGINS="https://app.example.com, http://localhost:3000").returncode == 0
