@@ -52,7 +52,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 
 
 # Markers (declared in pytest.ini) by where a test lives; `make test-fast` leaves out all four.
-MARKERS_BY_PATH = {"e2e/": "e2e", "e2e/test_browser.py": "browser", "faults/": "faults", "worker/": "slow"}
+MARKERS_BY_PATH = {"e2e/": "e2e", "e2e/test_browser": "browser", "faults/": "faults", "worker/": "slow"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,42 @@
+"""The client examples of docs/examples/, run against the native stack through nginx as their users would run
+them: the curl script with the code read from the delivered email, and the browser client in Chromium
+(tests/e2e/test_browser_client.py)."""
+import subprocess
+
+import pytest
+
+from tests.support.processes import REPO_DIR
+from tests.support.smtp import code_from_email
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CURL_SIGNIN = REPO_DIR / "docs" / "examples" / "curl-signin.sh"
+
+
+def test_the_curl_example_signs_in_refreshes_and_logs_out_with_no_token_pasted(stack, inbox):
+    script = subprocess.Popen(["bash", str(CURL_SIGNIN), "Curl-Example@Example.com"], cwd=REPO_DIR,
+                              env={**stack.env, "BASE_URL": stack.url}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The script waits on its standard input for the code, as it would for a person at the terminal.
+        code = code_from_email(inbox.wait_for_message("curl-example@example.com"))
+        typed = f"{code[:3]} {code[3:]}\n"  # as a person copies it from a mail that groups the digits
+        out, err = script.communicate(typed, timeout=60)
+    finally:
+        script.kill()
+    assert script.returncode == 0, f"{out}\n{err}"
+    lines = out.splitlines()
+    assert lines[0] == "A code is on its way by email; it expires in 120 s."
+    assert lines[1] == "Signed in; the access token lasts 300 s."
+    assert lines[2].startswith("Profile: {") and '"email":"curl-example@example.com"' in lines[2]
+    assert lines[3:] == ["Refreshed; the profile still answers with the new access token.", "Logged out.",
+                         "The refresh token is refused after logout: token_not_valid."]
+    assert err == "Code: "  # the prompt, on standard error; no token was printed anywhere
+    assert "eyJ" not in out
+
+
+def test_the_curl_example_stops_with_the_apis_words_on_a_wrong_code(stack, inbox):
+    script = subprocess.run(["bash", str(CURL_SIGNIN), "curl-typo@example.com"], cwd=REPO_DIR, input="000000\n",
+                            env={**stack.env, "BASE_URL": stack.url}, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 1
+    assert script.stderr.endswith('verify failed: HTTP 400 {"detail":"Invalid or expired code.","code":"invalid_code"}\n')
