@@ -27,6 +27,7 @@ class Stack:
     api_port: int
     stack_dir: Path
     env: dict
+    up_output: str = ""
 
     def make(self, target: str, **env) -> subprocess.CompletedProcess:
         return subprocess.run(["make", target], cwd=REPO_DIR, env={**self.env, **env}, capture_output=True,
@@ -66,6 +67,7 @@ def stack(django_db_setup, django_db_blocker, smtp_server, twilio_standin):
                     stack_env(base_env, http_port=http_port, api_port=api_port, stack_dir=stack_dir))
     result = running.make("up")
     assert result.returncode == 0, f"make up failed:\n{result.stdout}\n{result.stderr}"
+    running.up_output = result.stdout + result.stderr  # what `make up` printed, for tests of what it shows
     yield running
     result = running.make("down")
     assert result.returncode == 0, result.stderr
