@@ -8,7 +8,7 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
 .PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
-	manage createsuperuser user-create address-status promtool
+	manage createsuperuser user-create address-status promtool jq
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
 # only API_PORT is read). See bin/quick-run.
@@ -82,6 +82,14 @@ promtool:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
 	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 test: promtool
+
+# jq, which the curl example (docs/examples/curl-signin.sh) and the README's log commands use; `make test` runs
+# them. Listed apart so the test target's line stays as it is.
+jq:
+	@command -v jq >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "jq is missing: install Debian's jq package (as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq; }
+test: jq
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
