@@ -52,6 +52,9 @@ def stack_env(base_env: dict, *, http_port: int, api_port: int, stack_dir: Path)
         "EDGE_SEND_BURST": "5",
         "WEB_CONCURRENCY": "2",
         "CELERY_WORKER_CONCURRENCY": "4",
+        # One origin other than the stack's own may call it from a browser: the same port under the name
+        # localhost (tests/e2e/test_browser_client.py tries it, and an origin not listed).
+        "CORS_ALLOWED_ORIGINS": f"http://localhost:{http_port}",
     }
 
 

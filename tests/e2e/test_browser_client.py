@@ -103,3 +103,37 @@ def requests_401(stack, page) -> bool:
 
     access = page.evaluate("() => client.tokens.access")
     return requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {access}"}, timeout=10).status_code == 401
+
+
+CROSS_ORIGIN_REGISTER = """async ([api, address]) => {
+    try {
+        const response = await fetch(api + "/register/", { method: "POST",
+            headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email: address }) });
+        return [response.status, (await response.json()).channel];
+    } catch (error) {
+        return [error.name, error.message];
+    }
+}"""
+
+
+def test_a_page_of_another_origin_cannot_call_the_api_unless_listed(stack, inbox, page):  # noqa: F811
+    # Pages really served by the stack's nginx under other names: Chromium then knows them as loopback pages (a
+    # page it cannot place may not call loopback addresses at all: Private Network Access).
+    console = []
+    page.on("console", lambda message: console.append(message.text))
+
+    # 127.0.0.2 is not in CORS_ALLOWED_ORIGINS: Chromium refuses the preflight, and the POST is never sent.
+    page.goto(f"http://127.0.0.2:{stack.http_port}/healthz")
+    refused = page.evaluate(CROSS_ORIGIN_REGISTER, [stack.url, "cross-refused@example.com"])
+    assert refused == ["TypeError", "Failed to fetch"]
+    assert any("blocked by CORS policy" in line and "No 'Access-Control-Allow-Origin' header" in line
+               for line in console), console
+
+    # localhost, on the same port, is listed: the preflight passes and the call is made.
+    listed = f"http://localhost:{stack.http_port}"
+    assert stack.env["CORS_ALLOWED_ORIGINS"] == listed
+    page.goto(f"{listed}/healthz")
+    allowed = page.evaluate(CROSS_ORIGIN_REGISTER, [stack.url, "cross-allowed@example.com"])
+    assert allowed == [202, "email"]
+    inbox.wait_for_message("cross-allowed@example.com")
+    assert not inbox.to("cross-refused@example.com")  # asked for first, never sent
