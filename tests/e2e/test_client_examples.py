@@ -5,8 +5,10 @@ import subprocess
 
 import pytest
 
+from tests.e2e.test_quick_run import code_from_console, quick_run  # noqa: F401 (the `make run` fixture)
 from tests.support.processes import REPO_DIR
 from tests.support.smtp import code_from_email
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,3 +42,21 @@ def test_the_curl_example_stops_with_the_apis_words_on_a_wrong_code(stack, inbox
                             env={**stack.env, "BASE_URL": stack.url}, capture_output=True, text=True, timeout=60)
     assert script.returncode == 1
     assert script.stderr.endswith('verify failed: HTTP 400 {"detail":"Invalid or expired code.","code":"invalid_code"}\n')
+
+
+def test_the_readmes_curl_command_signs_in_on_the_quick_run(quick_run):
+    """The README's line, as written but for the port, against `make run`, the code read off its console."""
+    url, server, _, _ = quick_run
+    readme = (REPO_DIR / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "docs/examples/curl-signin.sh alice@" in line)
+    command = command.replace("http://127.0.0.1:8000", url)
+    script = subprocess.Popen(["sh", "-c", command], cwd=REPO_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        code = wait_for(lambda: "To: alice@example.com" in server.log()
+                        and code_from_console(server.log(), "alice@example.com"), message="the email on the console")
+        out, err = script.communicate(f"{code}\n", timeout=60)
+    finally:
+        script.kill()
+    assert script.returncode == 0, f"{out}\n{err}"
+    assert out.splitlines()[-1] == "The refresh token is refused after logout: token_not_valid."
