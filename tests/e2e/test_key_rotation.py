@@ -64,9 +64,18 @@ class RotatingStack:
         assert result.returncode == 0, f"make {target}:\n{result.stdout}\n{result.stderr}"
 
     def restart(self) -> None:
-        """The documented restart after an edit of `.env`: `make down`, then `make up`."""
+        """The documented restart after an edit of `.env`: `make down`, then `make up`, which returns once the
+        new workers are ready (their logs are appended to across starts: the previous start's "ready." must
+        not count)."""
+        ready_before = {name: self.log(name).count(" ready.") for name in ("worker-email", "worker-sms")}
         self.make("down")
         self.make("up")
+        for name, count in ready_before.items():
+            assert self.log(name).count(" ready.") == count + 1, f"make up returned before {name} was ready"
+
+    def log(self, name: str) -> str:
+        path = self.dir / "log" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def post(self, path: str, body: dict, *, retry_throttled: bool = False) -> requests.Response:
         def send():
