@@ -42,6 +42,7 @@ def test_under_the_production_settings_no_log_of_the_stack_holds_a_code(stack, i
         for code in codes:
             assert code not in text, f"{path.name} holds a code"
     assert not any(code in stack.up_output for code in codes)
+    assert "codes are printed" not in stack.up_output
 
 
 @pytest.fixture
@@ -76,11 +77,15 @@ def test_console_backends_on_the_stack_are_a_choice_made_by_name_and_print_codes
     env["OTP_CONSOLE_CODES"] = "on"
     started = make("up", env)
     assert started.returncode == 0, started.stdout + started.stderr
+    log_dir = Path(env["STACK_DIR"]) / "log"
+    # Its last lines say where the codes will be.
+    assert started.stdout.splitlines()[-2:] == [
+        f"Emailed codes are printed in {log_dir}/worker-email.log (EMAIL_BACKEND=console).",
+        f"SMS codes are printed in {log_dir}/worker-sms.log (SMS_BACKEND=console)."]
     base = f"http://127.0.0.1:{env['HTTP_PORT']}"
     assert post(base, "/register/", {"email": "dev@example.com"}).status_code == 202
     assert post(base, "/register/", {"mobile": "+14155552677"}).status_code == 202
 
-    log_dir = Path(env["STACK_DIR"]) / "log"
     # The README's own commands find them.
     email_code = wait_for(lambda: _code(_readme_grep("worker-email", "dev@example.com", log_dir)), timeout=60,
                           message="the emailed code in worker-email.log")
