@@ -16,6 +16,8 @@ def wait_for(condition, *, timeout: float = 20.0, interval: float = 0.05, messag
 
 
 def free_port() -> int:
+    # Asked on every address, as nginx and `make up`'s check bind it: a port free on 127.0.0.1 alone was often
+    # held elsewhere on a busy machine (thousands of TIME-WAIT sockets), and `make up` refused it as in use.
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("0.0.0.0", 0))
         return sock.getsockname()[1]
