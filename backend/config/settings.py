@@ -419,8 +419,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": min(CELERY_WORKER_CONCURRENCY, 8),
         "timeout": 5,
     })
-    # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used; when one
+    # is dead, every idle one is checked at once (core/database.py), through Django's backend with that check.
+    DATABASES["default"]["ENGINE"] = "core.postgresql"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 if REDIS_URL and not CELERY_BROKER_URL:
