@@ -107,6 +107,12 @@ def _for_an_address_the_account_no_longer_has(client, fixed_code, victim):
     return token
 
 
+def _for_an_address_no_account_has(client, fixed_code, victim):
+    token = device_token_issue(user=victim, address=VICTIM)
+    User.objects.filter(pk=victim.pk).update(email="alice.new@example.com")
+    return token
+
+
 IGNORED = {
     "attackers_own_valid_token": _attackers_own,
     "forged": _forged,
@@ -115,6 +121,7 @@ IGNORED = {
     "for_the_accounts_other_address": _for_the_accounts_other_address,
     "of_a_deactivated_account": _of_a_deactivated_account,
     "for_an_address_the_account_no_longer_has": _for_an_address_the_account_no_longer_has,
+    "for_an_address_no_account_has": _for_an_address_no_account_has,
     "garbage_string": lambda *_: "garbage",
     "empty": lambda *_: "",
     "null": lambda *_: None,
@@ -276,6 +283,16 @@ def test_codes_are_superseded_only_within_their_class_and_verified_in_their_own(
     assert sorted(active.values_list("device", flat=True)) == [False, True]
     assert post(client, "/verify-otp/", {**mine, "code": older_device_code}).status_code == 400
     assert post(client, "/verify-otp/", {**mine, "code": fixed_code[-1]}).status_code == 200
+
+
+def test_a_device_token_from_a_sign_in_by_mobile_counts_for_that_number(client, fixed_code):
+    assert post(client, "/register/", {"mobile": "(415) 555-2671"}).status_code == 202
+    device_token = post(client, "/verify-otp/", {"mobile": "+14155552671", "code": fixed_code[-1]}).json()["device_token"]
+    assert DeviceToken.objects.get().address == "+14155552671"
+    assert post(client, "/login/", {"mobile": "4155552671"}).status_code == 429
+    assert post(client, "/login/", {"mobile": "4155552671", "device_token": device_token}).status_code == 202
+    assert post(client, "/verify-otp/", {"mobile": "+1 415 555 2671", "device_token": device_token,
+                                         "code": fixed_code[-1]}).status_code == 200
 
 
 def test_register_with_a_device_token_is_judged_in_the_device_class(client, fixed_code):
