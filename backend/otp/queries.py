@@ -58,9 +58,9 @@ def delivery_loaded(**fields) -> Delivery:
 
 def code_store(*, address: str, channel: str, purpose: str, provider: str, code_hash_hex: str, now: datetime,
                expires_at: datetime, device: bool = False) -> Delivery:
-    """Supersede the address's active codes of the client class `device` (True: issued to a request with a live
-    device token), insert the new code's hash and its queued delivery; return the
-    delivery (id, address, channel, purpose, provider, status, timestamps loaded; the rest deferred).
+    """Supersede the address's active codes of the client class `device` (True: asked for with a live device
+    token), insert the new code's hash and its queued delivery; return the delivery (id, address, channel,
+    purpose, provider, status, timestamps loaded; the rest deferred).
 
     PostgreSQL: CODE_STORE_SQL, one statement in autocommit (inside an outer transaction its failure aborts
     that transaction). SQLite (the quick local run) has no data-modifying CTEs: the same writes in one
