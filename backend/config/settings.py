@@ -341,6 +341,9 @@ OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=
 OTP_PURGE_BATCH_SIZE = 50_000
 # How long a delivery record (with its address) is kept; beat deletes older ones (otp.services.housekeeping).
 OTP_DELIVERY_RETENTION_DAYS = env_int("OTP_DELIVERY_RETENTION_DAYS", 30, minimum=1, maximum=3650)
+# Lifetime of a device token (users.models.DeviceToken), from the successful verify that issued it; beat deletes
+# expired ones.
+OTP_DEVICE_TOKEN_TTL_DAYS = env_int("OTP_DEVICE_TOKEN_TTL_DAYS", 90, minimum=1, maximum=3650)
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
 

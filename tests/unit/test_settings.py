@@ -19,6 +19,8 @@ def start(**overrides):
     ("OTP_LENGTH", "six"),
     ("OTP_LENGTH", "3"),
     ("OTP_TTL_SECONDS", "-5"),
+    ("OTP_DEVICE_TOKEN_TTL_DAYS", "0"),
+    ("OTP_DEVICE_TOKEN_TTL_DAYS", "ninety"),
     ("OTP_SEND_RETRY_BACKOFF_SECONDS", "fast"),
     ("OTP_IP_SEND_RATE", "lots"),
     ("OTP_DEFAULT_REGION", "XX"),

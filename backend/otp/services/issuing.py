@@ -20,8 +20,12 @@ from otp.services.delivering import delivery_finish
 DELIVERY_PAYLOAD_VERSION = 2
 
 
-def code_request(*, address: Address, purpose: Purpose) -> None:
+def code_request(*, address: Address, purpose: Purpose, device: bool = False) -> None:
     """/register/ and /login/: throttle, then issue a code and enqueue its delivery.
+
+    `device`: the request carries a live device token for the address (otp.selectors.device_token_find), so it
+    is judged in the device class: that class's cooldown and hourly cap, and its code supersedes only codes
+    issued to device-token requests (contract: device tokens).
 
     The API does the same work whether or not an account exists, so neither the answer nor its timing
     tells them apart: for a login, the worker checks the account and sends only if it exists.
@@ -36,17 +40,18 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
         if refusal is not None:
             metric_count("otp_sms_refused_total", reason=refusal.reason)
             raise NumberNotAllowed(refusal.message)
-    throttles.send_throttle_take(address=address)
+    throttles.send_throttle_take(address=address, device=device)
     try:
-        code_issue(address=address, purpose=purpose)
+        code_issue(address=address, purpose=purpose, device=device)
         metric_count("otp_codes_issued_total", channel=address.channel.value, purpose=purpose)
     except (DependencyUnavailable, *DATABASE_OUTAGES):
-        throttles.send_throttle_release(address=address)
+        throttles.send_throttle_release(address=address, device=device)
         raise
 
 
-def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
-    """Store a new code's hash, supersede the older ones, record its delivery, and enqueue it once that commits.
+def code_issue(*, address: Address, purpose: Purpose, device: bool = False) -> Delivery:
+    """Store a new code's hash, supersede the older ones of its client class (`device`: see code_request),
+    record its delivery, and enqueue it once that commits.
 
     Returns the queued Delivery. Raises django.db.DatabaseError when the database fails.
     """
@@ -56,7 +61,7 @@ def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
         address=address.value, channel=address.channel.value, purpose=purpose,
         provider=providers.provider_name(address.channel.value),
         code_hash_hex=codes.code_hash(address=address.value, code=code),
-        now=now, expires_at=now + timedelta(seconds=settings.OTP_TTL_SECONDS),
+        now=now, expires_at=now + timedelta(seconds=settings.OTP_TTL_SECONDS), device=device,
     )
     transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code))
     return delivery
