@@ -14,6 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from otp.models import Delivery
+from otp.services.delivering import BUDGET_SPENT_ERROR
 from tests.support.processes import REPO_DIR
 from tests.support.waiting import free_port, wait_for
 
@@ -198,10 +199,13 @@ def test_an_sms_pumping_run_from_ten_clients_sends_at_most_the_budget(default_st
     assert all(count <= 40 for count in texted.values()), texted
     assert set(texted) <= {f"+1{area}" for area in ALLOWED_AREAS}
     assert sum(texted.values()) == len(sms.accepted) == sent_rows <= 3 * 40
-    assert not any(message["to"] in REFUSED for message in sms.requests)
+    assert not any(request["To"] in REFUSED for request in sms.requests)
     assert answers[(429, "sms_budget")] > 0 and answers[(400, "number_not_allowed")] > 0
     assert Delivery.objects.filter(channel="sms").count() == accepted
+    at_handoff = Delivery.objects.filter(channel="sms", last_error__startswith=BUDGET_SPENT_ERROR).count()
+    assert accepted == sent_rows + at_handoff  # the rest of what was accepted: refused by the worker's count
     with capsys.disabled():
         print(f"\nSMS pumping, {len(PUMP_CLIENTS)} clients x {PUMP_SECONDS} s through nginx: "
-              f"{sum(answers.values())} requests, {accepted} accepted, {len(sms.accepted)} SMS sent "
+              f"{sum(answers.values())} requests, {accepted} accepted, {len(sms.accepted)} SMS sent, "
+              f"{at_handoff} refused by the worker at handoff "
               f"({dict(texted)}), refused: {dict((f'{s} {c}', k) for (s, c), k in answers.items() if s != 202)}")
