@@ -188,8 +188,8 @@ class _LocalCounters:
     def rate_peek(self, rates: list[Rate]) -> float:
         with self.lock:
             now = self._now()
-            return max(0.0, *(max(self.values.get(rate.key, now), now) + rate.interval_ms * (1 - rate.limit) - now
-                              for rate in rates)) / 1000
+            return max([0.0, *(max(self.values.get(rate.key, now), now) + rate.interval_ms * (1 - rate.limit) - now
+                               for rate in rates)]) / 1000
 
     def flag_set(self, key: str, seconds: int) -> None:
         with self.lock:
