@@ -115,9 +115,11 @@ def test_a_recipient_refused_with_550_at_rcpt_is_suppressed_with_the_same_answer
                       .exclude(id=first.id).first(), timeout=30, message="the second delivery final")
     assert "suppressed" in second.last_error.lower() and "not sent" in second.last_error
     assert inbox.rcpts_seen.count("gone@example.com") == 1
-    text = requests.get(f"{stack.url}/metrics", timeout=10).text
-    assert 'otp_email_suppressed_total{event="added"} 1.0' in text
-    assert 'otp_email_suppressed_total{event="skipped"} 1.0' in text
+    # Each process writes its counts to Redis once a second.
+    wait_for(lambda: all(line in requests.get(f"{stack.url}/metrics", timeout=10).text
+                         for line in ('otp_email_suppressed_total{event="added"} 1.0',
+                                      'otp_email_suppressed_total{event="skipped"} 1.0')),
+             timeout=10, message="both suppression counts in /metrics")
 
 
 # --- The abuse suite's pumping run -------------------------------------------------------------------------------
