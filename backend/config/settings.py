@@ -335,6 +335,21 @@ OTP_DEFAULT_REGION = env_str("OTP_DEFAULT_REGION", "US").strip().upper()
 OTP_SMS_ALLOWED_REGIONS = [region.upper() for region in env_list("OTP_SMS_ALLOWED_REGIONS", OTP_DEFAULT_REGION)]
 OTP_SMS_ALLOW_VOIP = env_bool("OTP_SMS_ALLOW_VOIP", True)
 OTP_SMS_ALLOW_FIXED_LINE = env_bool("OTP_SMS_ALLOW_FIXED_LINE", False)
+# SMS volume budgets (contract: One-time codes), counted on messages handed to the provider: per destination prefix
+# (the country calling code and OTP_SMS_PREFIX_DIGITS digits) and for all SMS; 0 for OTP_SMS_PER_HOUR turns SMS
+# off. OTP_SMS_DEVICE_SHARE percent of each is kept for requests with a valid device token (otp.throttles).
+OTP_SMS_PER_HOUR = env_int("OTP_SMS_PER_HOUR", 1000)
+OTP_SMS_PREFIX_DIGITS = env_int("OTP_SMS_PREFIX_DIGITS", 3, maximum=12)
+OTP_SMS_PER_PREFIX_PER_HOUR = env_int("OTP_SMS_PER_PREFIX_PER_HOUR", 50, minimum=1)
+OTP_SMS_DEVICE_SHARE = env_int("OTP_SMS_DEVICE_SHARE", 20, maximum=100)
+# Share of a budget spent (percent) past which /metrics says so (otp_send_budget_soft_exceeded), before the hard stop.
+OTP_SEND_BUDGET_SOFT_PERCENT = env_int("OTP_SEND_BUDGET_SOFT_PERCENT", 80, minimum=1, maximum=100)
+# Email volume budgets, against mail bombing of random or role addresses from many clients: all code emails, and
+# per recipient domain, an hour; 0 for OTP_EMAIL_PER_HOUR turns email off.
+OTP_EMAIL_PER_HOUR = env_int("OTP_EMAIL_PER_HOUR", 5000)
+OTP_EMAIL_PER_DOMAIN_PER_HOUR = env_int("OTP_EMAIL_PER_DOMAIN_PER_HOUR", 500, minimum=1)
+# How long an address whose server refused it permanently (5xx at RCPT) gets no email (requests still answer 202).
+OTP_EMAIL_SUPPRESSION_SECONDS = env_int("OTP_EMAIL_SUPPRESSION_SECONDS", 86400, minimum=1)
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
 # Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
 # left dead (figures in docs/performance.md).

@@ -95,6 +95,9 @@ BAD_REQUEST = OpenApiResponse(
                                                                    "code": "invalid_code"})],
 )
 THROTTLED = OpenApiResponse(response=ERROR_SHAPE, description="Throttled; `Retry-After` says when to try again.")
+SEND_THROTTLED = OpenApiResponse(response=ERROR_SHAPE, description=(
+    "Throttled (`throttled`), or a send budget of the channel is spent (`sms_budget`, `email_budget`); "
+    "`Retry-After` says when to try again."))
 UNAVAILABLE = OpenApiResponse(response=ERROR_SHAPE, description="The database, cache or broker is unavailable.")
 CODE_SENT_DETAIL = "If the address can receive it, a code is on its way."
 
@@ -117,7 +120,7 @@ class _CodeRequestApi(APIView):
 
 _code_request_schema = dict(
     request=AddressInputSerializer,
-    responses={202: CodeSentOutputSerializer, 400: BAD_REQUEST, 429: THROTTLED, 503: UNAVAILABLE},
+    responses={202: CodeSentOutputSerializer, 400: BAD_REQUEST, 429: SEND_THROTTLED, 503: UNAVAILABLE},
     examples=[OpenApiExample("By email", value={"email": "alice@example.com"}, request_only=True),
               OpenApiExample("By mobile", value={"mobile": "+14155552671"}, request_only=True)],
 )

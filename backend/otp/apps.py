@@ -10,6 +10,20 @@ class OtpConfig(AppConfig):
     def ready(self) -> None:
         delivery_chain_check()
         failure_budget_check()
+        from core.metrics import gauge_source_register
+
+        gauge_source_register(send_budget_gauges)
+
+
+def send_budget_gauges() -> dict[str, dict[str, float]]:
+    """/metrics' gauges of the channel-wide send budgets (otp.throttles.send_budget_usage): the share spent, and
+    whether it is past OTP_SEND_BUDGET_SOFT_PERCENT, by budget (sms, sms_shared, email)."""
+    from otp.throttles import send_budget_usage
+
+    usage = send_budget_usage()
+    soft = settings.OTP_SEND_BUDGET_SOFT_PERCENT / 100
+    return {"otp_send_budget_used_ratio": usage,
+            "otp_send_budget_soft_exceeded": {name: float(used >= soft) for name, used in usage.items()}}
 
 
 def failure_budget_check() -> None:

@@ -31,6 +31,13 @@ def start(**overrides):
     ("CELERY_VISIBILITY_TIMEOUT_SECONDS", "600"),
     ("DATABASE_URL", "not a url"),
     ("REDIS_URL", "http://127.0.0.1"),
+    ("OTP_SMS_PER_HOUR", "-1"),
+    ("OTP_SMS_PER_PREFIX_PER_HOUR", "0"),
+    ("OTP_SMS_DEVICE_SHARE", "120"),
+    ("OTP_SMS_PREFIX_DIGITS", "three"),
+    ("OTP_EMAIL_PER_DOMAIN_PER_HOUR", "many"),
+    ("OTP_EMAIL_SUPPRESSION_SECONDS", "0"),
+    ("OTP_SEND_BUDGET_SOFT_PERCENT", "0"),
 ])
 def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     result = start(**{name: value})
