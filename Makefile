@@ -8,7 +8,7 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
 .PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
-	manage createsuperuser user-create address-status promtool
+	manage createsuperuser user-create address-status promtool axe
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
 # only API_PORT is read). See bin/quick-run.
@@ -82,6 +82,19 @@ promtool:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
 	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 test: promtool
+
+# axe-core, which the browser test runs on every state of /home/, from the npm registry at the version
+# tests/e2e/axe/package-lock.json pins (with its hash), into var/axe/ (git-ignored). npm comes with Node.js.
+AXE_JS := var/axe/node_modules/axe-core/axe.min.js
+axe: $(AXE_JS)
+$(AXE_JS): tests/e2e/axe/package.json tests/e2e/axe/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "npm is missing: install Debian's npm package (as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; }
+	@mkdir -p var/axe && cp tests/e2e/axe/package.json tests/e2e/axe/package-lock.json var/axe/
+	@cd var/axe && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+test: axe
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
