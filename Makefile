@@ -8,7 +8,7 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
 .PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
-	manage createsuperuser user-create address-status promtool axe
+	manage createsuperuser user-create address-status promtool
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
 # only API_PORT is read). See bin/quick-run.
@@ -86,6 +86,7 @@ test: promtool
 # axe-core, which the browser test runs on every state of /home/, from the npm registry at the version
 # tests/e2e/axe/package-lock.json pins (with its hash), into var/axe/ (git-ignored). npm comes with Node.js.
 AXE_JS := var/axe/node_modules/axe-core/axe.min.js
+.PHONY: axe
 axe: $(AXE_JS)
 $(AXE_JS): tests/e2e/axe/package.json tests/e2e/axe/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { \
