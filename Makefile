@@ -72,17 +72,6 @@ chromium:
 	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-# promtool, from Debian's prometheus package (its service is kept from starting), for the tests of ops/prometheus/
-# and of the dashboard's queries. `make test` needs it: listed here so the test target's line stays as it is.
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "promtool is missing: install Debian's prometheus package (as root)"; exit 1; fi; \
-	  apt-get update -qq && \
-	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
-	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
-test: promtool
-
 # axe-core, which the browser test runs on every state of /home/, from the npm registry at the version
 # tests/e2e/axe/package-lock.json pins (with its hash), into var/axe/ (git-ignored). npm comes with Node.js.
 AXE_JS := var/axe/node_modules/axe-core/axe.min.js
@@ -96,6 +85,17 @@ $(AXE_JS): tests/e2e/axe/package.json tests/e2e/axe/package-lock.json
 	@cd var/axe && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
 test: axe
+
+# promtool, from Debian's prometheus package (its service is kept from starting), for the tests of ops/prometheus/
+# and of the dashboard's queries. `make test` needs it: listed here so the test target's line stays as it is.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "promtool is missing: install Debian's prometheus package (as root)"; exit 1; fi; \
+	  apt-get update -qq && \
+	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
+	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
+test: promtool
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
