@@ -15,6 +15,7 @@ from tests.support import factories
 from tests.support.http import post
 from tests.support.processes import REPO_DIR
 from tests.support.smtp import code_from_email
+from tests.support.twilio_standin import code_from_sms
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # What Chromium needs here: root, no GPU, and no background calls to Google on a closed network.
@@ -160,6 +161,16 @@ def test_an_existing_account_signs_in_through_the_same_flow(stack, inbox, page):
     assert page.inner_text("#profile-email") == "existing@example.com"
     accounts = outside_the_browser(lambda: list(User.objects.filter(email="existing@example.com")))
     assert [(found.id, found.last_login is not None) for found in accounts] == [(account.id, True)]
+    assert page.inner_text("#heading") == "Your account" and focused(page) == "heading"
+
+
+def test_a_mobile_number_signs_in_with_the_code_from_the_sms(stack, sms, page):
+    page.goto(f"{stack.url}/home/")
+    send_code(page, stack, "+1 415 555 2688")
+    assert page.inner_text("#heading") == "Check your phone"
+    assert "+1 415 555 2688" in page.inner_text("#sent-to") and focused(page) == "code"
+    type_code(page, code_from_sms(sms.wait_for_message("+14155552688")))
+    assert page.inner_text("#profile-mobile") == "+14155552688"
     assert page.inner_text("#heading") == "Your account" and focused(page) == "heading"
 
 
