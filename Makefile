@@ -72,6 +72,20 @@ chromium:
 	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+# axe-core, which the browser test runs on every state of /home/, from the npm registry at the version
+# tests/e2e/axe/package-lock.json pins (with its hash), into var/axe/ (git-ignored). npm comes with Node.js.
+AXE_JS := var/axe/node_modules/axe-core/axe.min.js
+.PHONY: axe
+axe: $(AXE_JS)
+$(AXE_JS): tests/e2e/axe/package.json tests/e2e/axe/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "npm is missing: install Debian's npm package (as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; }
+	@mkdir -p var/axe && cp tests/e2e/axe/package.json tests/e2e/axe/package-lock.json var/axe/
+	@cd var/axe && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+test: axe
+
 # promtool, from Debian's prometheus package (its service is kept from starting), for the tests of ops/prometheus/
 # and of the dashboard's queries. `make test` needs it: listed here so the test target's line stays as it is.
 promtool:

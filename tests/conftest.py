@@ -30,7 +30,14 @@ TEST_ENV = {
 }
 
 
+# Set by make when `make test` runs the suite: a `make` that a test starts would then print "Entering
+# directory" lines that a user's own `make up` never prints, and the tests read make's output as a user would.
+MAKE_INHERITED = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+
+
 def pytest_configure(config):
+    for name in MAKE_INHERITED:
+        os.environ.pop(name, None)
     isolation.redis_start()
     for name, value in TEST_ENV.items():
         os.environ.setdefault(name, value)

@@ -310,16 +310,6 @@ TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
 TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
 TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/")
-# The console backends print every message, code included, into the worker's log. That is a development choice:
-# with DEBUG off (every real deployment) it must be made by name, OTP_CONSOLE_CODES=on, or start-up stops, so a
-# production .env that forgot to choose smtp or twilio never writes codes into its logs (docs/decisions.md).
-OTP_CONSOLE_CODES = env_bool("OTP_CONSOLE_CODES", False)
-_CONSOLE_CHOSEN = {"EMAIL_BACKEND": EMAIL_BACKEND == _DJANGO_MAIL_BACKENDS["console"], "SMS_BACKEND": SMS_BACKEND == "console"}
-for _name, _chosen in _CONSOLE_CHOSEN.items():
-    if _chosen and not DEBUG and not OTP_CONSOLE_CODES:
-        _fail(_name, env_str(_name, "console"), ("smtp" if _name == "EMAIL_BACKEND" else "twilio") + " with DEBUG "
-              "off (the console backend prints every code into the logs), or OTP_CONSOLE_CODES=on to print them "
-              "anyway on a development stack")
 if SMS_BACKEND == "twilio":
     for _name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         if not globals()[_name]:
@@ -368,12 +358,45 @@ OTP_SMS_APP_HASH = env_str("OTP_SMS_APP_HASH")
 if OTP_SMS_APP_HASH and not re.fullmatch(r"[A-Za-z0-9+/]{11}", OTP_SMS_APP_HASH):
     _fail("OTP_SMS_APP_HASH", OTP_SMS_APP_HASH, "the 11 characters (letters, digits, + and /) of the app's SMS "
           "Retriever hash")
+# SMS volume budgets (contract: One-time codes), counted on messages handed to the provider: per destination prefix
+# (the country calling code and OTP_SMS_PREFIX_DIGITS digits) and for all SMS; 0 for OTP_SMS_PER_HOUR turns SMS
+# off. OTP_SMS_DEVICE_SHARE percent of each is kept for requests with a valid device token (otp.throttles).
+OTP_SMS_PER_HOUR = env_int("OTP_SMS_PER_HOUR", 1000)
+OTP_SMS_PREFIX_DIGITS = env_int("OTP_SMS_PREFIX_DIGITS", 3, maximum=12)
+OTP_SMS_PER_PREFIX_PER_HOUR = env_int("OTP_SMS_PER_PREFIX_PER_HOUR", 50, minimum=1)
+OTP_SMS_DEVICE_SHARE = env_int("OTP_SMS_DEVICE_SHARE", 20, maximum=100)
+# Share of a budget spent (percent) past which /metrics says so (otp_send_budget_soft_exceeded), before the hard stop.
+OTP_SEND_BUDGET_SOFT_PERCENT = env_int("OTP_SEND_BUDGET_SOFT_PERCENT", 80, minimum=1, maximum=100)
+# Email volume budgets, against mail bombing of random or role addresses from many clients: all code emails, and
+# per recipient domain, an hour; 0 for OTP_EMAIL_PER_HOUR turns email off.
+OTP_EMAIL_PER_HOUR = env_int("OTP_EMAIL_PER_HOUR", 5000)
+OTP_EMAIL_PER_DOMAIN_PER_HOUR = env_int("OTP_EMAIL_PER_DOMAIN_PER_HOUR", 500, minimum=1)
+# How long an address whose server refused it permanently (5xx at RCPT) gets no email (requests still answer 202).
+OTP_EMAIL_SUPPRESSION_SECONDS = env_int("OTP_EMAIL_SUPPRESSION_SECONDS", 86400, minimum=1)
+# The console backends print every message, code included, into the worker's log. That is a development choice:
+# with DEBUG off (every real deployment) it must be made by name, OTP_CONSOLE_CODES=on, or start-up stops, so a
+# production .env that forgot to choose smtp or twilio never writes codes into its logs (docs/decisions.md). A
+# channel turned off (OTP_SMS_PER_HOUR=0, OTP_EMAIL_PER_HOUR=0) sends nothing, so its backend is not asked about:
+# an email-only service keeps the contract's default SMS_BACKEND=console without printing anything.
+OTP_CONSOLE_CODES = env_bool("OTP_CONSOLE_CODES", False)
+_CONSOLE_CHOSEN = {
+    "EMAIL_BACKEND": EMAIL_BACKEND == _DJANGO_MAIL_BACKENDS["console"] and OTP_EMAIL_PER_HOUR > 0,
+    "SMS_BACKEND": SMS_BACKEND == "console" and OTP_SMS_PER_HOUR > 0,
+}
+for _name, _chosen in _CONSOLE_CHOSEN.items():
+    if _chosen and not DEBUG and not OTP_CONSOLE_CODES:
+        _fail(_name, env_str(_name, "console"), ("smtp" if _name == "EMAIL_BACKEND" else "twilio") + " with DEBUG "
+              "off (the console backend prints every code into the logs), OTP_" + _name.split("_")[0] + "_PER_HOUR=0 "
+              "to turn the channel off, or OTP_CONSOLE_CODES=on to print them anyway on a development stack")
 OTP_PURGE_INTERVAL_SECONDS = env_int("OTP_PURGE_INTERVAL_SECONDS", 300, minimum=1)
 # Each batch is one short transaction; smaller batches rescan more of the index entries the previous batches
 # left dead (figures in docs/performance.md).
 OTP_PURGE_BATCH_SIZE = 50_000
 # How long a delivery record (with its address) is kept; beat deletes older ones (otp.services.housekeeping).
 OTP_DELIVERY_RETENTION_DAYS = env_int("OTP_DELIVERY_RETENTION_DAYS", 30, minimum=1, maximum=3650)
+# Lifetime of a device token (users.models.DeviceToken), from the successful verify that issued it; beat deletes
+# expired ones.
+OTP_DEVICE_TOKEN_TTL_DAYS = env_int("OTP_DEVICE_TOKEN_TTL_DAYS", 90, minimum=1, maximum=3650)
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
 
@@ -452,8 +475,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": min(CELERY_WORKER_CONCURRENCY, 8),
         "timeout": 5,
     })
-    # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used.
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used; when one
+    # is dead, every idle one is checked at once (core/database.py), through Django's backend with that check.
+    DATABASES["default"]["ENGINE"] = "core.postgresql"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 if REDIS_URL and not CELERY_BROKER_URL:

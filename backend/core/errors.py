@@ -33,6 +33,26 @@ class RateLimited(ServiceError):
         super().__init__(detail or f"Too many requests. Try again in {self.wait_seconds} seconds.")
 
 
+class SmsBudgetSpent(RateLimited):
+    """An SMS volume budget (per destination prefix, or for all SMS) is spent, or SMS is turned off."""
+
+    default_code = "sms_budget"
+
+    def __init__(self, wait_seconds: int) -> None:
+        super().__init__(wait_seconds, f"Too many codes are being texted right now. Try again in "
+                                       f"{max(1, int(wait_seconds))} seconds.")
+
+
+class EmailBudgetSpent(RateLimited):
+    """An email volume budget (per recipient domain, or for all email) is spent, or email is turned off."""
+
+    default_code = "email_budget"
+
+    def __init__(self, wait_seconds: int) -> None:
+        super().__init__(wait_seconds, f"Too many codes are being emailed right now. Try again in "
+                                       f"{max(1, int(wait_seconds))} seconds.")
+
+
 class TokenRejected(ServiceError):
     status_code = 401
     default_detail = "Token is invalid or expired."

@@ -54,3 +54,18 @@ def throttle_digest(value: str) -> str:
     """
     key = _throttle_key(settings.OTP_THROTTLE_KEY, code_keys()[0])
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+DEVICE_TOKEN_PURPOSE = b"otp device token"
+
+
+@functools.lru_cache(maxsize=8)
+def _device_token_keys(code_keys_: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    return tuple(key_derive(key, purpose=DEVICE_TOKEN_PURPOSE) for key in code_keys_)
+
+
+def device_token_keys() -> tuple[bytes, ...]:
+    """The keys of device tokens' HMACs: one derived (key_derive) from each code key, current first, so rotating
+    OTP_HMAC_KEY (or SECRET_KEY) with its old key in the fallbacks keeps every device token working, and a key
+    found out elsewhere (the throttles', the job encryption's) tells nothing of these."""
+    return _device_token_keys(code_keys())

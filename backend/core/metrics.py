@@ -12,16 +12,19 @@ REDIS_URL (the quick local run) they are kept in this process.
 import atexit
 import functools
 import re
+import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import redis
 from django.conf import settings
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
 
 HASH_KEY = "otp:metrics"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -41,8 +44,23 @@ METRICS = {
     "otp_deliveries_total": ("counter", "Deliveries that reached a final state, by channel and status."),
     "otp_delivery_retries_total": ("counter", "Transient delivery failures that were retried, by channel."),
     "otp_delivery_seconds": ("histogram", "Time from a code's issue to its provider's acceptance, by channel."),
-    "otp_sms_refused_total": ("counter", "SMS codes refused before any send, by reason (non_geographic, region, type)."),
+    "otp_sms_refused_total": ("counter", "SMS codes refused, by reason: the destination rules (non_geographic, "
+                              "region, type), a spent send budget (budget_prefix, budget_global) or SMS turned off "
+                              "(channel_off)."),
+    "otp_email_refused_total": ("counter", "Email codes refused by a spent send budget, by reason (budget_domain, "
+                                "budget_global) or email turned off (channel_off)."),
+    "otp_email_suppressed_total": ("counter", "Recipients suppressed after a permanent 5xx at RCPT (event=added), and "
+                                   "code emails not sent to a suppressed recipient (event=skipped)."),
 }
+# Gauges read when /metrics is scraped, from the sources apps register (gauge_source_register): name -> (help,
+# label name).
+GAUGES = {
+    "otp_send_budget_used_ratio": ("Share (0 to 1) of each channel-wide send budget spent now, by budget (sms, "
+                                   "sms_shared: the part requests without a device token may spend, email).", "budget"),
+    "otp_send_budget_soft_exceeded": ("1 while a channel-wide send budget is spent past OTP_SEND_BUDGET_SOFT_PERCENT "
+                                      "(a warning before requests are refused), else 0, by budget.", "budget"),
+}
+_gauge_sources: list[Callable[[], Mapping[str, Mapping[str, float]]]] = []
 # Histograms' bucket bounds, in seconds: LATENCY_BUCKETS unless named here.
 HISTOGRAM_BUCKETS = {"otp_delivery_seconds": DELIVERY_BUCKETS}
 QUEUE_DEPTH = ("otp_queue_depth", "Jobs waiting in each broker queue.")
@@ -138,6 +156,13 @@ class _RedisStore:
         return {field.decode(): float(value) for field, value in self.client.hgetall(HASH_KEY).items()}
 
 
+def gauge_source_register(read: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+    """Have /metrics call `read()` at each scrape: it returns {gauge name (a key of GAUGES): {label value: value}}.
+    A source that raises is left out of that scrape (logged), never failing the others."""
+    if read not in _gauge_sources:
+        _gauge_sources.append(read)
+
+
 @functools.cache
 def _get_store():
     # Made on first use, in the process that records (a gunicorn or pool worker), never before a fork.
@@ -197,6 +222,19 @@ class StoreCollector(Collector):
         for queue, jobs in sorted(self.queue_depths.items()):
             depth.add_metric([queue], jobs)
         yield depth
+        gauges: dict[str, dict[str, float]] = defaultdict(dict)
+        for read in _gauge_sources:
+            try:
+                for name, values in read().items():
+                    gauges[name].update(values)
+            except Exception as exc:  # a source's outage must not hide the other figures
+                logger.warning("gauge source %s unavailable: %s", getattr(read, "__name__", read), exc)
+        for name, (help_text, label) in GAUGES.items():
+            if name in gauges:
+                family = GaugeMetricFamily(name, help_text, labels=[label])
+                for value_label, value in sorted(gauges[name].items()):
+                    family.add_metric([value_label], value)
+                yield family
 
 
 def _label_names(label_sets) -> list[str]:

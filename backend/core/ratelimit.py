@@ -82,6 +82,20 @@ end
 # KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms to wait (0: allowed and counted).
 _RATE_HIT = _NOW + "local first, arg = 1, 1\n" + _GCRA_STEP + "return wait\n"
 
+# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms until every rate would allow a hit
+# (0: now), counting nothing: the GCRA step without its writes.
+_RATE_PEEK = _NOW + """
+local wait, arg = 0, 1
+for i = 1, #KEYS do
+    local interval, limit = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    wait = math.max(wait, tat + interval - interval * limit - now)
+end
+return wait
+"""
+
 # KEYS: the rate's key. ARGV: emission interval (ms). Gives one hit back: TAT moves back one interval.
 _RATE_UNHIT = _NOW + """
 local tat = tonumber(redis.call('GET', KEYS[1]))
@@ -108,6 +122,7 @@ class _RedisCounters:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self.rate_hit_script = self.client.register_script(_RATE_HIT)
         self.rate_unhit_script = self.client.register_script(_RATE_UNHIT)
+        self.rate_peek_script = self.client.register_script(_RATE_PEEK)
         self.cooldown_then_rate_hit_script = self.client.register_script(_COOLDOWN_THEN_RATE_HIT)
 
     def rate_hit(self, rates: list[Rate]) -> float:
@@ -115,6 +130,12 @@ class _RedisCounters:
 
     def rate_unhit(self, key: str, interval_ms: int) -> None:
         self.rate_unhit_script(keys=[key], args=[interval_ms])
+
+    def rate_peek(self, rates: list[Rate]) -> float:
+        return max(0, self.rate_peek_script(keys=[rate.key for rate in rates], args=_rate_args(rates))) / 1000
+
+    def flag_set(self, key: str, seconds: int) -> None:
+        self.client.set(key, 1, ex=seconds)
 
     def rate_backlog_ms(self, key: str) -> float:
         # The key expires at its TAT, so its TTL is how far TAT is ahead of now.
@@ -163,6 +184,16 @@ class _LocalCounters:
         with self.lock:
             if key in self.values:
                 self.values[key] -= interval_ms
+
+    def rate_peek(self, rates: list[Rate]) -> float:
+        with self.lock:
+            now = self._now()
+            return max([0.0, *(max(self.values.get(rate.key, now), now) + rate.interval_ms * (1 - rate.limit) - now
+                               for rate in rates)]) / 1000
+
+    def flag_set(self, key: str, seconds: int) -> None:
+        with self.lock:
+            self.values[key] = self._now() + seconds * 1000
 
     def rate_backlog_ms(self, key: str) -> float:
         with self.lock:
@@ -215,6 +246,12 @@ def rates_hit(*, rates: list[Rate]) -> int:
     return _whole_seconds(_store().rate_hit(rates))
 
 
+def rates_wait(*, rates: list[Rate]) -> int:
+    """The whole seconds until every rate in `rates` would allow a hit (0: now), counting nothing: one read-only
+    Redis operation. What a later rates_hit will answer, unless others hit the same keys meanwhile."""
+    return _whole_seconds(_store().rate_peek(rates))
+
+
 def rate_unhit(*, key: str, limit: int, period: int) -> None:
     """Give back one hit counted by rate_hit (a success that should not spend the budget)."""
     _store().rate_unhit(key, _interval_ms(limit, period))
@@ -242,6 +279,11 @@ def cooldown_then_rate_hit(*, cooldown_key: str, seconds: int, key: str, limit: 
 def cooldown_remaining(*, key: str) -> int:
     """Whole seconds left on the cooldown `key` (0 when none is running)."""
     return math.ceil(_store().ttl(key))
+
+
+def cooldown_start(*, key: str, seconds: int) -> None:
+    """Start (or restart) the cooldown `key`, `seconds` long, whether or not one is running (`SET EX`)."""
+    _store().flag_set(key, seconds)
 
 
 def cooldown_release(*, key: str) -> None:

@@ -46,6 +46,20 @@ def mailbox_canonical(address: Address) -> Address:
     return Address(value=f"{local.split('+', 1)[0] or local}@{domain}".lower(), channel=address.channel)
 
 
+def sms_destination_prefix(address: Address) -> str:
+    """A mobile number's destination prefix, what the per-prefix SMS budget keys on: `+`, the country calling
+    code and the first OTP_SMS_PREFIX_DIGITS digits of the national number (`+1415` for +14155552671), which
+    groups the numbers of one range, as pumping runs use them."""
+    number = phonenumbers.parse(address.value)
+    national = phonenumbers.national_significant_number(number)
+    return f"+{number.country_code}{national[:settings.OTP_SMS_PREFIX_DIGITS]}"
+
+
+def email_domain(address: Address) -> str:
+    """An email address's domain (in its ASCII form, as normalised), what the per-domain email budget keys on."""
+    return address.value.rpartition("@")[2]
+
+
 def email_normalize(raw: str) -> Address:
     """Trim and lower-case `raw`, then check it by syntax alone with the `email-validator` library.
 

@@ -2,7 +2,7 @@
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
@@ -13,6 +13,7 @@ from core.throttling import IpSendThrottle, IpVerifyThrottle
 from otp.addresses import email_normalize, mobile_normalize
 from otp.codes import code_length, code_normalize
 from otp.models import Purpose
+from otp.selectors import device_token_find
 from otp.services import code_request, code_verify, delivery_status_callback_record
 from users.services import token_refresh, token_revoke
 
@@ -41,10 +42,32 @@ class AddressField(StrictCharField):
             raise serializers.ValidationError(exc.messages) from exc
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class DeviceTokenField(serializers.Field):
+    """An optional device token, passed on as sent: never a field error. A value that is not a live token for
+    the address (forged, expired, revoked, another account's, not even a string) is ignored by the service, and
+    the request is answered exactly as one without it (contract: device tokens), so no answer tells a valid
+    token from any other."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_null=True, **kwargs)
+
+    def to_internal_value(self, data):
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+DEVICE_TOKEN_HELP = ("The `device_token` a successful /verify-otp/ for this address returned: its requests are "
+                     "judged apart from a flood without one. Optional; any other value is ignored.")
+
+
 class AddressInputSerializer(serializers.Serializer):
     email = AddressField(normalize=email_normalize, help_text="An email address; trimmed and lower-cased.")
     mobile = AddressField(normalize=mobile_normalize,
                           help_text="A mobile number in E.164 (+14155552671), or national in OTP_DEFAULT_REGION.")
+    device_token = DeviceTokenField(help_text=DEVICE_TOKEN_HELP)
 
     def validate(self, attrs):
         given = [attrs[name] for name in ("email", "mobile") if name in attrs]
@@ -72,6 +95,9 @@ BAD_REQUEST = OpenApiResponse(
                                                                    "code": "invalid_code"})],
 )
 THROTTLED = OpenApiResponse(response=ERROR_SHAPE, description="Throttled; `Retry-After` says when to try again.")
+SEND_THROTTLED = OpenApiResponse(response=ERROR_SHAPE, description=(
+    "Throttled (`throttled`), or a send budget of the channel is spent (`sms_budget`, `email_budget`); "
+    "`Retry-After` says when to try again."))
 UNAVAILABLE = OpenApiResponse(response=ERROR_SHAPE, description="The database, cache or broker is unavailable.")
 CODE_SENT_DETAIL = "If the address can receive it, a code is on its way."
 
@@ -86,14 +112,15 @@ class _CodeRequestApi(APIView):
         serializer = AddressInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         address = serializer.validated_data["address"]
-        code_request(address=address, purpose=self.purpose)
+        device = device_token_find(token=serializer.validated_data.get("device_token"), address=address) is not None
+        code_request(address=address, purpose=self.purpose, device=device)
         output = {"detail": CODE_SENT_DETAIL, "channel": address.channel.value, "expires_in": settings.OTP_TTL_SECONDS}
         return Response(CodeSentOutputSerializer(output).data, status=status.HTTP_202_ACCEPTED)
 
 
 _code_request_schema = dict(
     request=AddressInputSerializer,
-    responses={202: CodeSentOutputSerializer, 400: BAD_REQUEST, 429: THROTTLED, 503: UNAVAILABLE},
+    responses={202: CodeSentOutputSerializer, 400: BAD_REQUEST, 429: SEND_THROTTLED, 503: UNAVAILABLE},
     examples=[OpenApiExample("By email", value={"email": "alice@example.com"}, request_only=True),
               OpenApiExample("By mobile", value={"mobile": "+14155552671"}, request_only=True)],
 )
@@ -134,6 +161,9 @@ class TokenPairOutputSerializer(serializers.Serializer):
     refresh = serializers.CharField()
     token_type = serializers.CharField()
     expires_in = serializers.IntegerField()
+    device_token = serializers.CharField(help_text="Send it back with /register/, /login/ and /verify-otp/ for "
+                                                   "this address (and with /logout/ to revoke it); valid "
+                                                   "OTP_DEVICE_TOKEN_TTL_DAYS, replaced at each sign-in.")
 
 
 class VerifyOtpApi(APIView):
@@ -148,9 +178,12 @@ class VerifyOtpApi(APIView):
     def post(self, request):
         serializer = VerifyInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        tokens = code_verify(address=serializer.validated_data["address"], code=serializer.validated_data["code"])
-        output = {"access": tokens.access, "refresh": tokens.refresh, "token_type": "Bearer",
-                  "expires_in": tokens.expires_in}
+        address = serializer.validated_data["address"]
+        sign_in = code_verify(address=address, code=serializer.validated_data["code"],
+                              device_token=device_token_find(token=serializer.validated_data.get("device_token"),
+                                                             address=address))
+        output = {"access": sign_in.access, "refresh": sign_in.refresh, "token_type": "Bearer",
+                  "expires_in": sign_in.expires_in, "device_token": sign_in.device_token}
         return Response(TokenPairOutputSerializer(output).data)
 
 
@@ -172,6 +205,11 @@ class ProfileApi(APIView):
 
 class RefreshInputSerializer(serializers.Serializer):
     refresh = StrictCharField()
+
+
+class LogoutInputSerializer(RefreshInputSerializer):
+    device_token = DeviceTokenField(help_text="The device token to revoke with the sign-in, if it is one of the "
+                                              "same account's; any other value is ignored.")
 
 
 class TokenRefreshOutputSerializer(serializers.Serializer):
@@ -211,15 +249,17 @@ class LogoutApi(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(summary="Revoke a refresh token and every token rotated from it", request=RefreshInputSerializer,
+    @extend_schema(summary="Revoke a refresh token and every token rotated from it, and a device token",
+                   request=LogoutInputSerializer,
                    description="No access token is needed. An `Authorization` header with an expired access token "
                                "is ignored; a forged one, or another account's, gets 401.",
                    responses={205: OpenApiResponse(description="No body; also for a token already revoked"),
                               400: BAD_REQUEST, 401: ERROR_SHAPE, 503: UNAVAILABLE})
     def post(self, request):
-        serializer = RefreshInputSerializer(data=request.data)
+        serializer = LogoutInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token_revoke(refresh=serializer.validated_data["refresh"], access=_bearer_token(request))
+        token_revoke(refresh=serializer.validated_data["refresh"], access=_bearer_token(request),
+                     device_token=serializer.validated_data.get("device_token"))
         return Response(status=status.HTTP_205_RESET_CONTENT)
 
 

@@ -12,6 +12,10 @@ class OtpConfig(AppConfig):
         failure_budget_check()
         sms_segment_check()
 
+        from core.metrics import gauge_source_register
+
+        gauge_source_register(send_budget_gauges)
+
 
 def sms_segment_check() -> None:
     """With OTP_SMS_APP_HASH set, refuse to start unless the SMS, with the longest code and this SERVICE_NAME and
@@ -29,6 +33,17 @@ def sms_segment_check() -> None:
             f"with SERVICE_NAME={settings.SERVICE_NAME!r} and PUBLIC_BASE_URL's host it is {used} {encoding} "
             f"characters of {room}: shorten SERVICE_NAME (or unset OTP_SMS_APP_HASH)."
         )
+
+
+def send_budget_gauges() -> dict[str, dict[str, float]]:
+    """/metrics' gauges of the channel-wide send budgets (otp.throttles.send_budget_usage): the share spent, and
+    whether it is past OTP_SEND_BUDGET_SOFT_PERCENT, by budget (sms, sms_shared, email)."""
+    from otp.throttles import send_budget_usage
+
+    usage = send_budget_usage()
+    soft = settings.OTP_SEND_BUDGET_SOFT_PERCENT / 100
+    return {"otp_send_budget_used_ratio": usage,
+            "otp_send_budget_soft_exceeded": {name: float(used >= soft) for name, used in usage.items()}}
 
 
 def failure_budget_check() -> None:

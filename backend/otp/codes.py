@@ -64,13 +64,13 @@ def code_normalize(typed: str) -> str | None:
 
 
 def code_input_attributes() -> dict[str, str]:
-    """HTML attributes of an input that takes a code: `inputmode`, `pattern`, `maxlength`, `autocomplete`.
+    """HTML attributes of an input that takes a code: `inputmode`, `maxlength`, `autocomplete`.
 
-    They let through everything code_normalize accepts (the API judges the code, not the input): the pattern
-    is the characters it reads, and `maxlength` leaves room for a spacer or a few between the digits.
+    They let through everything code_normalize accepts (the API judges the code, not the input): no `pattern`,
+    which would block what a person typed before the page could read it (the page normalises the code the way
+    code_normalize does), and a `maxlength` with room for a spacer or a few between the digits.
     """
-    return {"inputmode": "numeric", "pattern": r"[\p{Nd}\p{Zs}\p{Pd}]*", "maxlength": str(code_length() * 4),
-            "autocomplete": "one-time-code"}
+    return {"inputmode": "numeric", "maxlength": str(code_length() * 4), "autocomplete": "one-time-code"}
 
 
 def code_generate() -> str:

@@ -21,6 +21,10 @@ class OneTimeCode(models.Model):
     address = models.CharField(max_length=254)
     channel = models.CharField(max_length=8, choices=Channel.choices)
     purpose = models.CharField(max_length=16, choices=Purpose.choices)
+    # The client class that asked for it: True for a request carrying a live device token for the address
+    # (users.models.DeviceToken). A new code supersedes only its own class's, and verify compares only its own
+    # class's, so requests without a token can neither supersede nor burn a device-token client's code.
+    device = models.BooleanField(default=False)
     code_hash = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     attempts = models.PositiveSmallIntegerField(default=0)

@@ -17,8 +17,8 @@ USER_TABLE = User._meta.db_table
 # Column -> the SQL value the issue statement writes (a named parameter or a constant). The models' defaults
 # are Python's, not the database's, so every column is given.
 CODE_INSERT_COLUMNS: dict[str, str] = {
-    "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "code_hash": "%(code_hash)s",
-    "status": "%(active)s", "attempts": "0", "created_at": "%(now)s", "expires_at": "%(expires_at)s",
+    "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "device": "%(device)s",
+    "code_hash": "%(code_hash)s", "status": "%(active)s", "attempts": "0", "created_at": "%(now)s", "expires_at": "%(expires_at)s",
     "used_at": "NULL",
 }
 DELIVERY_INSERT_COLUMNS: dict[str, str] = {
@@ -35,10 +35,12 @@ def _insert(table: str, columns: dict[str, str]) -> str:
 
 # On PostgreSQL the three writes of an issue are one statement (data-modifying CTEs): one round trip and no
 # transaction of its own, on the path of every /login/ and /register/. Its parts see one snapshot, so the
-# UPDATE never sees the code the INSERT adds.
+# UPDATE never sees the code the INSERT adds. A code supersedes only the codes of its own client class (`device`),
+# so an address has at most two active codes (contract: One-time codes).
 CODE_STORE_SQL = f"""
 WITH superseded AS (
-    UPDATE {CODE_TABLE} SET status = %(superseded)s WHERE address = %(address)s AND status = %(active)s
+    UPDATE {CODE_TABLE} SET status = %(superseded)s
+    WHERE address = %(address)s AND status = %(active)s AND device = %(device)s
 ), code AS (
     {_insert(CODE_TABLE, CODE_INSERT_COLUMNS)}
 )
@@ -55,16 +57,17 @@ def delivery_loaded(**fields) -> Delivery:
 
 
 def code_store(*, address: str, channel: str, purpose: str, provider: str, code_hash_hex: str, now: datetime,
-               expires_at: datetime) -> Delivery:
-    """Supersede the address's active codes, insert the new code's hash and its queued delivery; return the
-    delivery (id, address, channel, purpose, provider, status, timestamps loaded; the rest deferred).
+               expires_at: datetime, device: bool = False) -> Delivery:
+    """Supersede the address's active codes of the client class `device` (True: asked for with a live device
+    token), insert the new code's hash and its queued delivery; return the delivery (id, address, channel,
+    purpose, provider, status, timestamps loaded; the rest deferred).
 
     PostgreSQL: CODE_STORE_SQL, one statement in autocommit (inside an outer transaction its failure aborts
     that transaction). SQLite (the quick local run) has no data-modifying CTEs: the same writes in one
     transaction. Raises django.db.DatabaseError when the database does.
     """
     if connection.vendor == "postgresql":
-        params = {"address": address, "channel": channel, "purpose": purpose, "provider": provider,
+        params = {"address": address, "channel": channel, "purpose": purpose, "device": device, "provider": provider,
                   "code_hash": code_hash_hex, "now": now, "expires_at": expires_at,
                   "active": OneTimeCode.Status.ACTIVE.value, "superseded": OneTimeCode.Status.SUPERSEDED.value,
                   "queued": Delivery.Status.QUEUED.value}
@@ -74,10 +77,11 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
                                status=Delivery.Status.QUEUED, created_at=now, updated_at=now, expires_at=expires_at)
     with transaction.atomic():
-        OneTimeCode.objects.filter(address=address, status=OneTimeCode.Status.ACTIVE).update(
+        OneTimeCode.objects.filter(address=address, status=OneTimeCode.Status.ACTIVE, device=device).update(
             status=OneTimeCode.Status.SUPERSEDED
         )
-        OneTimeCode.objects.create(address=address, channel=channel, purpose=purpose, code_hash=code_hash_hex,
+        OneTimeCode.objects.create(address=address, channel=channel, purpose=purpose, device=device,
+                                   code_hash=code_hash_hex,
                                    created_at=now, expires_at=expires_at)
         return Delivery.objects.create(address=address, channel=channel, purpose=purpose, provider=provider,
                                        created_at=now, expires_at=expires_at)

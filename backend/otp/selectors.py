@@ -3,17 +3,38 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from otp import throttles
 from otp.addresses import Address, email_normalize, mobile_normalize
 from otp.models import Delivery, OneTimeCode
-from users.models import User
+from users.device_tokens import device_token_hashes, device_token_well_formed
+from users.models import DeviceToken, User
 
 
 def user_get_by_address(*, address: Address, active_only: bool = True) -> User | None:
     """The account whose email or mobile is `address` (only if active, unless `active_only` is false), or None."""
     accounts = User.objects.filter(**{address.user_field: address.value})
     return (accounts.filter(is_active=True) if active_only else accounts).first()
+
+
+def device_token_find(*, token: object, address: Address) -> DeviceToken | None:
+    """The live device token `token` is for `address`, or None: the request is then judged as one without a
+    token (contract: device tokens).
+
+    Live: genuine (its keyed hash, under the current key or a fallback, is stored), unexpired, unrevoked, issued
+    for `address`, and its account active and still owning `address`. Anything else (forged, expired, revoked,
+    another account's or another address's, an address with no account, not a string) gives None, the same
+    None for every cause. One query, none for a value not shaped like a token.
+    """
+    if not device_token_well_formed(token):
+        return None
+    return (DeviceToken.objects
+            .filter(token_hash__in=device_token_hashes(token), address=address.value, revoked_at__isnull=True,
+                    expires_at__gt=timezone.now(), user__is_active=True,
+                    **{f"user__{address.user_field}": address.value})
+            .only("id", "user_id", "address")
+            .first())
 
 
 @dataclass(frozen=True)

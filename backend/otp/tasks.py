@@ -100,7 +100,8 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
     # The id of the request that issued the code travels as a message header, so this job's lines carry it.
     with request_id_bound(_request_id_of(task.request)):
         try:
-            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries)
+            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries,
+                                   device=bool((payload or {}).get("device", False)))
         except services.DeliveryRetry as exc:
             # The service bounds the number of tries and keeps them inside the code's life.
             countdown = exc.countdown

@@ -3,8 +3,8 @@ from django import forms
 from django.contrib import admin
 
 from otp.addresses import email_normalize, mobile_normalize
-from users.models import TokenFamily, User
-from users.services import token_families_revoke
+from users.models import DeviceToken, TokenFamily, User
+from users.services import device_tokens_revoke, token_families_revoke
 
 
 class UserAdminForm(forms.ModelForm):
@@ -53,3 +53,24 @@ class TokenFamilyAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset) -> None:
         count = token_families_revoke(family_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"{count} sign-in(s) revoked.")
+
+
+@admin.register(DeviceToken)
+class DeviceTokenAdmin(admin.ModelAdmin):
+    """Device tokens: one per device that signed in with an address (only a keyed hash is stored). Revoking one
+    puts that device back among the clients without a token, which a flood against the address can lock out;
+    a deactivated account's tokens count for nothing already."""
+
+    list_display = ("id", "user", "address", "created_at", "expires_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("address", "user__email", "user__mobile")
+    readonly_fields = ("user", "address", "token_hash", "created_at", "expires_at", "revoked_at")
+    actions = ("revoke",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected device tokens")
+    def revoke(self, request, queryset) -> None:
+        count = device_tokens_revoke(ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"{count} device token(s) revoked.")

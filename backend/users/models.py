@@ -92,3 +92,27 @@ class TokenFamily(models.Model):
 
     def __str__(self) -> str:
         return f"sign-in {self.id} of user {self.user_id}"
+
+
+class DeviceToken(models.Model):
+    """A device token (OWASP's "device cookie", Authentication Cheat Sheet: protect against targeted lockout):
+    proof that this client signed in to `user` with `address` before.
+
+    A request for that address carrying a live token (unexpired, unrevoked, its account active and still owning
+    the address) is judged in the device class: its own send cooldown, hourly cap, failure budget and codes,
+    which requests without one cannot spend (otp.throttles). Only the token's keyed hash is stored
+    (users.device_tokens), so logout and the admin can revoke it and a copy of the database gives none back.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="device_tokens")
+    # The normalised address the token was issued for (otp.addresses): an email or an E.164 number.
+    address = models.CharField(max_length=254)
+    # HMAC-SHA256 of the token, hex (users.device_tokens.device_token_hash).
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    # created_at + OTP_DEVICE_TOKEN_TTL_DAYS; past it the token is ignored, and beat deletes the row.
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"device token {self.pk} of user {self.user_id} for {self.address}"

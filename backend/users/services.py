@@ -2,7 +2,7 @@
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -15,7 +15,8 @@ from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from core.errors import TokenRejected
 from otp.addresses import email_normalize, mobile_normalize
-from users.models import TokenFamily, User
+from users.device_tokens import device_token_generate, device_token_hash, device_token_hashes, device_token_well_formed
+from users.models import DeviceToken, TokenFamily, User
 from users.tokens import FAMILY_CLAIM, RefreshToken, token_backend
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,11 @@ def _family_rotate(*, claims: dict) -> tuple[RefreshToken | None, bool]:
         return rotated, False
 
 
-def token_revoke(*, refresh: str, access: str | None = None) -> None:
+def token_revoke(*, refresh: str, access: str | None = None, device_token: object = None) -> None:
     """Logout: revoke the sign-in `refresh` belongs to, i.e. that token and every token rotated from it (its
     family, one UPDATE), and with them the family's access tokens (users.authentication checks the family).
+    With `device_token` (the body's, as sent), that device token is revoked too, if it is one of the refresh
+    token's account (one UPDATE more); any other value changes nothing.
 
     The refresh token is the credential. Genuine is enough: an expired, already revoked or reused token, or one
     whose account is gone, is accepted and changes nothing more (logging out twice is not an error).
@@ -170,6 +173,8 @@ def token_revoke(*, refresh: str, access: str | None = None) -> None:
             [TokenFamily(id=jti, user_id=claims[api_settings.USER_ID_CLAIM], current_jti=jti, created_at=now,
                          expires_at=datetime_from_epoch(claims["exp"]), revoked_at=now)],
             update_conflicts=True, unique_fields=["id"], update_fields=["revoked_at"])
+    if device_token is not None:
+        device_token_revoke(token=device_token, user_id=claims[api_settings.USER_ID_CLAIM])
 
 
 def _access_check(*, access: str, user_id: str) -> None:
@@ -187,3 +192,37 @@ def token_families_revoke(*, family_ids: list[str]) -> int:
     """Revoke sign-ins by family id (the admin's action): every token of each stops working, as at logout.
     Returns how many were still live."""
     return TokenFamily.objects.filter(id__in=family_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def device_token_issue(*, user: User, address: str, replacing: DeviceToken | None = None) -> str:
+    """A new device token for `user` signing in with `address` (normalised), valid OTP_DEVICE_TOKEN_TTL_DAYS;
+    returns the token (only its keyed hash is stored: users.device_tokens). `replacing`, the live token the
+    request carried, is revoked in the same transaction: a device keeps one token, renewed at each sign-in, so
+    an active user never drops out of the device class and a copied old token stops working.
+    One INSERT (and one UPDATE when replacing)."""
+    token = device_token_generate()
+    now = timezone.now()
+    row = DeviceToken(user=user, address=address, token_hash=device_token_hash(token), created_at=now,
+                      expires_at=now + timedelta(days=settings.OTP_DEVICE_TOKEN_TTL_DAYS))
+    if replacing is None:
+        row.save(force_insert=True)
+        return token
+    with transaction.atomic():
+        DeviceToken.objects.filter(id=replacing.id, revoked_at__isnull=True).update(revoked_at=now)
+        row.save(force_insert=True)
+    return token
+
+
+def device_token_revoke(*, token: object, user_id: int | str) -> int:
+    """Revoke the device token `token` if it belongs to account `user_id` (logout); returns 1 when a live one was
+    revoked, else 0. Anything not shaped like a token changes nothing, with no query."""
+    if not device_token_well_formed(token):
+        return 0
+    return DeviceToken.objects.filter(token_hash__in=device_token_hashes(token), user_id=user_id,
+                                      revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def device_tokens_revoke(*, ids: list[int]) -> int:
+    """Revoke device tokens by id (the admin's action): each device is judged as any client without a token from
+    then on. Returns how many were still unrevoked."""
+    return DeviceToken.objects.filter(id__in=ids, revoked_at__isnull=True).update(revoked_at=timezone.now())

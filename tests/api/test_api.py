@@ -133,7 +133,7 @@ def test_per_ip_limit_counts_an_ipv6_client_by_its_64(client, settings):
 
 def test_full_round_trip_by_mobile(client, fixed_code):
     tokens = sign_in(client, fixed_code, mobile="(415) 555-2671")
-    assert set(tokens) == {"access", "refresh", "token_type", "expires_in"}
+    assert set(tokens) == {"access", "refresh", "token_type", "expires_in", "device_token"}
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 300
     profile = client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
     assert profile.status_code == 200

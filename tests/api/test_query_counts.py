@@ -22,9 +22,24 @@ def test_verify_queries(django_assert_num_queries, fixed_code):
     client = APIClient()
     post(client, "/register/", {"email": "alice@example.com"})
     # savepoint, lock the code, mark it used, look up the account, create it, release,
-    # then the sign-in's row (users.models.TokenFamily)
-    with django_assert_num_queries(7):
+    # then the sign-in's row (users.models.TokenFamily) and the device token's (users.models.DeviceToken)
+    with django_assert_num_queries(8):
         assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
+
+
+def test_device_token_queries(django_assert_num_queries, fixed_code):
+    client = APIClient()
+    post(client, "/register/", {"email": "alice@example.com"})
+    device_token = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).json()["device_token"]
+    body = {"email": "alice@example.com", "device_token": device_token}
+    with django_assert_num_queries(2):  # the token's lookup (with its account), then the one issue statement
+        assert post(client, "/login/", body).status_code == 202
+    with django_assert_num_queries(0):  # a value not shaped like a token is ignored without a lookup
+        assert post(client, "/login/", {**body, "device_token": "garbage"}).status_code == 429
+    # the token's lookup; savepoint, lock the code, mark it used, the account, last_login, release; the sign-in's
+    # row; savepoint, revoke the old device token, insert the new one, release
+    with django_assert_num_queries(12):
+        assert post(client, "/verify-otp/", {**body, "code": fixed_code[-1]}).status_code == 200
 
 
 def test_wrong_code_queries(django_assert_num_queries):

@@ -1,5 +1,4 @@
 """A user's round trips through nginx on the native stack, reading codes from the SMTP server and the SMS stand-in."""
-import http.client
 import json
 import os
 import re
@@ -7,7 +6,7 @@ import re
 import pytest
 import requests
 
-from tests.support.http import post
+from tests.support.http import post, post_from
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import free_port, wait_for
@@ -66,18 +65,6 @@ def test_sms_round_trip_through_nginx(stack, sms):
     profile = requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {verified.json()['access']}"},
                            timeout=10)
     assert profile.json()["mobile"] == "+14155552699"
-
-
-def post_from(stack, source_ip, path, body, headers=None):
-    """A request from another loopback address, so nginx sees a different client."""
-    connection = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=10, source_address=(source_ip, 0))
-    try:
-        connection.request("POST", path, body=json.dumps(body),
-                           headers={"Content-Type": "application/json", **(headers or {})})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
 
 
 def test_per_ip_throttle_keys_on_the_client_nginx_saw_not_a_forged_header(stack):

@@ -1,4 +1,6 @@
-"""The one way tests send a JSON body: through DRF's test client in this process, or over HTTP to a live server."""
+"""The one way tests send a JSON body: through DRF's test client in this process, or over HTTP to a live server
+(from another loopback address with post_from)."""
+import http.client
 import json
 
 import requests
@@ -16,3 +18,17 @@ def post(target, path: str, body, **extra):
         extra.setdefault("timeout", 15)
         return requests.post(f"{base_url}{path}", json=body, **extra)
     return target.post(path, data=json.dumps(body), content_type="application/json", **extra)
+
+
+def post_from(stack, source_ip: str, path: str, body, headers: dict | None = None, *, timeout: float = 10):
+    """POST `body` as JSON to `path` on a stack's nginx (`stack.http_port`) from the loopback address `source_ip`
+    (any of 127.0.0.0/8), so nginx sees a different client; returns (status, headers as a dict, body bytes)."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=timeout,
+                                            source_address=(source_ip, 0))
+    try:
+        connection.request("POST", path, body=json.dumps(body),
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()

@@ -28,6 +28,7 @@ class Inbox:
         self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
+        self.refuse_rcpt: set[str] = set()  # recipients refused for good at RCPT: 550, as for a mailbox that is gone
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
@@ -39,8 +40,11 @@ class Inbox:
         with self.lock:
             self.rcpts_seen.append(address)
             hold, self.hold_next_rcpt_seconds = self.hold_next_rcpt_seconds, 0.0
+            refused = address in self.refuse_rcpt
         if hold:
             await asyncio.sleep(hold)
+        if refused:
+            return "550 5.1.1 No such user here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -83,6 +87,7 @@ class Inbox:
             self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.sessions = 0
+            self.refuse_rcpt.clear()
 
     def to(self, address: str) -> list:
         with self.lock:

@@ -16,7 +16,11 @@ EXPOSED = {
     "otp_delivery_retries_total": ("counter", {"channel"}),
     "otp_delivery_seconds": ("histogram", {"channel"}),
     "otp_sms_refused_total": ("counter", {"reason"}),
+    "otp_email_refused_total": ("counter", {"reason"}),
+    "otp_email_suppressed_total": ("counter", {"event"}),
     "otp_queue_depth": ("gauge", {"queue"}),
+    "otp_send_budget_used_ratio": ("gauge", {"budget"}),
+    "otp_send_budget_soft_exceeded": ("gauge", {"budget"}),
 }
 SAMPLE_NAMES = {"counter": lambda name: {name}, "gauge": lambda name: {name},
                 "histogram": lambda name: {f"{name}_bucket", f"{name}_count", f"{name}_sum"}}
@@ -39,6 +43,8 @@ def record_one_of_each():
     metrics.metric_count("otp_delivery_retries_total", channel="sms")
     metrics.metric_observe("otp_delivery_seconds", 1.5, channel="sms")
     metrics.metric_count("otp_sms_refused_total", reason="region")
+    metrics.metric_count("otp_email_refused_total", reason="budget_domain")
+    metrics.metric_count("otp_email_suppressed_total", event="added")
 
 
 def families(text: str) -> dict:

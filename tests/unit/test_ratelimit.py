@@ -47,6 +47,24 @@ def test_a_rate_allows_its_limit_in_a_burst_and_never_twice_that_across_any_edge
     assert ratelimit.rate_hit(key="ip:verify:x", limit=60, period=60) == 1
 
 
+def test_a_peek_tells_what_the_next_hit_would_answer_and_counts_nothing(store):
+    rates = [ratelimit.Rate("whole", 3, 3600), ratelimit.Rate("share", 2, 3600)]
+    assert ratelimit.rates_wait(rates=rates) == 0
+    assert [ratelimit.rates_hit(rates=rates) for _ in range(2)] == [0, 0]
+    # The tighter rate decides: two an hour, so one comes back 1800 s after the first.
+    assert 1795 <= ratelimit.rates_wait(rates=rates) <= 1800
+    assert ratelimit.rates_wait(rates=rates[:1]) == 0  # the whole budget still has one
+    assert ratelimit.rate_count(key="whole", limit=3, period=3600) == 2  # the peeks counted nothing
+    refused, peeked = ratelimit.rates_hit(rates=rates), ratelimit.rates_wait(rates=rates)
+    assert refused > 0 and abs(refused - peeked) <= 1  # a second's rounding apart at most
+
+
+def test_a_started_cooldown_runs_even_over_one_already_running(store):
+    ratelimit.cooldown_start(key="suppressed", seconds=100)
+    ratelimit.cooldown_start(key="suppressed", seconds=1000)
+    assert 990 <= ratelimit.cooldown_remaining(key="suppressed") <= 1000
+
+
 def test_a_hit_given_back_can_be_used_again(store):
     assert [ratelimit.rate_hit(key="failures", limit=3, period=3600) for _ in range(3)] == [0, 0, 0]
     assert ratelimit.rate_hit(key="failures", limit=3, period=3600) > 0

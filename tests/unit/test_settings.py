@@ -19,6 +19,8 @@ def start(**overrides):
     ("OTP_LENGTH", "six"),
     ("OTP_LENGTH", "3"),
     ("OTP_TTL_SECONDS", "-5"),
+    ("OTP_DEVICE_TOKEN_TTL_DAYS", "0"),
+    ("OTP_DEVICE_TOKEN_TTL_DAYS", "ninety"),
     ("OTP_SEND_RETRY_BACKOFF_SECONDS", "fast"),
     ("OTP_IP_SEND_RATE", "lots"),
     ("OTP_DEFAULT_REGION", "XX"),
@@ -29,6 +31,13 @@ def start(**overrides):
     ("CELERY_VISIBILITY_TIMEOUT_SECONDS", "600"),
     ("DATABASE_URL", "not a url"),
     ("REDIS_URL", "http://127.0.0.1"),
+    ("OTP_SMS_PER_HOUR", "-1"),
+    ("OTP_SMS_PER_PREFIX_PER_HOUR", "0"),
+    ("OTP_SMS_DEVICE_SHARE", "120"),
+    ("OTP_SMS_PREFIX_DIGITS", "three"),
+    ("OTP_EMAIL_PER_DOMAIN_PER_HOUR", "many"),
+    ("OTP_EMAIL_SUPPRESSION_SECONDS", "0"),
+    ("OTP_SEND_BUDGET_SOFT_PERCENT", "0"),
 ])
 def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     result = start(**{name: value})
@@ -203,6 +212,14 @@ def test_a_console_backend_with_debug_off_stops_start_up_unless_chosen_by_name(o
 def test_production_backends_need_no_console_choice():
     result = start(DEBUG="false", OTP_CONSOLE_CODES="off", EMAIL_BACKEND="smtp", **TWILIO)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_channel_turned_off_keeps_its_console_backend_without_a_choice():
+    # An email-only service: the contract's default SMS backend stays, and prints nothing, since no SMS is sent.
+    assert start(DEBUG="false", OTP_CONSOLE_CODES="", EMAIL_BACKEND="smtp", SMS_BACKEND="",
+                 OTP_SMS_PER_HOUR="0").returncode == 0
+    assert start(DEBUG="false", OTP_CONSOLE_CODES="", EMAIL_BACKEND="console", OTP_EMAIL_PER_HOUR="0",
+                 **TWILIO).returncode == 0
 
 
 def test_env_example_does_not_ship_console_backends_silently(tmp_path):

@@ -13,6 +13,11 @@ class SendPermanentError(Exception):
     """The send failed, and trying again will not help (an invalid number, a refused recipient)."""
 
 
+class SendRecipientRefusedError(SendPermanentError):
+    """The recipient itself was refused permanently (an SMTP 5xx reply to RCPT: no such mailbox, say): mailing it
+    again would only add bounces, so it is suppressed for a while (otp.throttles.recipient_suppress)."""
+
+
 class SendOutcomeUnknownError(Exception):
     """The provider may have taken the message, and asking it did not tell: a read timeout or a connection
     dropped after the request was written (for SMTP, after the end of DATA), and the provider's own check

@@ -15,7 +15,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
 
 from otp.messages import Message
-from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendTransientError
+from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendRecipientRefusedError, SendTransientError
 from otp.providers.mailbox import sender_parse
 
 DJANGO_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
@@ -176,7 +176,9 @@ def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, deli
         body=message.text,
         from_email=sender.header,
         to=[to],
-        headers={"Message-ID": message_id},
+        # RFC 3834 section 5: a message a program sends on its own, so auto-responders (vacation replies,
+        # ticket systems) must not answer it, and a bombing run cannot bounce replies off role addresses.
+        headers={"Message-ID": message_id, "Auto-Submitted": "auto-generated"},
         connection=connection,
     )
     if message.html:
@@ -189,7 +191,10 @@ def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, deli
 def _email_error(exc: OSError) -> Exception:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
-        return _smtp_code_error(code, text.decode(errors="replace") if isinstance(text, bytes) else str(text))
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        if 500 <= code < 600:  # the recipient itself is refused (RFC 5321 section 4.2.1: 5yz is permanent)
+            return SendRecipientRefusedError(f"SMTP {code} at RCPT: {text}")
+        return _smtp_code_error(code, text)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _smtp_code_error(exc.smtp_code, str(exc.smtp_error))
     # Connection refused or dropped, timeout (smtplib's other errors are OSErrors too).

@@ -14,18 +14,28 @@ from django.utils import timezone
 
 from core.errors import SignatureInvalid
 from core.metrics import metric_count, metric_observe
-from otp import providers, queries
+from otp import providers, queries, throttles
+from otp.addresses import Address, Channel
 from otp.messages import email_message_render, sms_message_render
 from otp.models import Delivery, Purpose
 
 logger = logging.getLogger("otp.services")
 
 CODE_EXPIRED_ERROR = "Code expired before it could be sent."
+BUDGET_SPENT_ERROR = "Send budget spent when the worker came to send it: not sent"
+RECIPIENT_REFUSED_ERROR = "Recipient refused permanently, suppressed"
+RECIPIENT_SUPPRESSED_ERROR = ("Recipient suppressed (refused permanently at RCPT not long ago): not sent, "
+                              "though the request was answered as usual.")
 PAYLOAD_REFUSED_ERROR = ("Job refused, not sent: its sealed code did not open for this delivery (changed, copied "
                          "from another delivery's job, or sealed under a key this worker does not have).")
 # Metrics count a login for an address without an account apart from failures: it is the design, not a fault, and
 # an alert on failed deliveries must not fire when someone types unknown addresses.
 NO_ACCOUNT_OUTCOME = "no_account"
+# Likewise a code not sent because a send budget was spent when the worker came to hand it over (requests are
+# refused at the API while one is spent; these are the few that were queued just before), and one not mailed
+# because its recipient is suppressed: the service's own choices, not delivery faults.
+BUDGET_SPENT_OUTCOME = "budget_spent"
+SUPPRESSED_OUTCOME = "suppressed"
 
 # Pauses between tries to record a send's outcome (sent, or unknown), in seconds. A try is started only if
 # its longest wait (_database_try_seconds) still ends inside the lease, which allows
@@ -111,7 +121,7 @@ def _database_connection_release() -> None:
 _FINAL = (Delivery.Status.SENT, Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
 
 
-def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None:
+def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device: bool = False) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
 
     The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it final (sent,
@@ -119,6 +129,12 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     whose outcome stays unknown (providers.SendOutcomeUnknownError) is recorded `unknown` and never sent again
     (contract: Delivery). Raises DeliveryRetry when the task should try again in `countdown` seconds, and
     django.db.DatabaseError when the database fails before the send.
+
+    Just before the provider, the message is counted on its channel's send budgets (otp.throttles.
+    send_budget_take; `device`: on the device-token class's share), and given back if the provider did not
+    take it (a transient or permanent error); a message no budget allows is not sent and recorded failed. An
+    email to a suppressed recipient (refused with a 5xx at RCPT within OTP_EMAIL_SUPPRESSION_SECONDS) is not
+    sent either; a new 5xx at RCPT suppresses the recipient.
     """
     now = timezone.now()
     lease_until = now + timedelta(seconds=providers.delivery_lease_seconds())
@@ -150,6 +166,20 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
                         last_error="No account for this address: not sent.", outcome=NO_ACCOUNT_OUTCOME)
         return
 
+    address = Address(value=delivery.address, channel=Channel(delivery.channel))
+    if address.channel == Channel.EMAIL and throttles.recipient_suppressed(address=address):
+        # The answer to the request was 202 all the same: whether an address bounces is nobody's to learn.
+        metric_count("otp_email_suppressed_total", event="skipped")
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=SUPPRESSED_OUTCOME,
+                        last_error=RECIPIENT_SUPPRESSED_ERROR)
+        return
+    spent = throttles.send_budget_take(address=address, device=device)
+    if spent is not None:
+        metric_count(f"otp_{delivery.channel}_refused_total", reason=spent)
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=BUDGET_SPENT_OUTCOME,
+                        last_error=f"{BUDGET_SPENT_ERROR} ({spent}).")
+        return
+
     render = email_message_render if delivery.channel == "email" else sms_message_render
     message = render(code=code)
     provider = providers.provider_for(delivery.channel)
@@ -160,6 +190,15 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
     try:
         provider_id = provider.send(to=delivery.address, message=message, delivery_id=delivery_id)
     except providers.SendPermanentError as exc:
+        throttles.send_budget_give_back(address=address, device=device)
+        if isinstance(exc, providers.SendRecipientRefusedError):
+            throttles.recipient_suppress(address=address)
+            metric_count("otp_email_suppressed_total", event="added")
+            logger.warning("delivery %s: recipient refused permanently, suppressed for %ss: %s", delivery_id,
+                           settings.OTP_EMAIL_SUPPRESSION_SECONDS, exc)
+            delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, provider=provider_name,
+                            last_error=f"{RECIPIENT_REFUSED_ERROR}: {exc}"[:1000])
+            return
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
                         provider=provider_name)
@@ -172,6 +211,7 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0) -> None
                                  last_error=str(exc)[:1000], deadline=record_deadline)
         return
     except providers.SendTransientError as exc:
+        throttles.send_budget_give_back(address=address, device=device)  # the next try counts it again
         countdown = delivery_retry_countdown(retries_done=retries_done)
         give_up = (retries_done >= settings.OTP_SEND_MAX_RETRIES
                    or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)

@@ -1,5 +1,5 @@
 """Housekeeping, run by beat: purge old codes, fail deliveries that can no longer be sent, delete delivery records
-past their retention, flush old tokens, sessions and admin access logs."""
+past their retention, flush old tokens, expired device tokens, sessions and admin access logs."""
 import logging
 from datetime import timedelta
 
@@ -12,7 +12,7 @@ from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from otp.models import Delivery, OneTimeCode
 from otp.services.delivering import CODE_EXPIRED_ERROR
-from users.models import TokenFamily
+from users.models import DeviceToken, TokenFamily
 
 logger = logging.getLogger("otp.services")
 
@@ -21,8 +21,8 @@ def _batched_delete(queryset, batch_size: int) -> int:
     deleted = 0
     while True:
         # One statement a batch (DELETE ... WHERE id IN (SELECT id ... LIMIT n)): the ids never travel to
-        # Python. Nothing refers to codes, so Django deletes without collecting related rows first.
-        count, _ = OneTimeCode.objects.filter(id__in=queryset.values("id")[:batch_size]).delete()
+        # Python. Nothing refers to codes or device tokens, so Django deletes without collecting related rows.
+        count, _ = queryset.model.objects.filter(id__in=queryset.values("id")[:batch_size]).delete()
         deleted += count
         if count < batch_size:
             return deleted
@@ -35,6 +35,14 @@ def code_purge(*, batch_size: int | None = None) -> int:
     now = timezone.now()
     return (_batched_delete(OneTimeCode.objects.filter(expires_at__lte=now), batch_size)
             + _batched_delete(OneTimeCode.objects.exclude(status=OneTimeCode.Status.ACTIVE), batch_size))
+
+
+def device_token_purge(*, batch_size: int | None = None) -> int:
+    """Delete expired device tokens (past OTP_DEVICE_TOKEN_TTL_DAYS; revoked ones go when they expire, so the
+    admin sees a revocation until then) in batches of `batch_size` rows (default OTP_PURGE_BATCH_SIZE); return
+    how many were deleted (contract: Delivery, "expired device tokens are dropped")."""
+    batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
+    return _batched_delete(DeviceToken.objects.filter(expires_at__lte=timezone.now()), batch_size)
 
 
 def delivery_expire_stale() -> int:
@@ -104,6 +112,7 @@ def maintenance_run() -> dict:
     """Beat's job: every housekeeping step once; returns the counts by step name."""
     result = {"codes_deleted": code_purge(), "deliveries_expired": delivery_expire_stale(),
               "deliveries_deleted": delivery_purge(), "tokens_flushed": token_blacklist_flush(),
+              "device_tokens_deleted": device_token_purge(),
               "sessions_deleted": session_purge(), "admin_access_logs_deleted": admin_access_log_purge()}
     logger.info("maintenance: %s", result)
     return result

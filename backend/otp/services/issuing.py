@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import DATABASE_OUTAGES, DependencyUnavailable, NumberNotAllowed
+from core.errors import DATABASE_OUTAGES, DependencyUnavailable, EmailBudgetSpent, NumberNotAllowed, SmsBudgetSpent
 from core.metrics import metric_count
 from core.observability import REQUEST_ID_HEADER, request_id_current
 from otp import codes, providers, queries, queues, tasks, throttles
@@ -20,13 +20,20 @@ from otp.services.delivering import delivery_finish
 DELIVERY_PAYLOAD_VERSION = 2
 
 
-def code_request(*, address: Address, purpose: Purpose) -> None:
+def code_request(*, address: Address, purpose: Purpose, device: bool = False) -> None:
     """/register/ and /login/: throttle, then issue a code and enqueue its delivery.
+
+    `device`: the request carries a live device token for the address (otp.selectors.device_token_find), so it
+    is judged in the device class: that class's cooldown and hourly cap, and its code supersedes only codes
+    issued to device-token requests (contract: device tokens).
 
     The API does the same work whether or not an account exists, so neither the answer nor its timing
     tells them apart: for a login, the worker checks the account and sends only if it exists.
+    `device`: the request carries a valid device token for this address (its own share of the SMS budgets).
     Raises core.errors.NumberNotAllowed (400) for a number the SMS destination rules refuse (before any
-    throttle is spent: the answer is the same whether or not an account exists), RateLimited (429) and
+    throttle is spent: the answer is the same whether or not an account exists), SmsBudgetSpent or
+    EmailBudgetSpent (429) while a send budget of the channel is spent (before the address's throttles, which
+    it leaves untouched; contract: "SMS volume is bounded"), RateLimited (429) and
     DependencyUnavailable (503); after an outage (core.errors.DATABASE_OUTAGES, or the broker) the throttles
     taken are given back, since it was not the user's doing. Any other database error keeps them: it comes with
     the request, and giving them back would let it be repeated at will.
@@ -36,19 +43,36 @@ def code_request(*, address: Address, purpose: Purpose) -> None:
         if refusal is not None:
             metric_count("otp_sms_refused_total", reason=refusal.reason)
             raise NumberNotAllowed(refusal.message)
-    throttles.send_throttle_take(address=address)
+    send_budget_check(address=address, device=device)
+    throttles.send_throttle_take(address=address, device=device)
     try:
-        code_issue(address=address, purpose=purpose)
+        code_issue(address=address, purpose=purpose, device=device)
         metric_count("otp_codes_issued_total", channel=address.channel.value, purpose=purpose)
     except (DependencyUnavailable, *DATABASE_OUTAGES):
-        throttles.send_throttle_release(address=address)
+        throttles.send_throttle_release(address=address, device=device)
         raise
 
 
-def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
-    """Store a new code's hash, supersede the older ones, record its delivery, and enqueue it once that commits.
+def send_budget_check(*, address: Address, device: bool = False) -> None:
+    """Refuse a code while a send budget of the address's channel is spent (otp.throttles.send_budget_wait),
+    counting the refusal in otp_sms_refused_total or otp_email_refused_total by the budget's name.
 
-    Returns the queued Delivery. Raises django.db.DatabaseError when the database fails.
+    Only read here: the worker counts each message it hands to the provider. Raises SmsBudgetSpent or
+    EmailBudgetSpent with the whole seconds until the budget allows a message again.
+    """
+    wait, budget = throttles.send_budget_wait(address=address, device=device)
+    if wait:
+        metric_count(f"otp_{address.channel.value}_refused_total", reason=budget)
+        raise (SmsBudgetSpent if address.channel == Channel.SMS else EmailBudgetSpent)(wait)
+
+
+def code_issue(*, address: Address, purpose: Purpose, device: bool = False) -> Delivery:
+    """Store a new code's hash, supersede the older ones of its client class (`device`: see code_request),
+    record its delivery, and enqueue it once that commits.
+
+    `device`: issued to a request with a valid device token; its job says so, and the worker counts the message
+    on that class's share of the send budgets. Returns the queued Delivery. Raises django.db.DatabaseError when
+    the database fails.
     """
     now = timezone.now()
     code = codes.code_generate()
@@ -56,18 +80,19 @@ def code_issue(*, address: Address, purpose: Purpose) -> Delivery:
         address=address.value, channel=address.channel.value, purpose=purpose,
         provider=providers.provider_name(address.channel.value),
         code_hash_hex=codes.code_hash(address=address.value, code=code),
-        now=now, expires_at=now + timedelta(seconds=settings.OTP_TTL_SECONDS),
+        now=now, expires_at=now + timedelta(seconds=settings.OTP_TTL_SECONDS), device=device,
     )
-    transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code))
+    transaction.on_commit(lambda: delivery_enqueue(delivery=delivery, code=code, device=device))
     return delivery
 
 
-def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
-    """Publish the delivery job for `delivery` on its channel's queue, with `code` in its payload.
+def delivery_enqueue(*, delivery: Delivery, code: str, device: bool = False) -> None:
+    """Publish the delivery job for `delivery` on its channel's queue, with `code` (and `device`) in its payload.
 
     Raises DependencyUnavailable("broker") when the broker refuses, after recording the delivery as failed.
     """
-    payload = delivery_payload(delivery_id=delivery.id, code=code, expires_at=delivery.expires_at.timestamp())
+    payload = delivery_payload(delivery_id=delivery.id, code=code, expires_at=delivery.expires_at.timestamp(),
+                               device=device)
     try:
         tasks.delivery_send.apply_async(
             kwargs={"payload": payload},
@@ -82,13 +107,17 @@ def delivery_enqueue(*, delivery: Delivery, code: str) -> None:
         raise DependencyUnavailable("broker") from exc
 
 
-def delivery_payload(*, delivery_id: int, code: str, expires_at: float) -> dict:
+def delivery_payload(*, delivery_id: int, code: str, expires_at: float, device: bool = False) -> dict:
     """The delivery job's payload (version DELIVERY_PAYLOAD_VERSION): {"v": 2, "delivery_id": int, "expires_at":
-    the code's expiry in Unix seconds, "code_sealed": codes.code_seal(...)}.
+    the code's expiry in Unix seconds, "code_sealed": codes.code_seal(...), "device": bool}.
+
+    `device` (added within version 2; absent reads False): the code was asked for with a valid device token, so
+    the worker counts it on that class's share of the send budgets.
 
     The code is sealed with the delivery id and the expiry as associated data, so Redis (its memory, its
     append-only file, a backup) never holds it in plaintext, and a sealed code copied into another job is refused
     (contract: Delivery).
     """
     return {"v": DELIVERY_PAYLOAD_VERSION, "delivery_id": delivery_id, "expires_at": expires_at,
-            "code_sealed": codes.code_seal(code=code, delivery_id=delivery_id, expires_at=expires_at)}
+            "code_sealed": codes.code_seal(code=code, delivery_id=delivery_id, expires_at=expires_at),
+            "device": device}

@@ -1,4 +1,6 @@
-"""Verifying: /verify-otp/ trades a valid code for tokens."""
+"""Verifying: /verify-otp/ trades a valid code for tokens and a device token."""
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -9,32 +11,46 @@ from otp import codes, throttles
 from otp.addresses import Address
 from otp.models import OneTimeCode, Purpose
 from otp.selectors import user_get_by_address
-from users.models import User
-from users.services import TokenPair, token_pair_issue, user_create
+from users.models import DeviceToken, User
+from users.services import TokenPair, device_token_issue, token_pair_issue, user_create
 
 
-def code_verify(*, address: Address, code: str) -> TokenPair:
-    """Trade a valid code for tokens; the code is consumed, and a /register/ code creates the account.
+@dataclass(frozen=True)
+class SignIn(TokenPair):
+    device_token: str  # for the client to send back with its next requests for this address
 
-    Every failure looks the same (InvalidCode, 400: no oracle) and spends the address's failure budget;
+
+def code_verify(*, address: Address, code: str, device_token: DeviceToken | None = None) -> SignIn:
+    """Trade a valid code for tokens and a new device token; the code is consumed, and a /register/ code creates
+    the account.
+
+    `device_token` is the request's live device token for `address` (otp.selectors.device_token_find), or None.
+    With one, the request is judged in the device class: its failure budget, and only a code issued to a
+    device-token request is compared; on success that token is replaced by the new one. Without one, the same
+    with the other class's budget and codes (contract: device tokens).
+    Every failure looks the same (InvalidCode, 400: no oracle) and spends the class's failure budget;
     past the budget, raises core.errors.RateLimited (429). `code` is a well-formed code (codes.code_is_well_formed).
     """
-    throttles.failure_take(address=address)
-    user = _code_consume(address=address, code=code)
+    device = device_token is not None
+    throttles.failure_take(address=address, device=device)
+    user = _code_consume(address=address, code=code, device=device)
     if user is None:
         metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
-    throttles.failure_budget_reset(address=address)
+    throttles.failure_budget_reset(address=address, device=device)
     metric_count("otp_codes_verified_total", result="success")
-    return token_pair_issue(user=user)
+    tokens = token_pair_issue(user=user)
+    return SignIn(access=tokens.access, refresh=tokens.refresh, expires_in=tokens.expires_in,
+                  device_token=device_token_issue(user=user, address=address.value, replacing=device_token))
 
 
 @transaction.atomic
-def _code_consume(*, address: Address, code: str) -> User | None:
-    """Check `code` against the address's current code under a row lock: one verify at a time per code."""
+def _code_consume(*, address: Address, code: str, device: bool) -> User | None:
+    """Check `code` against the address's current code of the client class `device` under a row lock: one verify
+    at a time per code."""
     now = timezone.now()
     otp = (OneTimeCode.objects.select_for_update()
-           .filter(address=address.value, status=OneTimeCode.Status.ACTIVE)
+           .filter(address=address.value, status=OneTimeCode.Status.ACTIVE, device=device)
            .order_by("-created_at").first())
     if otp is None or otp.expires_at <= now:
         return None

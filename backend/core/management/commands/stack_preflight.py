@@ -139,7 +139,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         database = settings.DATABASES["default"]
         try:
-            if database["ENGINE"] != "django.db.backends.postgresql":
+            if database["ENGINE"] != "core.postgresql":  # what config/settings.py makes of a postgres:// URL
                 raise DependencyFailed("DATABASE_URL is not a postgres:// URL: the native stack runs several "
                                        "processes on one database, which SQLite is not for (make run is the quick "
                                        "run on SQLite)")

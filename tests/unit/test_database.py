@@ -1,0 +1,46 @@
+"""The connection pool after PostgreSQL ended every connection (a restart, a failover): the next query gets a fresh
+connection at once instead of waiting out the pool's timeout behind the dead ones (core/database.py)."""
+import time
+
+import psycopg
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from tests.support.env import database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+IDLE_CONNECTIONS = 6
+# A fresh connection and one of psycopg_pool's backoff pauses (about 1 s); the pool's own timeout is 5 s.
+WITHIN_SECONDS = 3.5
+
+
+def pool_filled_then_cut(count: int) -> None:
+    """Leave `count` idle connections in this process's pool, then have PostgreSQL end every one of them."""
+    pool = connection.pool
+    held = [pool.getconn() for _ in range(count)]
+    for conn in held:
+        pool.putconn(conn)
+    connection.close()
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert ended >= count
+
+
+def test_the_first_query_after_every_connection_was_ended_gets_a_fresh_one_quickly():
+    pool_filled_then_cut(IDLE_CONNECTIONS)
+    started = time.monotonic()
+    assert get_user_model().objects.count() == 0
+    assert time.monotonic() - started < WITHIN_SECONDS
+
+
+def test_after_one_dead_connection_is_found_the_others_are_already_replaced():
+    pool_filled_then_cut(IDLE_CONNECTIONS)
+    get_user_model().objects.count()
+    connection.close()
+    # The pool holds only live connections now: the next query pays no check failure and no backoff.
+    started = time.monotonic()
+    get_user_model().objects.count()
+    assert time.monotonic() - started < 0.5
