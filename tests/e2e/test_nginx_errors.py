@@ -16,7 +16,9 @@ from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+# The API's answers carry Cache-Control from Django; nginx's own answers set it themselves (contract: HTTP API).
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "same-origin",
+                    "cache-control": "no-store"}
 
 
 @dataclass
