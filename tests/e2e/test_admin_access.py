@@ -103,6 +103,27 @@ def test_admin_sign_ins_through_nginx_are_throttled_per_client_when_public(publi
     assert operator.status_code == 302 and operator.headers["Location"] == "/admin/"
 
 
+def test_behind_a_trusted_tls_balancer_the_admin_sign_in_passes_csrf_as_https(stack, tmp_path, admin_user):
+    # The balancer ended TLS: the browser's Origin is https://..., and Django must see the request as https to
+    # match it, from the balancer's X-Forwarded-Proto, which nginx passes on only from TRUSTED_PROXY_RANGES.
+    nginx = LoneNginx(tmp_path, api_port=stack.api_port, ADMIN_PUBLIC="true",
+                      TRUSTED_PROXY_RANGES="127.0.0.30/32").start()
+    try:
+        through_tls = {"X-Forwarded-Proto": "https", "Origin": f"https://127.0.0.1:{nginx.port}"}
+        balancer = session_from("127.0.0.30")
+        balancer.headers.update(through_tls)
+        signed_in = admin_sign_in(balancer, nginx.url, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert signed_in.status_code == 302 and signed_in.headers["Location"] == "/admin/", signed_in.text[:500]
+        # The same headers from a peer outside the ranges: the scheme stays nginx's own, and Django refuses the
+        # https Origin for a plain-http request.
+        stranger = session_from("127.0.0.31")
+        stranger.headers.update(through_tls)
+        refused = admin_sign_in(stranger, nginx.url, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert refused.status_code == 403 and "CSRF" in refused.text
+    finally:
+        nginx.stop()
+
+
 @pytest.fixture
 def https_api(stack):
     """The stack's API as production runs it, its public URL https (so the admin's cookies are Secure), on a

@@ -42,6 +42,7 @@ def test_the_trusted_ranges_and_the_admin_switch_reach_the_rendered_config(tmp_p
     real_ip = (tmp_path / "nginx" / "real-ip.conf").read_text()
     assert "set_real_ip_from 10.0.0.0/8;" in real_ip and "set_real_ip_from 2001:db8::/32;" in real_ip
     assert "real_ip_header X-Forwarded-For;" in real_ip and "real_ip_recursive on;" in real_ip
+    assert "geo $realip_remote_addr $otp_from_trusted_proxy {" in real_ip and "    10.0.0.0/8 1;" in real_ip
     default = (tmp_path / "nginx" / "default.conf").read_text()
     assert "include real-ip.conf;" in default
     assert 'map "off" $otp_admin_public' in default

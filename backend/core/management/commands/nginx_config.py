@@ -17,12 +17,18 @@ def template_render(text: str, values: dict[str, str]) -> str:
 def real_ip_render(ranges: list[str]) -> str:
     """real-ip.conf for TRUSTED_PROXY_RANGES (networks, as settings.TRUSTED_PROXY_RANGES holds them): nginx takes
     the client's address from X-Forwarded-For when the peer is one of them, walking left past every trusted
-    entry (real_ip_recursive), so a client cannot name itself by forging the header. Empty without ranges.
-    nginx/trusted-proxies.sh writes the same text in nginx's image (compose)."""
+    entry (real_ip_recursive), so a client cannot name itself by forging the header; and $otp_from_trusted_proxy
+    says whether the peer is one of them (1) or not (0). nginx/trusted-proxies.sh writes the same text in nginx's
+    image (compose)."""
     if not ranges:
-        return "# TRUSTED_PROXY_RANGES is empty: clients connect to nginx directly.\n"
+        return ("# TRUSTED_PROXY_RANGES is empty: clients connect to nginx directly.\n"
+                "geo $otp_from_trusted_proxy {\n    default 0;\n}\n")
     lines = [f"set_real_ip_from {network};" for network in ranges]
-    return "\n".join([*lines, "real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]) + "\n"
+    lines += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    # Tested on the connection's own address ($realip_remote_addr), not the client's taken from the header.
+    lines += ["geo $realip_remote_addr $otp_from_trusted_proxy {", "    default 0;",
+              *(f"    {network} 1;" for network in ranges), "}"]
+    return "\n".join(lines) + "\n"
 
 
 class Command(BaseCommand):
