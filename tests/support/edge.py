@@ -26,6 +26,17 @@ class LoneNginx:
         self.process: ManagedProcess | None = None
 
     def start(self) -> "LoneNginx":
+        # A free port can be taken between free_port() and nginx's bind (the machine runs other tests, and this
+        # suite's own clients use ephemeral ports): then another port, a few times.
+        for _ in range(3):
+            if self._start_on_port():
+                return self
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.env["HTTP_PORT"] = str(self.port)
+        raise AssertionError(f"nginx could not bind a free port:\n{self.process.log()[-2000:]}")
+
+    def _start_on_port(self) -> bool:
         subprocess.run([sys.executable, "manage.py", "nginx_config", str(self.stack_dir)], cwd=BACKEND_DIR,
                        env=self.env, check=True, capture_output=True, timeout=60)
         (self.stack_dir / "log").mkdir(exist_ok=True)
@@ -37,16 +48,20 @@ class LoneNginx:
              str(self.stack_dir / "log" / "nginx-error.log"), "-g", "daemon off;"],
             env=self.env, log_dir=LOG_DIR).start()
 
-        def listening():
+        def listening_or_exited():
+            if self.process.process.poll() is not None:
+                return "exited"
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
+                return "listening"
             except OSError:
-                assert self.process.process.poll() is None, self.process.log()
-                return False
+                return None
 
-        wait_for(listening, timeout=15, message="nginx to listen")
-        return self
+        outcome = wait_for(listening_or_exited, timeout=15, message="nginx to listen")
+        if outcome == "exited":
+            assert "Address already in use" in self.process.log(), self.process.log()
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process:
