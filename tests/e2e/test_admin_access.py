@@ -2,6 +2,10 @@
 ADMIN_PUBLIC on, through nginx, CSRF included, its sign-ins throttled per client; otherwise on the API's
 loopback-only port, through an SSH tunnel, with Secure cookies (docs/operations.md, "Admin"). The sign-ins run in
 a real headless Chromium, as an operator would sign in."""
+import ipaddress
+import socket
+import subprocess
+
 import pytest
 import requests
 
@@ -73,6 +77,19 @@ def test_admin_is_a_json_404_through_nginx_by_default(stack, method, path):
         assert response.headers[name] == value, (name, response.headers)
     # The same stack serves it on the API's own port, bound to the loopback interface only.
     assert requests.get(f"http://127.0.0.1:{stack.api_port}/admin/login/", timeout=10).status_code == 200
+
+
+def test_the_apis_port_listens_on_the_loopback_interface_only(stack):
+    # What keeps the admin off the network when nginx does not serve it: gunicorn binds 127.0.0.1:API_PORT.
+    addresses = [address for address in subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                                                         timeout=10).stdout.split()
+                 if ipaddress.ip_address(address).version == 4 and not ipaddress.ip_address(address).is_loopback]
+    if not addresses:
+        pytest.skip("this machine has no address but the loopback one")
+    for address in addresses:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, stack.api_port), timeout=5).close()
+        socket.create_connection((address, stack.http_port), timeout=5).close()  # nginx: every interface
 
 
 def test_admin_sign_in_through_nginx_passes_csrf_when_admin_public(public_admin_nginx, admin_user, browser):
