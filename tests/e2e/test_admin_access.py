@@ -17,7 +17,7 @@ from tests.support.processes import LOG_DIR, REPO_DIR, ManagedProcess
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import free_port, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 ADMIN_EMAIL = "operator@example.com"
 ADMIN_PASSWORD = "a-long-admin-password-for-tests"
@@ -92,6 +92,7 @@ def test_the_apis_port_listens_on_the_loopback_interface_only(stack):
         socket.create_connection((address, stack.http_port), timeout=5).close()  # nginx: every interface
 
 
+@pytest.mark.browser
 def test_admin_sign_in_through_nginx_passes_csrf_when_admin_public(public_admin_nginx, admin_user, browser):
     posts = []
     context, page = chromium_sign_in(browser, public_admin_nginx.url, posts)
@@ -163,6 +164,7 @@ def https_api(stack):
     api.stop()
 
 
+@pytest.mark.browser
 def test_admin_sign_in_through_a_tunnel_to_the_loopback_port_keeps_secure_cookies(https_api, admin_user, browser):
     # What `ssh -L 8000:127.0.0.1:$API_PORT host` gives the operator: a port on their own machine forwarded to the
     # API's loopback port. Chromium treats http://localhost as a secure context, so it keeps Secure cookies there.
