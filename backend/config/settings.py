@@ -1,5 +1,6 @@
 """The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
 import importlib.util
+import ipaddress
 import os
 import re
 import sqlite3
@@ -105,6 +106,34 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_P
 if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
+
+
+def _proxy_ranges(name: str) -> list[str]:
+    """A comma-separated list of addresses or CIDR ranges, as networks nginx's set_real_ip_from takes (host bits
+    cleared: 10.0.0.7/8 is 10.0.0.0/8)."""
+    ranges = []
+    for item in env_list(name):
+        try:
+            ranges.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            _fail(name, item, "addresses or CIDR ranges such as 10.0.0.0/8,2001:db8::/32, comma-separated")
+    return ranges
+
+
+# The address ranges of the proxies in front of nginx (a TLS load balancer): nginx takes the client's address
+# from their X-Forwarded-For (set_real_ip_from, rendered by manage.py nginx_config), so its per-client limits key
+# on the client rather than on the balancer. nginx then appends that client itself, so Django still trusts one
+# entry: any other TRUSTED_PROXY_COUNT would key the API's limits on an address a client can forge (too many) or
+# on nginx's own view of the balancer (too few). Empty: nothing stands in front of nginx.
+TRUSTED_PROXY_RANGES = _proxy_ranges("TRUSTED_PROXY_RANGES")
+if TRUSTED_PROXY_RANGES and TRUSTED_PROXY_COUNT != 1:
+    _fail("TRUSTED_PROXY_COUNT", TRUSTED_PROXY_COUNT, "1 when TRUSTED_PROXY_RANGES is set (nginx resolves the "
+          "proxies in front of it and appends the client itself)")
+if TRUSTED_PROXY_COUNT > 1:
+    _fail("TRUSTED_PROXY_COUNT", TRUSTED_PROXY_COUNT, "0 (no proxy) or 1 (nginx): list the proxies in front of nginx "
+          "in TRUSTED_PROXY_RANGES instead, or nginx keys its per-client limits on them")
+# The Django admin through the public nginx (contract: off by default; docs/operations.md, "Admin").
+ADMIN_PUBLIC = env_bool("ADMIN_PUBLIC", False)
 SERVICE_NAME = env_str("SERVICE_NAME", "OTP Login")
 if not SERVICE_NAME.isprintable():  # it is in every email's Subject: a line break there would end the header
     _fail("SERVICE_NAME", SERVICE_NAME, "printable text on one line")
