@@ -231,20 +231,21 @@ def test_worker_container_killed_mid_send_is_redelivered_and_delivered_once(comp
 
 
 def test_nginx_follows_the_api_recreated_by_build_and_up(compose, host_services):
-    # The input: nginx resolved `api` once at start; after a routine build + up -d the API had a new
-    # address and nginx answered 502 indefinitely. `depends_on: {api: {restart: true}}` restarts nginx with it.
+    # The input: nginx resolves `api` once at start; after a routine build + up -d the API had a new
+    # address and nginx answered 502 indefinitely. `depends_on: {api: {restart: true}}` restarts nginx after it.
     _, twilio = host_services
     (api_before,) = compose.container_ids("api")
-    address_before = compose.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                                    api_before)
     stamp = uuid.uuid4().hex  # a new release: a new image
     compose("build", E2E_BUILD_STAMP=stamp, timeout=600)
     compose("up", "-d", E2E_BUILD_STAMP=stamp, timeout=300)
     (api_after,) = compose.container_ids("api")
-    address_after = compose.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                                   api_after)
     assert api_after != api_before, "up -d did not recreate the API: the test proves nothing"
-    assert address_after != address_before, "the recreated API kept its address: the test proves nothing"
+    # Whether the new API got a new address is up to Docker's address allocation (it did in most runs here, not
+    # in all): what must hold either way is that nginx started again after the new API did.
+    (nginx,) = compose.container_ids("nginx")
+    api_started = compose.docker("inspect", "-f", "{{.State.StartedAt}}", api_after)
+    nginx_started = compose.docker("inspect", "-f", "{{.State.StartedAt}}", nginx)
+    assert nginx_started > api_started, "nginx still runs with the address of the API it started with"
     wait_for(lambda: ready(compose.url), timeout=10, interval=0.2, message="/readyz through nginx within 10 s")
     sign_in_by_sms(compose, twilio, "+14155552790")
 
