@@ -170,7 +170,8 @@ class HostSnapshot:
     def restore(self) -> list[str]:
         """Puts the saved state back; returns what could not be restored (empty when everything was)."""
         problems = []
-        for name in sorted(links() - self.links):  # docker0, the compose networks' br-*, their veth ends
+        # New links of Docker's kinds only: docker0, the compose networks' br-*, their containers' veth ends.
+        for name in sorted(name for name in links() - self.links if re.match(r"(docker0|br-|veth)", name)):
             if run(["ip", "link", "delete", name], check=False).returncode != 0 and name in links():
                 problems.append(f"link {name} is still there")
         # Docker's chains and rules out, then the saved tables back. iptables-restore flushes only the tables its
@@ -368,16 +369,19 @@ def main(command: list[str]) -> int:
         raise SystemExit("compose-engine: this host has firewall rules of its own; Docker would rewrite them:\n"
                          + "\n".join(rules[:10]))
     ENGINE_DIR.mkdir(parents=True, exist_ok=True)
-    install_packages()
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(HOST_LOCK, "w") as lock:
         say(f"waiting for the host-wide lock {HOST_LOCK}")
         fcntl.flock(lock, fcntl.LOCK_EX)
-        # Checked again under the lock: another checkout may have started its engine meanwhile.
+        # Checked again under the lock: another checkout may have started its engine meanwhile. The install runs
+        # under the lock too, so two checkouts never run apt-get at once; then the firewall is checked again,
+        # now that iptables-save is surely there.
         if (found := other_engine()):
             raise SystemExit(f"compose-engine: another container engine is here ({found}): not starting ours")
+        install_packages()
         if (rules := foreign_firewall_rules()):
-            raise SystemExit("compose-engine: firewall rules appeared:\n" + "\n".join(rules[:10]))
+            raise SystemExit("compose-engine: this host has firewall rules of its own; Docker would rewrite "
+                             "them:\n" + "\n".join(rules[:10]))
         snapshot = HostSnapshot()
         engine = OwnEngine()
         status = 1
