@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import environ
 
@@ -246,6 +246,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a redis:// URL")
+
+
+# --- Redis password given apart (docker-compose.yml) --------------------------------------------
+# Compose cannot percent-encode: it passes REDIS_PASSWORD on its own, and it goes into REDIS_URL here (and into a
+# CELERY_BROKER_URL on the same Redis, below), percent-encoded (RFC 3986 section 3.2.1), so `/`, `@`, `#` or `:`
+# in it cannot break the URL. Only a URL without a password of its own takes it. Not stripped: spaces count.
+REDIS_PASSWORD = env.str("REDIS_PASSWORD", default="")
+
+
+def _url_with_password(url: str, password: str) -> str:
+    """`url` (redis:// or rediss://) with `password` percent-encoded into it, unless it has one already."""
+    parts = urlsplit(url)
+    if not password or parts.scheme not in ("redis", "rediss") or parts.password is not None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+
+REDIS_URL = _url_with_password(REDIS_URL, REDIS_PASSWORD)
+# ------------------------------------------------------------------------------------------------
+
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -471,6 +492,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "core.postgresql"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+_broker_location, _cache_location = _redis_location(CELERY_BROKER_URL), _redis_location(REDIS_URL)
+if _broker_location and _cache_location and _broker_location[:2] == _cache_location[:2]:
+    CELERY_BROKER_URL = _url_with_password(CELERY_BROKER_URL, REDIS_PASSWORD)  # the same Redis: its password
 if REDIS_URL and not CELERY_BROKER_URL:
     if _redis_location(REDIS_URL) is None:
         _fail("CELERY_BROKER_URL", "", "a broker URL of its own when REDIS_URL is not a redis:// or rediss:// URL")
