@@ -7,7 +7,7 @@ MANAGE := cd backend && ../$(BIN)/python manage.py
 # database); with QUICK_RUN=1, on the quick run's instead (bin/quick-run: SQLite, whatever .env says).
 DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
 
-.PHONY: run test test-fast bench up down install install-test migrate nginx chromium wrk clean \
+.PHONY: run test test-fast test-compose bench up down install install-test migrate nginx chromium wrk clean \
 	manage createsuperuser user-create address-status promtool jq
 
 # Quick local run: embedded SQLite, in-process jobs, codes printed on this console, whatever .env holds (of it,
@@ -23,6 +23,14 @@ test: $(VENV)/.test-installed nginx chromium
 # The unit and API tests only (pytest.ini's markers): no worker processes, nginx or Chromium, nothing as root.
 test-fast: $(VENV)/.test-installed
 	$(BIN)/pytest -m "not e2e and not faults and not browser and not slow"
+
+# The compose stack's end-to-end tests (tests/e2e/test_compose_stack.py) on a Docker engine: the one that answers,
+# or, on a host declared disposable (OTP_DISPOSABLE_HOST=1, as .ci/run does), Debian's docker.io installed and
+# started by tests/e2e/compose_engine.py on a data root under var/compose-engine/, with local stand-ins for the
+# public images (tests/e2e/images/). Kept out of `make test`: it installs an engine as root and changes the
+# firewall while it runs (restored afterwards).
+test-compose: $(VENV)/.test-installed
+	$(BIN)/python tests/e2e/compose_engine.py $(BIN)/pytest tests/e2e/test_compose_stack.py -p no:cacheprovider -v
 
 # Benchmarks (not tests): starts the native stack on a database of its own, drives it with wrk through nginx beside
 # a bare view and the real peer (drfpasswordless, bench/peer/), prints a table and writes bench/results/latest.json

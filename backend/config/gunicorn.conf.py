@@ -7,8 +7,12 @@ from django.conf import settings  # noqa: E402  (reading settings validates them
 
 # Behind nginx on the same host; compose overrides this with --bind 0.0.0.0:8000.
 bind = f"127.0.0.1:{settings.API_PORT}"
-# WEB_CONCURRENCY is gunicorn's own variable; sync workers suit short requests behind nginx's buffering.
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
+# WEB_CONCURRENCY is gunicorn's own variable; sync workers suit short requests behind nginx's buffering. Unset,
+# gunicorn's usual 2 x cores + 1, but at most MAX_DEFAULT_WORKERS: each worker holds a PostgreSQL connection, and
+# on a large host (or in a container, which sees every core of its host) 2 x cores + 1 alone would take more
+# than PostgreSQL's default max_connections (100). docs/operations.md has the connection arithmetic.
+MAX_DEFAULT_WORKERS = 8
+workers = int(os.environ.get("WEB_CONCURRENCY") or min(multiprocessing.cpu_count() * 2 + 1, MAX_DEFAULT_WORKERS))
 worker_class = "sync"
 preload_app = True
 timeout = 30

@@ -1,12 +1,13 @@
 """The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
 import importlib.util
+import ipaddress
 import os
 import re
 import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import environ
 
@@ -105,6 +106,34 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_P
 if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
     _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
+
+
+def _proxy_ranges(name: str) -> list[str]:
+    """A comma-separated list of addresses or CIDR ranges, as networks nginx's set_real_ip_from takes (host bits
+    cleared: 10.0.0.7/8 is 10.0.0.0/8)."""
+    ranges = []
+    for item in env_list(name):
+        try:
+            ranges.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            _fail(name, item, "addresses or CIDR ranges such as 10.0.0.0/8,2001:db8::/32, comma-separated")
+    return ranges
+
+
+# The address ranges of the proxies in front of nginx (a TLS load balancer): nginx takes the client's address
+# from their X-Forwarded-For (set_real_ip_from, rendered by manage.py nginx_config), so its per-client limits key
+# on the client rather than on the balancer. nginx then appends that client itself, so Django still trusts one
+# entry: any other TRUSTED_PROXY_COUNT would key the API's limits on an address a client can forge (too many) or
+# on nginx's own view of the balancer (too few). Empty: nothing stands in front of nginx.
+TRUSTED_PROXY_RANGES = _proxy_ranges("TRUSTED_PROXY_RANGES")
+if TRUSTED_PROXY_RANGES and TRUSTED_PROXY_COUNT != 1:
+    _fail("TRUSTED_PROXY_COUNT", TRUSTED_PROXY_COUNT, "1 when TRUSTED_PROXY_RANGES is set (nginx resolves the "
+          "proxies in front of it and appends the client itself)")
+if TRUSTED_PROXY_COUNT > 1:
+    _fail("TRUSTED_PROXY_COUNT", TRUSTED_PROXY_COUNT, "0 (no proxy) or 1 (nginx): list the proxies in front of nginx "
+          "in TRUSTED_PROXY_RANGES instead, or nginx keys its per-client limits on them")
+# The Django admin through the public nginx (contract: off by default; docs/operations.md, "Admin").
+ADMIN_PUBLIC = env_bool("ADMIN_PUBLIC", False)
 SERVICE_NAME = env_str("SERVICE_NAME", "OTP Login")
 if not SERVICE_NAME.isprintable():  # it is in every email's Subject: a line break there would end the header
     _fail("SERVICE_NAME", SERVICE_NAME, "printable text on one line")
@@ -232,6 +261,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a redis:// URL")
+
+
+# --- Redis password given apart (docker-compose.yml) --------------------------------------------
+# Compose cannot percent-encode: it passes REDIS_PASSWORD on its own, and it goes into REDIS_URL here (and into a
+# CELERY_BROKER_URL on the same Redis, below), percent-encoded (RFC 3986 section 3.2.1), so `/`, `@`, `#` or `:`
+# in it cannot break the URL. Only a URL without a password of its own takes it. Not stripped: spaces count.
+REDIS_PASSWORD = env.str("REDIS_PASSWORD", default="")
+
+
+def _url_with_password(url: str, password: str) -> str:
+    """`url` (redis:// or rediss://) with `password` percent-encoded into it, unless it has one already."""
+    parts = urlsplit(url)
+    if not password or parts.scheme not in ("redis", "rediss") or parts.password is not None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+
+REDIS_URL = _url_with_password(REDIS_URL, REDIS_PASSWORD)
+# ------------------------------------------------------------------------------------------------
+
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -480,6 +530,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "core.postgresql"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+_broker_location, _cache_location = _redis_location(CELERY_BROKER_URL), _redis_location(REDIS_URL)
+if _broker_location and _cache_location and _broker_location[:2] == _cache_location[:2]:
+    CELERY_BROKER_URL = _url_with_password(CELERY_BROKER_URL, REDIS_PASSWORD)  # the same Redis: its password
 if REDIS_URL and not CELERY_BROKER_URL:
     if _redis_location(REDIS_URL) is None:
         _fail("CELERY_BROKER_URL", "", "a broker URL of its own when REDIS_URL is not a redis:// or rediss:// URL")

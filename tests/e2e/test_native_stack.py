@@ -20,12 +20,13 @@ def test_email_round_trip_through_nginx(stack, inbox):
 
     verified = post(stack, "/verify-otp/", {"email": "e2e-alice@example.com", "code": code})
     assert verified.status_code == 200, verified.text
+    assert verified.headers["Cache-Control"] == "no-store"  # tokens: never kept by a browser or a shared cache
     tokens = verified.json()
     profile = requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {tokens['access']}"}, timeout=10)
     assert profile.status_code == 200 and profile.json()["email"] == "e2e-alice@example.com"
 
     rotated = post(stack, "/token/refresh/", {"refresh": tokens["refresh"]})
-    assert rotated.status_code == 200
+    assert rotated.status_code == 200 and rotated.headers["Cache-Control"] == "no-store"
     assert post(stack, "/token/refresh/", {"refresh": tokens["refresh"]}).status_code == 401
 
     new = rotated.json()

@@ -16,7 +16,9 @@ from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+# The API's answers carry Cache-Control from Django; nginx's own answers set it themselves (contract: HTTP API).
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "same-origin",
+                    "cache-control": "no-store"}
 
 
 @dataclass
@@ -217,3 +219,20 @@ def test_a_client_too_slow_with_its_body_never_gets_an_html_page(lone_nginx):
                                      b"Content-Length: 100\r\n\r\n{", timeout=10)
     if answer is not None:
         assert_nginx_json_error(answer, 408, "request_timeout")
+
+
+@pytest.mark.parametrize("public_url, hsts", [("https://login.example.test", "max-age=31536000; includeSubDomains"),
+                                              ("http://localhost:8080", None)])
+def test_nginx_errors_carry_hsts_exactly_when_the_public_url_is_https(tmp_path, public_url, hsts):
+    from tests.support.edge import LoneNginx
+
+    nginx = LoneNginx(tmp_path, api_port=free_port(), PUBLIC_BASE_URL=public_url).start()  # no API behind it
+    try:
+        for request, status in ((b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 404),
+                                (b"GET /admin/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 404),
+                                (b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 502)):
+            answer = raw_request(nginx.port, request)
+            assert answer.status == status and answer.headers["cache-control"] == ["no-store"], answer
+            assert answer.headers.get("strict-transport-security") == ([hsts] if hsts else None), answer.headers
+    finally:
+        nginx.stop()

@@ -264,3 +264,43 @@ def test_cors_allowed_origins_must_be_origins(value):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "CORS_ALLOWED_ORIGINS" in lines[0], result.stderr
     assert start(CORS_ALLOWED_ORIGINS="https://app.example.com, http://localhost:3000").returncode == 0
+# The input: passwords with the characters that end a URL's userinfo or path (`/`, `@`, `#`, `:`, `%`).
+AWKWARD_PASSWORD = "p/ss@wo#rd:%20 x"
+
+
+def test_redis_password_given_apart_goes_into_both_urls_percent_encoded():
+    # docker-compose.yml passes REDIS_PASSWORD apart from REDIS_URL: compose cannot percent-encode it.
+    encoded = "p%2Fss%40wo%23rd%3A%2520%20x"
+    env = {"REDIS_URL": "redis://redis:6379/0", "CELERY_BROKER_URL": "", "REDIS_PASSWORD": AWKWARD_PASSWORD}
+    assert setting_value("REDIS_URL", **env) == f"redis://:{encoded}@redis:6379/0"
+    assert setting_value("CELERY_BROKER_URL", **env) == f"redis://:{encoded}@redis:6379/1"
+    # What redis-py and kombu read back out of those URLs is the password itself.
+    import redis
+    from kombu.utils.url import parse_url
+
+    assert redis.ConnectionPool.from_url(f"redis://:{encoded}@redis:6379/0").connection_kwargs["password"] \
+        == AWKWARD_PASSWORD
+    assert parse_url(f"redis://:{encoded}@redis:6379/1")["password"] == AWKWARD_PASSWORD
+
+
+def test_redis_password_given_apart_leaves_urls_with_their_own_password_and_other_redis_servers_alone():
+    env = {"REDIS_PASSWORD": AWKWARD_PASSWORD}
+    assert setting_value("REDIS_URL", REDIS_URL="redis://:own@redis:6379/0", **env) == "redis://:own@redis:6379/0"
+    assert setting_value("CELERY_BROKER_URL", REDIS_URL="redis://redis:6379/0",
+                         CELERY_BROKER_URL="redis://broker.internal:6379/0", **env) == "redis://broker.internal:6379/0"
+
+
+def test_gunicorn_workers_are_bounded_whatever_the_host_cpu_count():
+    # The input: on a 24-core host 2 x cores + 1 = 49 workers, each with a PostgreSQL connection: the API
+    # alone would pass PostgreSQL's default max_connections (100) once scaled to two containers.
+    code = ("import multiprocessing, runpy; multiprocessing.cpu_count = lambda: 24; "
+            "print(runpy.run_path('config/gunicorn.conf.py')['workers'])")
+    env = {**os.environ, "WEB_CONCURRENCY": ""}
+    result = subprocess.run([sys.executable, "-c", code], cwd=BACKEND_DIR, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) == 8
+    env["WEB_CONCURRENCY"] = "3"
+    result = subprocess.run([sys.executable, "-c", code], cwd=BACKEND_DIR, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert int(result.stdout.strip()) == 3
