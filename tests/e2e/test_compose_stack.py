@@ -11,10 +11,13 @@ same tests run on the official images. Under `make test` with no engine this mod
 The tests share one stack and run in this file's order; the last one takes it down.
 """
 import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -24,7 +27,7 @@ from tests.support.http import post
 from tests.support.processes import LOG_DIR, REPO_DIR
 from tests.support.smtp import SmtpServer, code_from_email
 from tests.support.twilio_standin import TwilioStandIn, code_from_sms
-from tests.support.waiting import free_port, wait_for
+from tests.support.waiting import wait_for
 
 REQUIRED = os.environ.get("COMPOSE_E2E_REQUIRED") == "1"
 PROJECT = "otp-e2e"
@@ -91,6 +94,21 @@ def on_every_address(server_class):
     raise AssertionError(f"no free port on every address for {server_class.__name__}")
 
 
+def published_port() -> int:
+    """A port for nginx to publish: free on every address, and below the kernel's ephemeral range. The engine
+    binds it on 0.0.0.0 a minute or more after it is chosen (images built, the API healthy), and any socket on that
+    port meanwhile, on any address, makes `up` fail ("address already in use"): within the ephemeral range, the
+    outgoing connections of every process on the host (tests sending from 127.0.0.x included) take such ports."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, lowest_ephemeral), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port on every address below the ephemeral range")
+
 @pytest.fixture(scope="module")
 def host_services():
     smtp = on_every_address(SmtpServer)
@@ -103,7 +121,7 @@ def host_services():
 @pytest.fixture(scope="module")
 def compose(host_services):
     smtp, twilio = host_services
-    http_port = free_port()
+    http_port = published_port()
     env = {
         **os.environ,
         "SECRET_KEY": "compose-test-secret-key-not-used-anywhere-else", "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
