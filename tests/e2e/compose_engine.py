@@ -50,6 +50,10 @@ STANDINS = {
 }
 KEY_LABEL = "otp.e2e.standin-key"
 BUILTIN_CHAINS = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+# What the engine writes outside our data and exec roots: dockerd 20.10's trust key, its plugin-socket folder,
+# containerd's shim-socket folder and runc's state folder (BuildKit's builds). Removed afterwards, each only when it
+# was not there before.
+ENGINE_TRACES = [Path("/etc/docker/key.json"), Path("/run/docker"), Path("/run/containerd"), Path("/run/runc")]
 
 
 STARTED = time.monotonic()
@@ -158,13 +162,15 @@ def nft_tables() -> set[str]:
 
 
 class HostSnapshot:
-    """What the engine changes on the host, saved before it starts: the firewall, ip_forward, the links."""
+    """What the engine changes on the host, saved before it starts: the firewall, ip_forward, the links, and
+    which of the files it leaves behind (ENGINE_TRACES) were absent."""
 
     def __init__(self) -> None:
         self.iptables = run(["iptables-save"]).stdout
         self.nft_tables = nft_tables()
         self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         self.links = links()
+        self.absent_traces = [path for path in ENGINE_TRACES if not path.exists()]
         (ENGINE_DIR / "iptables.before").write_text(self.iptables)
 
     def restore(self) -> list[str]:
@@ -190,6 +196,13 @@ class HostSnapshot:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
         if run(["iptables-save"]).stdout.count("\n-A ") != self.iptables.count("\n-A "):
             problems.append("iptables rules differ from the saved ones")
+        for path in self.absent_traces:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            if path.exists():
+                problems.append(f"{path} is still there")
         return problems
 
 
@@ -400,7 +413,7 @@ def main(command: list[str]) -> int:
             if problems:
                 status = status or 1
             else:
-                say("firewall, ip_forward and links restored")
+                say("firewall, ip_forward, links and the engine's host files restored")
     return status
 
 

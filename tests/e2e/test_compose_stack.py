@@ -11,24 +11,31 @@ same tests run on the official images. Under `make test` with no engine this mod
 The tests share one stack and run in this file's order; the last one takes it down.
 """
 import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
 
+from tests.e2e.test_nginx_errors import SECURITY_HEADERS
 from tests.support.env import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER
 from tests.support.http import post
 from tests.support.processes import LOG_DIR, REPO_DIR
 from tests.support.smtp import SmtpServer, code_from_email
 from tests.support.twilio_standin import TwilioStandIn, code_from_sms
-from tests.support.waiting import free_port, wait_for
+from tests.support.waiting import wait_for
 
 REQUIRED = os.environ.get("COMPOSE_E2E_REQUIRED") == "1"
 PROJECT = "otp-e2e"
 # The issue's input: passwords with the characters that end a URL's userinfo or path.
+# A client address a load balancer in front of nginx would name in X-Forwarded-For (TEST-NET-2, RFC 5737).
+FORWARDED_CLIENT = "198.51.100.77"
 POSTGRES_PASSWORD = "pg/pass@word#1"
 REDIS_PASSWORD = "redis/pass@word#1"
 
@@ -91,6 +98,21 @@ def on_every_address(server_class):
     raise AssertionError(f"no free port on every address for {server_class.__name__}")
 
 
+def published_port() -> int:
+    """A port for nginx to publish: free on every address, and below the kernel's ephemeral range. The engine
+    binds it on 0.0.0.0 a minute or more after it is chosen (images built, the API healthy), and any socket on that
+    port meanwhile, on any address, makes `up` fail ("address already in use"): within the ephemeral range, the
+    outgoing connections of every process on the host (tests sending from 127.0.0.x included) take such ports."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, lowest_ephemeral), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port on every address below the ephemeral range")
+
 @pytest.fixture(scope="module")
 def host_services():
     smtp = on_every_address(SmtpServer)
@@ -103,7 +125,7 @@ def host_services():
 @pytest.fixture(scope="module")
 def compose(host_services):
     smtp, twilio = host_services
-    http_port = free_port()
+    http_port = published_port()
     env = {
         **os.environ,
         "SECRET_KEY": "compose-test-secret-key-not-used-anywhere-else", "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
@@ -121,9 +143,17 @@ def compose(host_services):
     running("up", "-d", "--build", timeout=900)
     wait_for(lambda: ready(running.url), timeout=120, interval=1, message="/readyz through nginx")
     yield running
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    (LOG_DIR / "compose-stack.log").write_text(running("logs", "--no-color", check=False).stdout)
+    save_logs(running)
     running("down", "-v", "--remove-orphans", check=False)
+
+
+def save_logs(compose) -> None:
+    """The stack's logs into var/test-logs/compose-stack.log, unless the stack is gone already (the last test
+    takes it down, after saving them)."""
+    logs = compose("logs", "--no-color", check=False).stdout
+    if logs.strip():
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        (LOG_DIR / "compose-stack.log").write_text(logs)
 
 
 def ready(url: str) -> bool:
@@ -158,6 +188,76 @@ def test_round_trip_by_mobile_through_nginx(compose, host_services):
     _, twilio = host_services
     code = sign_in_by_sms(compose, twilio, "+14155552698")
     assert not re.search(rf"\b{code}\b", compose.logs()), "a code is in the compose stack's logs"
+
+
+def test_admin_is_a_json_404_through_compose_nginx_by_default(compose):
+    # ADMIN_PUBLIC is unset, so compose passes `false`: the API serves the admin, nginx does not let it through.
+    for path in ("/admin/", "/admin/login/", "/admin"):
+        response = requests.get(f"{compose.url}{path}", timeout=10, allow_redirects=False)
+        assert response.status_code == 404, (path, response.text[:300])
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json() == {"detail": "Not found.", "code": "not_found"}
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (path, name, response.headers)
+
+
+def test_compose_nginx_sets_the_security_headers_on_the_apis_answers(compose):
+    response = requests.get(f"{compose.url}/healthz", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Referrer-Policy"] == "same-origin"  # one copy: nginx's, not the API's as well
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def nginx_logged_client(compose, headers: dict | None = None) -> str:
+    """The client address ($remote_addr) compose's nginx logs for a request sent now with `headers`."""
+    probe = uuid.uuid4().hex
+    assert requests.get(f"{compose.url}/healthz?probe={probe}", headers=headers, timeout=10).status_code == 200
+
+    def logged():
+        # otp_access: '$remote_addr [$time_iso8601] "$request" ...', after compose's "nginx-1  | " prefix.
+        for line in compose.logs("nginx").splitlines():
+            match = re.search(rf"\|\s*(\S+) \[[^]]+\] \"GET /healthz\?probe={probe} ", line)
+            if match:
+                return match[1]
+        return None
+
+    return wait_for(logged, timeout=20, interval=0.5, message=f"nginx's access log line of probe {probe}")
+
+
+@contextmanager
+def nginx_recreated_with(compose, **env):
+    """Compose's nginx recreated with `env` for the compose file's variables, then as it was."""
+    try:
+        compose("up", "-d", "--no-deps", "nginx", **env)
+        wait_for(lambda: ready(compose.url), timeout=60, interval=0.5, message="/readyz through the new nginx")
+        yield
+    finally:
+        compose("up", "-d", "--no-deps", "nginx")
+        wait_for(lambda: ready(compose.url), timeout=60, interval=0.5, message="/readyz through nginx again")
+
+
+def test_trusted_proxy_ranges_make_compose_nginx_honour_x_forwarded_for(compose):
+    # The address nginx sees for this test process (the engine's gateway or its port proxy), which plays the load
+    # balancer: by default (no TRUSTED_PROXY_RANGES) what it claims in X-Forwarded-For is not believed.
+    forwarded = {"X-Forwarded-For": FORWARDED_CLIENT}
+    balancer = nginx_logged_client(compose)
+    assert balancer != FORWARDED_CLIENT
+    assert nginx_logged_client(compose, forwarded) == balancer
+    # With the balancer's address in TRUSTED_PROXY_RANGES, nginx's image runs 15-trusted-proxies.sh before it
+    # starts (real-ip.conf), and the client the balancer names is the one every limit keys on.
+    with nginx_recreated_with(compose, TRUSTED_PROXY_RANGES=f"192.0.2.0/24,{balancer}"):
+        assert nginx_logged_client(compose, forwarded) == FORWARDED_CLIENT
+        assert nginx_logged_client(compose) == balancer  # no header: the balancer itself
+
+
+def test_admin_public_lets_compose_nginx_pass_the_admin_through(compose):
+    with nginx_recreated_with(compose, ADMIN_PUBLIC="true"):
+        response = requests.get(f"{compose.url}/admin/login/", timeout=10)
+        assert response.status_code == 200, response.text[:300]
+        assert "csrfmiddlewaretoken" in response.text
+        assert response.headers["Referrer-Policy"] == "same-origin"
+    assert requests.get(f"{compose.url}/admin/login/", timeout=10).status_code == 404
 
 
 def test_every_app_service_runs_the_one_image_built_once(compose):
@@ -251,6 +351,7 @@ def test_nginx_follows_the_api_recreated_by_build_and_up(compose, host_services)
 
 
 def test_down_leaves_nothing_running(compose):
+    save_logs(compose)
     compose("down")
     label = f"label=com.docker.compose.project={PROJECT}"
     assert compose.docker("ps", "-a", "-q", "--filter", label) == ""

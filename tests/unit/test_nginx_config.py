@@ -27,6 +27,16 @@ def test_compose_and_the_native_stack_size_nginx_alike():
     assert int(native["worker_rlimit_nofile"]) >= 2 * int(native["worker_connections"]) >= 2 * 4096
 
 
+
+def test_compose_gives_nginx_exactly_the_descriptors_it_asks_for():
+    import yaml
+
+    sizing = dict(SIZING.findall((NGINX_DIR / "compose.conf").read_text()))
+    service = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())["services"]["nginx"]
+    # nginx in a container cannot raise the hard limit worker_rlimit_nofile needs; more than that would be refused
+    # by an engine whose own hard limit is lower (runc: "error setting rlimit type 7", seen on the CI hosts).
+    assert service["ulimits"]["nofile"] == int(sizing["worker_rlimit_nofile"])
+
 @pytest.mark.parametrize("ranges", [[], ["10.0.0.0/8"], ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]])
 def test_compose_writes_the_trusted_proxies_as_the_native_stack_does(tmp_path, ranges):
     out = tmp_path / "real-ip.conf"

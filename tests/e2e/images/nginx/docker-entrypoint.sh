@@ -1,21 +1,33 @@
 #!/bin/sh
-# What the official image's entry point does that the compose file relies on (its 20-envsubst-on-templates.sh):
-# every /etc/nginx/templates/**/*.template becomes /etc/nginx/conf.d/** without the suffix, with ${NAME} replaced
-# for the variables defined in the environment only (nginx's own $variables stay as they are).
-set -eu
+# The official image's /docker-entrypoint.sh, in behaviour (not its code; nginxinc/docker-nginx, entrypoint/):
+# when the command is nginx (or nginx-debug), every file found under /docker-entrypoint.d/ (links followed) is
+# taken in version-sort order (`sort -V`): an executable *.sh is run, an executable *.envsh is sourced (what it
+# exports reaches the scripts after it, not nginx), anything else is skipped with a line saying so. A script that
+# fails stops the container before nginx starts. NGINX_ENTRYPOINT_QUIET_LOGS silences these lines.
+set -e
+log() {
+  [ -n "${NGINX_ENTRYPOINT_QUIET_LOGS:-}" ] || echo "$@"
+}
 if [ "${1:-}" = nginx ] || [ "${1:-}" = nginx-debug ]; then
-  template_dir="${NGINX_ENVSUBST_TEMPLATE_DIR:-/etc/nginx/templates}"
-  suffix="${NGINX_ENVSUBST_TEMPLATE_SUFFIX:-.template}"
-  output_dir="${NGINX_ENVSUBST_OUTPUT_DIR:-/etc/nginx/conf.d}"
-  defined_envs=$(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/${\1}/p' | tr '\n' ' ')
-  if [ -d "$template_dir" ]; then
-    find "$template_dir" -follow -type f -name "*$suffix" -print | while read -r template; do
-      relative="${template#"$template_dir/"}"
-      output="$output_dir/${relative%"$suffix"}"
-      mkdir -p "$(dirname "$output")"
-      echo "$0: rendering $template to $output"
-      envsubst "$defined_envs" < "$template" > "$output"
+  if [ -n "$(find /docker-entrypoint.d/ -mindepth 1 -maxdepth 1 -type f -print -quit 2>/dev/null)" ]; then
+    log "$0: /docker-entrypoint.d/ is not empty, will attempt to perform configuration"
+    log "$0: Looking for shell scripts in /docker-entrypoint.d/"
+    # A pipeline, as the official loop is: the loop runs in a subshell, so sourced variables stay in it, and a
+    # failing script ends it (set -e) with a status that stops this script too.
+    find /docker-entrypoint.d/ -follow -type f -print | sort -V | while read -r script; do
+      case "$script" in
+        *.envsh)
+          if [ -x "$script" ]; then log "$0: Sourcing $script"; . "$script"
+          else log "$0: Ignoring $script, not executable"; fi ;;
+        *.sh)
+          if [ -x "$script" ]; then log "$0: Launching $script"; "$script"
+          else log "$0: Ignoring $script, not executable"; fi ;;
+        *) log "$0: Ignoring $script" ;;
+      esac
     done
+    log "$0: Configuration complete; ready for start up"
+  else
+    log "$0: No files found in /docker-entrypoint.d/, skipping configuration"
   fi
 fi
 exec "$@"
