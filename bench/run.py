@@ -254,19 +254,20 @@ def codes_seed_for_verify(count: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SET statement_timeout = 0")
         with cursor.copy("COPY otp_onetimecode (address, channel, purpose, code_hash, status, attempts, created_at, "
-                         "expires_at) FROM STDIN") as copy:
+                         "expires_at, device) FROM STDIN") as copy:
             for i in range(count):
                 address = f"bench{i}@example.com"
                 copy.write_row((address, "email", "login", code_hash(address=address, code="123456"), "active", 0,
-                                "now", "2100-01-01"))
+                                "now", "2100-01-01", False))
 
 
 def old_codes_seed(count: int) -> None:
     """Codes as they pile up: expired and used, spread over many addresses."""
-    sql("INSERT INTO otp_onetimecode (address, channel, purpose, code_hash, status, attempts, created_at, expires_at) "
+    sql("INSERT INTO otp_onetimecode (address, channel, purpose, code_hash, status, attempts, created_at, expires_at, "
+        "device) "
         "SELECT 'old' || mod(g, 500000) || '@example.com', 'email', 'login', md5(g::text) || md5(g::text), "
         "CASE WHEN mod(g, 2) = 0 THEN 'used' ELSE 'superseded' END, 0, now() - interval '2 days', "
-        "now() - interval '2 days' + interval '2 minutes' FROM generate_series(1, %s) g", [count])
+        "now() - interval '2 days' + interval '2 minutes', false FROM generate_series(1, %s) g", [count])
 
 
 # --- the stack ---------------------------------------------------------------------------------------------
