@@ -137,6 +137,13 @@ local first = n + 2
 arg = arg + 1
 """ + _GCRA_STEP + "return {2, wait}\n"
 
+# KEYS: a flag (a cooldown's key), then the rates' keys. ARGV: interval (ms) and limit of each rate. Returns -1
+# while the flag is set (nothing counted), else what _RATE_HIT returns: a read and a hit in one round trip.
+_FLAG_ABSENT_THEN_RATE_HIT = _NOW + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local first, arg = 2, 1
+""" + _GCRA_STEP + "return wait\n"
+
 
 class _RedisCounters:
     def __init__(self, url: str) -> None:
@@ -147,6 +154,7 @@ class _RedisCounters:
         self.rate_peek_script = self.client.register_script(_RATE_PEEK)
         self.cooldown_then_rate_hit_script = self.client.register_script(_COOLDOWN_THEN_RATE_HIT)
         self.peek_then_cooldown_then_rate_hit_script = self.client.register_script(_PEEK_THEN_COOLDOWN_THEN_RATE_HIT)
+        self.flag_absent_then_rate_hit_script = self.client.register_script(_FLAG_ABSENT_THEN_RATE_HIT)
 
     def rate_hit(self, rates: list[Rate]) -> float:
         return self.rate_hit_script(keys=[rate.key for rate in rates], args=_rate_args(rates)) / 1000
@@ -175,6 +183,11 @@ class _RedisCounters:
             keys=[*(rate.key for rate in peek), cooldown_key, *(rate.key for rate in rates)],
             args=[len(peek), *_rate_args(peek), seconds, *_rate_args(rates)])
         return stage, max(0.0, value / 1000)
+
+    def flag_absent_then_rate_hit(self, flag_key: str, rates: list[Rate]) -> float | None:
+        wait = self.flag_absent_then_rate_hit_script(keys=[flag_key, *(rate.key for rate in rates)],
+                                                     args=_rate_args(rates))
+        return None if wait < 0 else wait / 1000
 
     def ttl(self, key: str) -> float:
         return max(0.0, self.client.pttl(key) / 1000)
@@ -249,6 +262,12 @@ class _LocalCounters:
                 return 1, (self.values[cooldown_key] - now) / 1000
             self.values[cooldown_key] = now + seconds * 1000
             return 2, self._rate_hit(rates)
+
+    def flag_absent_then_rate_hit(self, flag_key: str, rates: list[Rate]) -> float | None:
+        with self.lock:
+            if self.values.get(flag_key, 0.0) > self._now():
+                return None
+            return self._rate_hit(rates)
 
     def ttl(self, key: str) -> float:
         with self.lock:
@@ -332,6 +351,14 @@ def peek_then_cooldown_then_rate_hit(*, peek: list[Rate], cooldown_key: str, sec
     if stage == 1:
         return 0, max(1, math.ceil(wait))
     return 0, _whole_seconds(wait)
+
+
+def cooldown_absent_then_rates_hit(*, cooldown_key: str, rates: list[Rate]) -> int | None:
+    """Unless the cooldown `cooldown_key` is running, rates_hit(rates=rates), in one atomic Redis operation where
+    cooldown_remaining and rates_hit were two round trips. Returns None while the cooldown runs (nothing counted),
+    else what rates_hit returns."""
+    wait = _store().flag_absent_then_rate_hit(cooldown_key, rates)
+    return None if wait is None else _whole_seconds(wait)
 
 
 def cooldown_remaining(*, key: str) -> int:
