@@ -1,5 +1,6 @@
-"""Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, kept connections (at
-most EMAIL_MAX_CONNECTIONS a process), every wait bounded, and a message the server may have accepted told apart from a failure."""
+"""Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, kept connections
+(at most EMAIL_MAX_CONNECTIONS a process), every wait bounded, and a message the server may have accepted told
+apart from a failure."""
 import functools
 import hashlib
 import hmac
@@ -168,6 +169,17 @@ class _SmtpConnections:
             raise SendTransientError(f"all {settings.EMAIL_MAX_CONNECTIONS} connections to the mail server are busy "
                                      f"(EMAIL_MAX_CONNECTIONS)")
         connection, last_used = found
+        try:
+            return self._ready(connection, key=key, last_used=last_used, deadline=deadline)
+        except BaseException:
+            with self._changed:  # the slot taken above is free again
+                self._open -= 1
+                self._changed.notify()
+            raise
+
+    @staticmethod
+    def _ready(connection: BaseEmailBackend | None, *, key: tuple, last_used: float,
+               deadline: float) -> BaseEmailBackend:
         if connection is None:
             # Django's SMTP backend is replaced by its bounded subclass; other backends (console, locmem) are used
             # as they are.
