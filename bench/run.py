@@ -1036,7 +1036,9 @@ def main() -> None:
             wait_until(lambda: queue_length("sms") >= jobs * 0.99, 60, "the SMS jobs to queue")
             accepted_before = len(sms.accepted)
             workers = [subprocess.Popen([str(REPO / "worker" / "start-worker.sh"), "sms", "-n", f"sms{k}@%h"],
-                                        env={**os.environ, "CELERY_WORKER_CONCURRENCY": "64"},
+                                        # As before issue 19: a connection to the stand-in for each thread.
+                                        env={**os.environ, "CELERY_WORKER_CONCURRENCY": "64",
+                                             "SMS_MAX_CONNECTIONS": "64"},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                        for k in range(processes)]
             extra_processes.extend(workers)
