@@ -50,6 +50,25 @@ class BrokerRedisCheck(bootsteps.StartStopStep):
 app.steps["consumer"].add(BrokerRedisCheck)
 
 
+@signals.celeryd_init.connect
+def _worker_concurrency_from_connections(sender, instance, conf, options, **kwargs) -> None:
+    """Unless CELERY_WORKER_CONCURRENCY (or --concurrency) says otherwise, a worker gets one thread per connection
+    it may open to its provider: EMAIL_MAX_CONNECTIONS for the email queue, SMS_MAX_CONNECTIONS for sms (the larger
+    of them for a worker of both), else CELERY_WORKER_DEFAULT_CONCURRENCY. Sending is waiting on the provider,
+    so a worker sends about threads / provider latency messages a second (50 / 0.3 s = 166 for email)."""
+    from django.conf import settings
+
+    from otp import queues as otp_queues
+
+    if options.get("concurrency") or conf.worker_concurrency:
+        return
+    names = options.get("queues") or []
+    names = set(names.split(",") if isinstance(names, str) else names)
+    caps = [cap for queue, cap in ((otp_queues.EMAIL, settings.EMAIL_MAX_CONNECTIONS),
+                                   (otp_queues.SMS, settings.SMS_MAX_CONNECTIONS)) if queue in names]
+    conf.worker_concurrency = max(caps, default=settings.CELERY_WORKER_DEFAULT_CONCURRENCY)
+
+
 @signals.beat_init.connect
 def _beat_broker_redis_check(sender, **kwargs) -> None:
     broker_redis_check_at_start(sender.app)

@@ -339,6 +339,11 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
+# SMTP sessions one worker process keeps open to the mail relay at most (otp.providers.smtp): relays cap a client's
+# concurrent sessions (Postfix's smtpd_client_connection_count_limit is 50) and hosted ones meter them. Sending
+# capacity is this divided by the relay's latency per message (50 / 0.3 s = about 166 emails a second); an email
+# worker's threads default to it (config.celery), so each thread has a connection and none waits for one.
+EMAIL_MAX_CONNECTIONS = env_int("EMAIL_MAX_CONNECTIONS", 50, minimum=1)
 # How long a worker waits for the server's reply once the whole message is sent (after the end of DATA). RFC
 # 5321 section 4.5.3.2.6 allows 10 minutes; ours must keep the delivery lease inside the broker's visibility
 # timeout (checked at start-up, otp.apps). No reply in time: the delivery is recorded `unknown`, not resent.
@@ -355,6 +360,9 @@ except ValueError as _exc:
 EMAIL_ALLOW_SMTPUTF8 = env_bool("EMAIL_ALLOW_SMTPUTF8", False)
 
 SMS_BACKEND = env_choice("SMS_BACKEND", "console", set(SMS_PROVIDERS))
+# HTTPS connections one worker process keeps to the SMS provider at most (otp.providers.twilio); Twilio meters an
+# account's concurrent API requests. Capacity: this divided by the provider's latency per message.
+SMS_MAX_CONNECTIONS = env_int("SMS_MAX_CONNECTIONS", 50, minimum=1)
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
@@ -513,7 +521,11 @@ if not re.match(r"^[1-9]\d*r/[sm]$", EDGE_SEND_RATE):
     _fail("EDGE_SEND_RATE", EDGE_SEND_RATE, "an nginx rate like 10r/s or 600r/m")
 EDGE_SEND_BURST = env_int("EDGE_SEND_BURST", 20, minimum=0)
 CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
-CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
+# Unset: a worker's threads follow the connections it may open to its provider (EMAIL_MAX_CONNECTIONS for a worker
+# of the email queue, SMS_MAX_CONNECTIONS for the sms queue), else 8 (config.celery). Set, it applies to every worker.
+CELERY_WORKER_CONCURRENCY = (env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
+                             if env_str("CELERY_WORKER_CONCURRENCY").strip() else None)
+CELERY_WORKER_DEFAULT_CONCURRENCY = 8
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,
@@ -522,7 +534,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "min_size": 1,
         # A worker's threads hold a connection only for their statements, not through a provider's answer
         # (otp.services.delivering._database_connection_release), so a few connections serve many threads.
-        "max_size": min(CELERY_WORKER_CONCURRENCY, 8),
+        "max_size": min(CELERY_WORKER_CONCURRENCY or 8, 8),
         "timeout": 5,
     })
     # Each connection is checked as it leaves the pool, so one broken by an outage is replaced, not used; when one

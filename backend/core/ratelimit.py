@@ -115,6 +115,35 @@ end
 local first, arg = 2, 2
 """ + _GCRA_STEP + "return {1, wait}\n"
 
+# The same, behind a read of other rates that must allow a hit first (a send budget before an address's
+# throttle: one round trip where there were two). KEYS: the rates to read, the cooldown, the rates to hit.
+# ARGV: how many rates to read, interval (ms) and limit of each, the cooldown's seconds, interval and limit of each
+# rate to hit. Returns {0, ms until the read rates allow} when one does not (nothing taken), else what
+# _COOLDOWN_THEN_RATE_HIT returns.
+_PEEK_THEN_COOLDOWN_THEN_RATE_HIT = _NOW + """
+local n, peek, arg = tonumber(ARGV[1]), 0, 2
+for i = 1, n do
+    local interval, limit = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    peek = math.max(peek, tat + interval - interval * limit - now)
+end
+if peek > 0 then return {0, peek} end
+if not redis.call('SET', KEYS[n + 1], 1, 'NX', 'EX', ARGV[arg]) then
+    return {1, redis.call('PTTL', KEYS[n + 1])}
+end
+local first = n + 2
+arg = arg + 1
+""" + _GCRA_STEP + "return {2, wait}\n"
+
+# KEYS: a flag (a cooldown's key), then the rates' keys. ARGV: interval (ms) and limit of each rate. Returns -1
+# while the flag is set (nothing counted), else what _RATE_HIT returns: a read and a hit in one round trip.
+_FLAG_ABSENT_THEN_RATE_HIT = _NOW + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local first, arg = 2, 1
+""" + _GCRA_STEP + "return wait\n"
+
 
 class _RedisCounters:
     def __init__(self, url: str) -> None:
@@ -124,6 +153,8 @@ class _RedisCounters:
         self.rate_unhit_script = self.client.register_script(_RATE_UNHIT)
         self.rate_peek_script = self.client.register_script(_RATE_PEEK)
         self.cooldown_then_rate_hit_script = self.client.register_script(_COOLDOWN_THEN_RATE_HIT)
+        self.peek_then_cooldown_then_rate_hit_script = self.client.register_script(_PEEK_THEN_COOLDOWN_THEN_RATE_HIT)
+        self.flag_absent_then_rate_hit_script = self.client.register_script(_FLAG_ABSENT_THEN_RATE_HIT)
 
     def rate_hit(self, rates: list[Rate]) -> float:
         return self.rate_hit_script(keys=[rate.key for rate in rates], args=_rate_args(rates)) / 1000
@@ -145,6 +176,18 @@ class _RedisCounters:
         taken, value = self.cooldown_then_rate_hit_script(keys=[cooldown_key, *(rate.key for rate in rates)],
                                                           args=[seconds, *_rate_args(rates)])
         return bool(taken), max(0.0, value / 1000)
+
+    def peek_then_cooldown_then_rate_hit(self, peek: list[Rate], cooldown_key: str, seconds: int,
+                                         rates: list[Rate]) -> tuple[int, float]:
+        stage, value = self.peek_then_cooldown_then_rate_hit_script(
+            keys=[*(rate.key for rate in peek), cooldown_key, *(rate.key for rate in rates)],
+            args=[len(peek), *_rate_args(peek), seconds, *_rate_args(rates)])
+        return stage, max(0.0, value / 1000)
+
+    def flag_absent_then_rate_hit(self, flag_key: str, rates: list[Rate]) -> float | None:
+        wait = self.flag_absent_then_rate_hit_script(keys=[flag_key, *(rate.key for rate in rates)],
+                                                     args=_rate_args(rates))
+        return None if wait < 0 else wait / 1000
 
     def ttl(self, key: str) -> float:
         return max(0.0, self.client.pttl(key) / 1000)
@@ -206,6 +249,25 @@ class _LocalCounters:
                 return False, (self.values[cooldown_key] - now) / 1000
             self.values[cooldown_key] = now + seconds * 1000
             return True, self._rate_hit(rates)
+
+    def peek_then_cooldown_then_rate_hit(self, peek: list[Rate], cooldown_key: str, seconds: int,
+                                         rates: list[Rate]) -> tuple[int, float]:
+        with self.lock:
+            now = self._now()
+            wait = max([0.0, *(max(self.values.get(rate.key, now), now) + rate.interval_ms * (1 - rate.limit) - now
+                               for rate in peek)])
+            if wait > 0:
+                return 0, wait / 1000
+            if self.values.get(cooldown_key, 0.0) > now:
+                return 1, (self.values[cooldown_key] - now) / 1000
+            self.values[cooldown_key] = now + seconds * 1000
+            return 2, self._rate_hit(rates)
+
+    def flag_absent_then_rate_hit(self, flag_key: str, rates: list[Rate]) -> float | None:
+        with self.lock:
+            if self.values.get(flag_key, 0.0) > self._now():
+                return None
+            return self._rate_hit(rates)
 
     def ttl(self, key: str) -> float:
         with self.lock:
@@ -274,6 +336,29 @@ def cooldown_then_rate_hit(*, cooldown_key: str, seconds: int, key: str, limit: 
     if not taken:
         return max(1, math.ceil(wait))
     return _whole_seconds(wait)
+
+
+def peek_then_cooldown_then_rate_hit(*, peek: list[Rate], cooldown_key: str, seconds: int, key: str, limit: int,
+                                     period: int) -> tuple[int, int]:
+    """rates_wait(rates=peek), then, only when it is 0, cooldown_then_rate_hit with the other arguments: one
+    atomic Redis operation where the two were two round trips.
+
+    Returns (whole seconds until every rate in `peek` would allow a hit, 0) when one does not (nothing taken,
+    nothing counted), else (0, what cooldown_then_rate_hit returns)."""
+    stage, wait = _store().peek_then_cooldown_then_rate_hit(peek, cooldown_key, seconds, [Rate(key, limit, period)])
+    if stage == 0:
+        return max(1, math.ceil(wait)), 0
+    if stage == 1:
+        return 0, max(1, math.ceil(wait))
+    return 0, _whole_seconds(wait)
+
+
+def cooldown_absent_then_rates_hit(*, cooldown_key: str, rates: list[Rate]) -> int | None:
+    """Unless the cooldown `cooldown_key` is running, rates_hit(rates=rates), in one atomic Redis operation where
+    cooldown_remaining and rates_hit were two round trips. Returns None while the cooldown runs (nothing counted),
+    else what rates_hit returns."""
+    wait = _store().flag_absent_then_rate_hit(cooldown_key, rates)
+    return None if wait is None else _whole_seconds(wait)
 
 
 def cooldown_remaining(*, key: str) -> int:

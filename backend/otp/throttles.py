@@ -20,6 +20,7 @@ from django.conf import settings
 from core.errors import RateLimited
 from core.keys import throttle_digest
 from core.ratelimit import (HOUR, Rate, cooldown_release, cooldown_remaining, cooldown_start, cooldown_then_rate_hit,
+                            cooldown_absent_then_rates_hit, peek_then_cooldown_then_rate_hit,
                             rate_count, rate_hit, rate_reset, rate_unhit, rates_hit, rates_wait)
 
 DAY = 24 * HOUR
@@ -297,6 +298,31 @@ def send_budget_wait(*, address: Address, device: bool = False) -> tuple[int, st
     return _budget_spent(budget_rates)
 
 
+def send_budget_then_throttle_take(*, address: Address, device: bool = False) -> tuple[int, str | None]:
+    """send_budget_wait, then, when the budgets allow one more message, send_throttle_take: one atomic Redis
+    operation on the path of every /register/ and /login/, where the two were two round trips.
+
+    Returns (0, None) when the throttles were taken; (whole seconds, the spent budget's `name` or CHANNEL_OFF)
+    when a budget is spent, taking nothing (the address's throttles stay untouched, as before). Raises
+    core.errors.RateLimited, as send_throttle_take does."""
+    budget_rates = _budget_rates(address, device)
+    if any(rates is None for _, rates in budget_rates):
+        return _budget_spent(budget_rates)
+    cooldown, per_hour = _send_limits(device)
+    budget_wait, wait = peek_then_cooldown_then_rate_hit(
+        peek=[rate for _, rates in budget_rates for rate in rates],
+        cooldown_key=cooldown.key(address), seconds=cooldown.seconds,
+        key=per_hour.key(address), limit=per_hour.limit, period=per_hour.period_seconds,
+    )
+    if budget_wait:
+        # Which budget stops it: a read per budget, on refusals only.
+        recheck, name = _budget_spent(budget_rates)
+        return max(recheck, budget_wait), name
+    if wait:
+        raise RateLimited(wait)
+    return 0, None
+
+
 def send_budget_take(*, address: Address, device: bool = False) -> str | None:
     """Count one message to `address`, about to be handed to the provider, on every budget of its channel at
     once (one atomic Redis operation): None when all allow it (and each counted it), else the `name` of a budget
@@ -338,6 +364,29 @@ EMAIL_SUPPRESSION = AddressCooldown(name="email_suppressed", key_prefix="otp:sup
 def recipient_suppress(*, address: Address) -> None:
     """Mail nothing to `address` for OTP_EMAIL_SUPPRESSION_SECONDS (restarted if it was suppressed already)."""
     cooldown_start(key=EMAIL_SUPPRESSION.key(address), seconds=EMAIL_SUPPRESSION.seconds)
+
+
+# What recipient_unsuppressed_then_send_budget_take answers for a suppressed recipient.
+RECIPIENT_SUPPRESSED = "recipient_suppressed"
+
+
+def recipient_unsuppressed_then_send_budget_take(*, address: Address, device: bool = False) -> str | None:
+    """recipient_suppressed for an email address, then, unless it is, send_budget_take: one Redis operation on
+    the path of every delivery, where the two were two round trips.
+
+    Returns RECIPIENT_SUPPRESSED (nothing counted), else what send_budget_take returns (None: counted)."""
+    if address.channel != Channel.EMAIL:
+        return send_budget_take(address=address, device=device)
+    budget_rates = _budget_rates(address, device)
+    if any(rates is None for _, rates in budget_rates):
+        return RECIPIENT_SUPPRESSED if recipient_suppressed(address=address) else CHANNEL_OFF
+    wait = cooldown_absent_then_rates_hit(cooldown_key=EMAIL_SUPPRESSION.key(address),
+                                          rates=[rate for _, rates in budget_rates for rate in rates])
+    if wait is None:
+        return RECIPIENT_SUPPRESSED
+    if not wait:
+        return None
+    return _budget_spent(budget_rates)[1]
 
 
 def recipient_suppressed(*, address: Address) -> int:

@@ -29,6 +29,11 @@ class Inbox:
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
         self.refuse_rcpt: set[str] = set()  # recipients refused for good at RCPT: 550, as for a mailbox that is gone
+        # A slow relay: every accepted message's final reply comes this late. Meanwhile its session is busy, so
+        # `most_busy_sessions` is the most sessions a client had in use at once.
+        self.final_reply_delay_seconds = 0.0
+        self.busy_sessions = 0
+        self.most_busy_sessions = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
@@ -72,6 +77,13 @@ class Inbox:
             server.transport.close()  # taken, and no reply ever comes
         if hold:
             await asyncio.sleep(hold)
+        if self.final_reply_delay_seconds:
+            with self.lock:
+                self.busy_sessions += 1
+                self.most_busy_sessions = max(self.most_busy_sessions, self.busy_sessions)
+            await asyncio.sleep(self.final_reply_delay_seconds)
+            with self.lock:
+                self.busy_sessions -= 1
         return "250 OK"
 
     def reset(self) -> None:
@@ -88,6 +100,8 @@ class Inbox:
             self.rcpts_seen.clear()
             self.sessions = 0
             self.refuse_rcpt.clear()
+            self.final_reply_delay_seconds = 0.0
+            self.busy_sessions = self.most_busy_sessions = 0
 
     def to(self, address: str) -> list:
         with self.lock:

@@ -33,6 +33,36 @@ def test_past_the_limit_the_wait_is_until_one_hit_comes_back(store):
     assert ratelimit.rate_count(key="sends", limit=2, period=3600) == 2
 
 
+def test_a_spent_peeked_rate_takes_neither_the_cooldown_nor_the_rate(store):
+    budget = ratelimit.Rate("budget", 2, 3600)
+    assert ratelimit.rates_hit(rates=[budget]) == 0
+    taken = dict(peek=[budget], seconds=30, key="sends", limit=10, period=3600)
+
+    assert ratelimit.peek_then_cooldown_then_rate_hit(cooldown_key="cooldown:a", **taken) == (0, 0)
+    assert ratelimit.rate_count(key="sends", limit=10, period=3600) == 1
+    assert ratelimit.rates_hit(rates=[budget]) == 0  # the budget's second and last message
+    wait, throttle_wait = ratelimit.peek_then_cooldown_then_rate_hit(cooldown_key="cooldown:b", **taken)
+
+    assert 1795 <= wait <= 1800 and throttle_wait == 0
+    assert ratelimit.cooldown_remaining(key="cooldown:b") == 0
+    assert ratelimit.rate_count(key="sends", limit=10, period=3600) == 1
+    assert ratelimit.rate_count(key="budget", limit=2, period=3600) == 2  # read, never counted by this call
+    # Under the budget, the cooldown still answers as cooldown_then_rate_hit does.
+    assert ratelimit.peek_then_cooldown_then_rate_hit(cooldown_key="cooldown:a", **{**taken, "peek": []})[1] >= 29
+
+
+def test_a_running_cooldown_keeps_the_rates_from_counting(store):
+    rates = [ratelimit.Rate("budget", 2, 3600)]
+    assert ratelimit.cooldown_absent_then_rates_hit(cooldown_key="suppressed", rates=rates) == 0
+    ratelimit.cooldown_start(key="suppressed", seconds=60)
+
+    assert ratelimit.cooldown_absent_then_rates_hit(cooldown_key="suppressed", rates=rates) is None
+    assert ratelimit.rate_count(key="budget", limit=2, period=3600) == 1
+    ratelimit.cooldown_release(key="suppressed")
+    assert ratelimit.cooldown_absent_then_rates_hit(cooldown_key="suppressed", rates=rates) == 0
+    assert 1795 <= ratelimit.cooldown_absent_then_rates_hit(cooldown_key="suppressed", rates=rates) <= 1800
+
+
 def test_a_released_cooldown_can_be_taken_again(store):
     assert hit("cooldown:a") == 0
     ratelimit.cooldown_release(key="cooldown:a")

@@ -15,7 +15,7 @@ from otp import services, throttles
 from otp.addresses import email_normalize, mobile_normalize, sms_destination_prefix
 from otp.models import Delivery, Purpose
 from otp.providers import SendRecipientRefusedError, SendTransientError
-from otp.providers.smtp import _email_connection_drop, _email_connections, _email_error
+from otp.providers.smtp import _email_connections, _email_error
 from otp.providers.twilio import _twilio_check_client, _twilio_client_build
 from tests.support import factories
 from tests.support.http import post
@@ -43,10 +43,7 @@ def smtp(settings, inbox, smtp_server):
     settings.EMAIL_HOST = "127.0.0.1"
     settings.EMAIL_PORT = smtp_server.port
     yield inbox
-    cached = getattr(_email_connections, "cached", None)
-    if cached is not None:  # no kept connection outlives the server's settings
-        _email_connection_drop(cached[1])
-        _email_connections.cached = None
+    _email_connections.close_idle()  # no kept connection outlives the server's settings
 
 
 @pytest.fixture

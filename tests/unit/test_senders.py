@@ -25,6 +25,7 @@ def own_smtp_server(settings):
     settings.EMAIL_HOST = "127.0.0.1"
     settings.EMAIL_PORT = server.port
     yield server
+    smtp_provider._email_connections.close_idle()
     server.stop()
 
 
@@ -34,6 +35,37 @@ def test_one_connection_carries_many_messages(own_smtp_server):
 
     assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
         "user0@example.com", "user1@example.com", "user2@example.com"]
+    assert own_smtp_server.inbox.sessions == 1
+
+
+def test_threads_share_at_most_email_max_connections_to_a_slow_relay(own_smtp_server, settings):
+    # A relay answering each message in 0.2 s, 8 sending threads, a cap of 3: every message goes, over at most 3
+    # sessions, all 3 of them busy at once.
+    settings.EMAIL_MAX_CONNECTIONS = 3
+    inbox = own_smtp_server.inbox
+    inbox.final_reply_delay_seconds = 0.2
+
+    run_in_parallel(8, lambda i: [SmtpEmailProvider().send(to=f"user{i}-{n}@example.com", message=MESSAGE,
+                                                           delivery_id=1) for n in range(3)])
+
+    assert len(inbox.messages) == 24
+    assert inbox.sessions <= 3
+    assert inbox.most_busy_sessions == 3
+
+
+def test_a_send_that_finds_every_connection_lent_for_too_long_is_a_transient_error(own_smtp_server, settings,
+                                                                                  monkeypatch):
+    settings.EMAIL_MAX_CONNECTIONS = 1
+    monkeypatch.setattr(smtp_provider, "COMMANDS_SECONDS", 0.3)
+    lent = smtp_provider._email_connections.take(deadline=time.monotonic() + 1)
+    try:
+        with pytest.raises(SendTransientError, match="EMAIL_MAX_CONNECTIONS"):
+            SmtpEmailProvider().send(to="waits@example.com", message=MESSAGE, delivery_id=1)
+    finally:
+        smtp_provider._email_connections.give_back(lent, usable=True)
+    SmtpEmailProvider().send(to="after@example.com", message=MESSAGE, delivery_id=1)  # the connection came back
+
+    assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == ["after@example.com"]
     assert own_smtp_server.inbox.sessions == 1
 
 
@@ -88,7 +120,7 @@ def twilio_settings(settings, sms):
     settings.TWILIO_AUTH_TOKEN = "test-token"
     settings.TWILIO_FROM_NUMBER = "+14155550100"
     settings.TWILIO_API_BASE_URL = sms.base_url
-    settings.CELERY_WORKER_CONCURRENCY = 16
+    settings.SMS_MAX_CONNECTIONS = 16
     _twilio_client_build.cache_clear()  # built once per process, from these settings
     _twilio_check_client.cache_clear()
     yield sms
@@ -108,6 +140,20 @@ def test_worker_threads_keep_their_twilio_connections(twilio_settings):
 
     assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
     assert sms.connections <= 16
+
+
+def test_more_threads_than_sms_max_connections_share_them(twilio_settings, settings):
+    settings.SMS_MAX_CONNECTIONS = 4
+    _twilio_client_build.cache_clear()
+    sms = twilio_settings
+    sms.latency_seconds = 0.05
+    numbers = [f"+1415555{n:04d}" for n in range(32)]
+
+    run_in_parallel(16, lambda i: [TwilioSmsProvider().send(to=number, message=MESSAGE, delivery_id=1)
+                                   for number in numbers[i::16]])
+
+    assert sorted(m["to"] for m in sms.accepted) == sorted(numbers)
+    assert 1 < sms.connections <= 4
 
 
 def test_a_connection_idle_too_long_is_replaced_unchecked(own_smtp_server, settings):

@@ -1,5 +1,6 @@
-"""Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, one kept connection
-per worker thread, every wait bounded, and a message the server may have accepted told apart from a failure."""
+"""Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, kept connections
+(at most EMAIL_MAX_CONNECTIONS a process), every wait bounded, and a message the server may have accepted told
+apart from a failure."""
 import functools
 import hashlib
 import hmac
@@ -118,42 +119,109 @@ def _smtp_code_error(code: int, text: str) -> Exception:
     return (SendTransientError if 400 <= code < 500 else SendPermanentError)(f"SMTP {code}: {text}")
 
 
-_email_connections = threading.local()
+class _SmtpConnections:
+    """The SMTP sessions of this process: at most EMAIL_MAX_CONNECTIONS open at once, each kept open from one
+    message to the next and lent to one sending thread at a time (the most recently used first, so the rest idle
+    out).
 
-
-def _email_connection(*, deadline: float) -> BaseEmailBackend:
-    """This thread's mail connection, kept open from one message to the next; its commands, the NOOP check
-    included, must be done by `deadline` (time.monotonic()).
-
+    A relay caps a client's concurrent sessions (Postfix's default is 50) and a hosted one meters them, so the count
+    is a setting rather than one per worker thread; with more threads than connections, a thread waits for one.
     Opening one (TCP, EHLO, STARTTLS, AUTH, QUIT) costs about as much as the rest of a delivery
-    (docs/performance.md), so a worker holds at most CELERY_WORKER_CONCURRENCY connections to the mail server.
-    A kept connection is checked with NOOP before use, so a message is never sent twice because a connection
-    died under it. Settings that name the server are part of the key, so a changed setting gets a new connection.
+    (docs/performance.md). Settings that name the server are part of each connection's key, so a changed setting
+    gets a new connection.
     """
-    key = (settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_HOST_USER,
-           settings.EMAIL_USE_TLS)
-    cached = getattr(_email_connections, "cached", None)
-    if cached is not None and cached[0] != key:
-        _email_connection_drop(cached[1])
-        cached = None
-    if cached is None:
-        # Django's SMTP backend is replaced by its bounded subclass; other backends (console, locmem) are used as
-        # they are.
-        backend = f"{__name__}.BoundedSmtpBackend" if settings.EMAIL_BACKEND == DJANGO_SMTP_BACKEND else None
-        cached = _email_connections.cached = (key, get_connection(backend=backend, timeout=COMMANDS_SECONDS))
-    connection = cached[1]
-    connection.deadline = deadline
-    smtp = getattr(connection, "connection", None)  # the SMTP backend's open socket; other backends have none
-    if smtp is not None:
-        idle = time.monotonic() - getattr(_email_connections, "last_used", 0.0)
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._idle: list[tuple[tuple, BaseEmailBackend, float]] = []  # (key, connection, last used), oldest first
+        self._open = 0  # idle and lent together
+        self.most_open = 0  # the highest count seen, for tests and operators
+
+    @staticmethod
+    def _key() -> tuple:
+        return (settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_HOST_USER,
+                settings.EMAIL_USE_TLS)
+
+    def take(self, *, deadline: float) -> BaseEmailBackend:
+        """A connection to lend (open, or opened by the first send), waiting until `deadline` (time.monotonic())
+        for one to come back when EMAIL_MAX_CONNECTIONS are lent. Raises SendTransientError when none does: nothing
+        was sent, and the task tries again later."""
+        key, stale, found = self._key(), [], None
+        with self._changed:
+            while found is None:
+                stale += [connection for k, connection, _ in self._idle if k != key]
+                self._open -= len(self._idle) - len(kept := [entry for entry in self._idle if entry[0] == key])
+                self._idle = kept
+                if self._idle:
+                    _, connection, last_used = self._idle.pop()
+                    found = (connection, last_used)
+                elif self._open < settings.EMAIL_MAX_CONNECTIONS:
+                    self._open += 1
+                    self.most_open = max(self.most_open, self._open)
+                    found = (None, 0.0)
+                elif (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                else:
+                    break
+        for connection in stale:
+            _email_connection_drop(connection)
+        if found is None:
+            raise SendTransientError(f"all {settings.EMAIL_MAX_CONNECTIONS} connections to the mail server are busy "
+                                     f"(EMAIL_MAX_CONNECTIONS)")
+        connection, last_used = found
         try:
-            usable = idle < settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS and smtp.noop()[0] == 250
-        except OSError:  # smtplib's errors are OSErrors: the server closed it (421, or silently)
-            usable = False
+            return self._ready(connection, key=key, last_used=last_used, deadline=deadline)
+        except BaseException:
+            with self._changed:  # the slot taken above is free again
+                self._open -= 1
+                self._changed.notify()
+            raise
+
+    @staticmethod
+    def _ready(connection: BaseEmailBackend | None, *, key: tuple, last_used: float,
+               deadline: float) -> BaseEmailBackend:
+        if connection is None:
+            # Django's SMTP backend is replaced by its bounded subclass; other backends (console, locmem) are used
+            # as they are.
+            backend = f"{__name__}.BoundedSmtpBackend" if settings.EMAIL_BACKEND == DJANGO_SMTP_BACKEND else None
+            connection = get_connection(backend=backend, timeout=COMMANDS_SECONDS)
+        connection.deadline = deadline
+        smtp = getattr(connection, "connection", None)  # the SMTP backend's open socket; other backends have none
+        if smtp is not None:
+            # A kept connection is checked with NOOP before use, so a message is never sent twice because a
+            # connection died under it.
+            try:
+                usable = (time.monotonic() - last_used < settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS
+                          and smtp.noop()[0] == 250)
+            except OSError:  # smtplib's errors are OSErrors: the server closed it (421, or silently)
+                usable = False
+            if not usable:
+                _email_connection_drop(connection)  # the same slot opens a new session on the next send
+        connection.key = key
+        return connection
+
+    def give_back(self, connection: BaseEmailBackend, *, usable: bool) -> None:
+        """Return a lent connection: kept for the next message when `usable`, else closed (its slot freed)."""
         if not usable:
             _email_connection_drop(connection)
-    _email_connections.last_used = time.monotonic()
-    return connection
+        with self._changed:
+            if usable:
+                self._idle.append((connection.key, connection, time.monotonic()))
+            else:
+                self._open -= 1
+            self._changed.notify()
+
+    def close_idle(self) -> None:
+        """Close every idle connection (tests, after the server they point at is gone)."""
+        with self._changed:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self.most_open = self._open
+        for _, connection, _ in idle:
+            _email_connection_drop(connection)
+
+
+_email_connections = _SmtpConnections()
 
 
 def _email_connection_drop(connection: BaseEmailBackend) -> None:
@@ -223,15 +291,20 @@ class SmtpEmailProvider:
     timeout_setting = "EMAIL_FINAL_REPLY_TIMEOUT_SECONDS"
 
     def send(self, *, to: str, message: Message, delivery_id: int) -> str:
-        connection = _email_connection(deadline=time.monotonic() + COMMANDS_SECONDS)
+        connection = _email_connections.take(deadline=time.monotonic() + COMMANDS_SECONDS)
         try:
-            return _email_send(connection, to=to, message=message, delivery_id=delivery_id)
+            message_id = _email_send(connection, to=to, message=message, delivery_id=delivery_id)
         except OSError as exc:
             unknown = getattr(getattr(connection, "connection", None), "awaiting_final_reply", False)
             # Never reuse a connection left in an unknown state; the task retries the message later.
-            _email_connection_drop(connection)
+            _email_connections.give_back(connection, usable=False)
             if unknown:
                 raise SendOutcomeUnknownError(
                     f"SMTP: no final reply to the end of DATA within {settings.EMAIL_FINAL_REPLY_TIMEOUT_SECONDS:g} s "
                     f"({exc.__class__.__name__}: {exc})") from exc
             raise _email_error(exc) from exc
+        except BaseException:
+            _email_connections.give_back(connection, usable=False)
+            raise
+        _email_connections.give_back(connection, usable=True)
+        return message_id

@@ -1,7 +1,6 @@
 """SMS through Twilio's REST API with the `twilio` client, and Twilio's signed status callbacks."""
 import hashlib
 import hmac
-import os
 import threading
 import time
 from datetime import datetime, timedelta
@@ -94,8 +93,10 @@ def _client(http_client: TwilioHttpClient) -> Client:
 def _twilio_client_build() -> Client:
     http_client = _http_client(connect=CONNECT_TIMEOUT_SECONDS, read=TIMEOUT_SECONDS)
     # twilio keeps min(32, cores + 4) pooled connections: with more worker threads than that, the others
-    # opened (and for api.twilio.com TLS-handshook) a new connection for every SMS. One per worker thread.
-    adapter = HTTPAdapter(pool_maxsize=max(settings.CELERY_WORKER_CONCURRENCY, min(32, (os.cpu_count() or 1) + 4)))
+    # opened (and for api.twilio.com TLS-handshook) a new connection for every SMS. SMS_MAX_CONNECTIONS kept, and
+    # never more open at once (pool_block: a thread beyond them waits for one), since the provider meters an
+    # account's concurrent requests; an SMS worker's threads default to the same number (config.celery).
+    adapter = HTTPAdapter(pool_maxsize=settings.SMS_MAX_CONNECTIONS, pool_block=True)
     http_client.session.mount("https://", adapter)
     http_client.session.mount("http://", adapter)
     return _client(http_client)

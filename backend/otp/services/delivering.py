@@ -167,13 +167,14 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
         return
 
     address = Address(value=delivery.address, channel=Channel(delivery.channel))
-    if address.channel == Channel.EMAIL and throttles.recipient_suppressed(address=address):
+    # A suppressed email recipient is skipped before any budget is counted; both read in one Redis operation.
+    spent = throttles.recipient_unsuppressed_then_send_budget_take(address=address, device=device)
+    if spent == throttles.RECIPIENT_SUPPRESSED:
         # The answer to the request was 202 all the same: whether an address bounces is nobody's to learn.
         metric_count("otp_email_suppressed_total", event="skipped")
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=SUPPRESSED_OUTCOME,
                         last_error=RECIPIENT_SUPPRESSED_ERROR)
         return
-    spent = throttles.send_budget_take(address=address, device=device)
     if spent is not None:
         metric_count(f"otp_{delivery.channel}_refused_total", reason=spent)
         delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=BUDGET_SPENT_OUTCOME,
