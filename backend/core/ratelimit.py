@@ -79,22 +79,25 @@ if wait <= 0 then
 end
 """
 
-# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms to wait (0: allowed and counted).
-_RATE_HIT = _NOW + "local first, arg = 1, 1\n" + _GCRA_STEP + "return wait\n"
-
-# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms until every rate would allow a hit
-# (0: now), counting nothing: the GCRA step without its writes.
-_RATE_PEEK = _NOW + """
-local wait, arg = 0, 1
-for i = 1, #KEYS do
+# The GCRA step without its writes, over KEYS[1] .. KEYS[n] with ARGV[arg], ARGV[arg + 1] as in _GCRA_STEP. Needs
+# `now`, `n` and `arg` in scope; leaves `peek`: the ms until every rate would allow a hit (0: now), counting nothing.
+_GCRA_PEEK = """
+local peek = 0
+for i = 1, n do
     local interval, limit = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
     arg = arg + 2
     local tat = tonumber(redis.call('GET', KEYS[i]) or now)
     if tat < now then tat = now end
-    wait = math.max(wait, tat + interval - interval * limit - now)
+    peek = math.max(peek, tat + interval - interval * limit - now)
 end
-return wait
 """
+
+# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms to wait (0: allowed and counted).
+_RATE_HIT = _NOW + "local first, arg = 1, 1\n" + _GCRA_STEP + "return wait\n"
+
+# KEYS: the rates' keys. ARGV: interval (ms) and limit of each. Returns the ms until every rate would allow a hit
+# (0: now), counting nothing.
+_RATE_PEEK = _NOW + "local n, arg = #KEYS, 1\n" + _GCRA_PEEK + "return peek\n"
 
 # KEYS: the rate's key. ARGV: emission interval (ms). Gives one hit back: TAT moves back one interval.
 _RATE_UNHIT = _NOW + """
@@ -120,15 +123,7 @@ local first, arg = 2, 2
 # ARGV: how many rates to read, interval (ms) and limit of each, the cooldown's seconds, interval and limit of each
 # rate to hit. Returns {0, ms until the read rates allow} when one does not (nothing taken), else what
 # _COOLDOWN_THEN_RATE_HIT returns.
-_PEEK_THEN_COOLDOWN_THEN_RATE_HIT = _NOW + """
-local n, peek, arg = tonumber(ARGV[1]), 0, 2
-for i = 1, n do
-    local interval, limit = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
-    arg = arg + 2
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
-    peek = math.max(peek, tat + interval - interval * limit - now)
-end
+_PEEK_THEN_COOLDOWN_THEN_RATE_HIT = _NOW + "local n, arg = tonumber(ARGV[1]), 2\n" + _GCRA_PEEK + """
 if peek > 0 then return {0, peek} end
 if not redis.call('SET', KEYS[n + 1], 1, 'NX', 'EX', ARGV[arg]) then
     return {1, redis.call('PTTL', KEYS[n + 1])}
