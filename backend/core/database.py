@@ -1,9 +1,26 @@
 """The PostgreSQL connection pool's health check (DATABASES OPTIONS "pool" in config/settings.py)."""
 import logging
 
+from psycopg import pq
 from psycopg_pool import ConnectionPool
+from urllib3.util.wait import wait_for_read
 
 logger = logging.getLogger(__name__)
+
+
+def connection_quiet(conn) -> bool:
+    """Whether a pooled connection is idle and open with nothing waiting on its socket: no round trip.
+
+    Args: conn, a psycopg Connection. Returns True when libpq sees it open and idle (no transaction) and its
+    socket has no byte to read. False otherwise, including when PostgreSQL ended it: a backend ended by a restart,
+    a failover or pg_terminate_backend sends its FATAL error and closes the socket, which makes it readable
+    (PostgreSQL protocol, "Termination"); so might an asynchronous notice, which the full check then reads.
+    """
+    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+        return False
+    if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    return not wait_for_read(conn.pgconn.socket, timeout=0)
 
 
 def pool_connection_check(conn) -> None:
@@ -13,12 +30,19 @@ def pool_connection_check(conn) -> None:
     Returns None. Raises the check's psycopg error when `conn` is broken; the pool then discards it, starts a
     replacement and tries again.
 
+    A quiet connection (connection_quiet) is taken as it is; only one whose socket has something to read gets
+    psycopg_pool's own check, a round trip (an empty query). That round trip on every checkout cost a statement
+    per request and two per delivery (docs/performance.md). What the quiet test cannot see, a network gone silent
+    with no FIN, the round trip could not see either: it would wait as long as the first real statement.
+
     Why the whole pool: psycopg_pool sleeps a growing backoff (about 1, 2, 4 s) between two failed checks within one
     getconn(). After PostgreSQL restarts, or ends every backend, all idle connections are dead, and with the pool's
     5 s timeout the first request to meet them waited out its timeout (a 503) while dead connections were still
     queued. `ConnectionPool.check()` tests the idle connections without that backoff, discards the dead ones and
     starts their replacements, so one backoff later the request gets a fresh connection.
     """
+    if connection_quiet(conn):
+        return
     try:
         ConnectionPool.check_connection(conn)
     except Exception:

@@ -6,8 +6,11 @@ import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from psycopg_pool import ConnectionPool
 
+from core.database import connection_quiet
 from tests.support.env import database_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,3 +47,29 @@ def test_after_one_dead_connection_is_found_the_others_are_already_replaced():
     started = time.monotonic()
     get_user_model().objects.count()
     assert time.monotonic() - started < 0.5
+
+
+def test_a_quiet_pooled_connection_is_lent_without_a_round_trip(monkeypatch):
+    # psycopg_pool's own check is an empty query: a statement on every checkout. A connection whose socket has
+    # nothing to read is lent as it is (core.database.connection_quiet).
+    checks = []
+    original = ConnectionPool.check_connection
+    monkeypatch.setattr(ConnectionPool, "check_connection",
+                        staticmethod(lambda conn: (checks.append(conn), original(conn))[1]))
+    for _ in range(3):
+        get_user_model().objects.count()
+        connection.close()  # back to the pool: the next query takes it out again
+
+    assert checks == []
+
+
+def test_a_connection_postgresql_ended_is_not_quiet():
+    pool = connection.pool
+    conn = pool.getconn()
+    try:
+        assert connection_quiet(conn)
+        with psycopg.connect(database_url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+        wait_for(lambda: not connection_quiet(conn), timeout=5, message="the ended connection's socket to be readable")
+    finally:
+        pool.putconn(conn)
