@@ -336,7 +336,7 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
-# A worker's kept SMTP connection idle longer than this is closed rather than checked with NOOP: a relay or a
+# A worker's kept SMTP connection idle longer than this is closed rather than reused: a relay or a
 # NAT may have dropped it without a word, and finding that out would cost a whole send timeout.
 EMAIL_CONNECTION_MAX_IDLE_SECONDS = 60
 # SMTP sessions one worker process keeps open to the mail relay at most (otp.providers.smtp): relays cap a client's

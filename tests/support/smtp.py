@@ -28,6 +28,7 @@ class Inbox:
         self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
+        self.noops = 0  # NOOP commands seen, on every session
         self.refuse_rcpt: set[str] = set()  # recipients refused for good at RCPT: 550, as for a mailbox that is gone
         # A slow relay: every accepted message's final reply comes this late. Meanwhile its session is busy, so
         # `most_busy_sessions` is the most sessions a client had in use at once.
@@ -40,6 +41,11 @@ class Inbox:
             self.sessions += 1
         session.host_name = hostname
         return responses
+
+    async def handle_NOOP(self, server, session, envelope, arg):
+        with self.lock:
+            self.noops += 1
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
@@ -99,6 +105,7 @@ class Inbox:
             self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.sessions = 0
+            self.noops = 0
             self.refuse_rcpt.clear()
             self.final_reply_delay_seconds = 0.0
             self.busy_sessions = self.most_busy_sessions = 0

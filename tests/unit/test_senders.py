@@ -36,6 +36,8 @@ def test_one_connection_carries_many_messages(own_smtp_server):
     assert [m["X-Envelope-To"] for m in own_smtp_server.inbox.messages] == [
         "user0@example.com", "user1@example.com", "user2@example.com"]
     assert own_smtp_server.inbox.sessions == 1
+    # A kept session is reused while its socket is quiet: no NOOP round trip before each message.
+    assert own_smtp_server.inbox.noops == 0
 
 
 def test_threads_share_at_most_email_max_connections_to_a_slow_relay(own_smtp_server, settings):

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
+from urllib3.util.wait import wait_for_read
 
 from otp.messages import Message
 from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendRecipientRefusedError, SendTransientError
@@ -188,13 +189,12 @@ class _SmtpConnections:
         connection.deadline = deadline
         smtp = getattr(connection, "connection", None)  # the SMTP backend's open socket; other backends have none
         if smtp is not None:
-            # A kept connection is checked with NOOP before use, so a message is never sent twice because a
-            # connection died under it.
-            try:
-                usable = (time.monotonic() - last_used < settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS
-                          and smtp.noop()[0] == 250)
-            except OSError:  # smtplib's errors are OSErrors: the server closed it (421, or silently)
-                usable = False
+            # A kept connection is used only while quiet: a server that closes a session sends its 421 (RFC 5321
+            # section 3.8) or its FIN, and either makes the socket readable. Looking costs no round trip, where a
+            # NOOP cost one on the worker and on the relay for every message (docs/performance.md); a session that
+            # died without a word is closed after EMAIL_CONNECTION_MAX_IDLE_SECONDS, as before.
+            usable = (time.monotonic() - last_used < settings.EMAIL_CONNECTION_MAX_IDLE_SECONDS
+                      and smtp.sock is not None and not wait_for_read(smtp.sock, timeout=0))
             if not usable:
                 _email_connection_drop(connection)  # the same slot opens a new session on the next send
         connection.key = key
