@@ -1,4 +1,5 @@
-"""Celery's Redis transport, with one redis-py client per channel instead of one per message.
+"""Celery's Redis transport, with one redis-py client per channel instead of one per message, and the
+bookkeeping of unacknowledged jobs sent without a MULTI/EXEC transaction around it.
 
 kombu's Redis channel builds a new redis-py client for every publish and every acknowledgement, and building
 one copies all of redis-py's response callbacks (its cost: docs/performance.md).
@@ -9,6 +10,7 @@ config/celery.py makes it the transport of redis:// and rediss:// URLs.
 It also holds the start-up check that the broker's Redis keeps every job (broker_redis_check).
 """
 import logging
+from contextlib import contextmanager
 
 import kombu.exceptions
 import redis
@@ -17,7 +19,30 @@ from kombu.transport import redis as kombu_redis
 logger = logging.getLogger(__name__)
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's acknowledgement emulation (the visibility timeout), its two writes per step sent as a plain pipeline.
+
+    For every job a worker takes, kombu records it as unacknowledged (ZADD to an index, HSET of the message) and
+    removes both once it is acknowledged (ZREM, HDEL), each pair wrapped in MULTI/EXEC: four commands where two
+    do the work, about a third of an email worker's CPU together with the round trips (docs/performance.md). The
+    transaction guards nothing here. Each pair goes out in one write either way, and a client that dies before
+    the EXEC loses the same job the plain pipeline would (it was already popped from its queue). The restore scan
+    that another worker may run between the two commands reads only entries older than the visibility timeout,
+    never one just added. Restoring (`restore_by_tag`) keeps kombu's WATCH/MULTI transaction: it passes its own
+    pipeline in.
+    """
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe=None, client=None):
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as client:
+                yield client.pipeline(transaction=False)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _kept_client = None
 
     def _create_client(self, asynchronous=False):

@@ -1,4 +1,8 @@
-"""The broker transport: kombu's Redis channel, keeping one redis-py client where kombu made one per message."""
+"""The broker transport: kombu's Redis channel, keeping one redis-py client where kombu made one per message, and
+its unacknowledged-job bookkeeping without MULTI/EXEC."""
+import threading
+
+import kombu
 import pytest
 import redis
 from celery import Celery
@@ -52,6 +56,54 @@ def spare_redis(tmp_path):
 
 def redis_url_of(server: RedisServer, database: int, host: str = "127.0.0.1") -> str:
     return f"redis://{host}:{server.port}/{database}"
+
+
+MONITOR_STOP = "monitor-stop"
+
+
+def commands_seen_while(server: RedisServer, action) -> list[str]:
+    """The commands `server` ran while `action()` ran (Redis's MONITOR), upper-cased names only."""
+    seen, watching = [], threading.Event()
+
+    def watch():
+        with redis.Redis(port=server.port).monitor() as monitor:  # MONITOR is on once this returns
+            watching.set()
+            for command in monitor.listen():
+                if MONITOR_STOP in command["command"]:
+                    return
+                seen.append(command["command"].split()[0].upper())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert watching.wait(5)
+    action()
+    redis.Redis(port=server.port).echo(MONITOR_STOP)
+    watcher.join(5)
+    assert not watcher.is_alive()
+    return seen
+
+
+def test_a_job_taken_and_acknowledged_is_booked_without_a_transaction(spare_redis):
+    # kombu wraps each pair of bookkeeping writes (ZADD+HSET when a job is taken, ZREM+HDEL when it is
+    # acknowledged) in MULTI/EXEC, which guards nothing there and doubled the commands (core/broker.py QoS).
+    queue = kombu.Queue("bookkeeping", routing_key="bookkeeping")
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        with connection.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="bookkeeping", declare=[queue])
+        channel = connection.default_channel
+
+        def take_and_acknowledge():
+            message = channel.basic_get("bookkeeping", no_ack=False)
+            assert message is not None
+            message.ack()
+
+        commands = commands_seen_while(spare_redis, take_and_acknowledge)
+        unacked = channel.qos.unacked_key
+
+    assert {"ZADD", "HSET", "ZREM", "HDEL"} <= set(commands)  # the bookkeeping went through this Redis
+    assert "MULTI" not in commands and "EXEC" not in commands
+    assert redis.Redis(port=spare_redis.port, db=1).hlen(unacked) == 0  # acknowledged: nothing left to restore
 
 
 def test_the_broker_is_not_the_cache_database():
