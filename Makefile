@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := cd backend && ../$(BIN)/python manage.py
+# Debian packages the targets below install when missing. apt waits for dpkg's lock rather than failing at once when
+# another install holds it (a second checkout's run, or make test-compose's engine): apt.conf(5), in seconds.
+APT := apt-get -o DPkg::Lock::Timeout=300
 # The support targets below run manage.py on the settings of .env and the environment (the native stack's
 # database); with QUICK_RUN=1, on the quick run's instead (bin/quick-run: SQLite, whatever .env says).
 DJANGO = $(if $(QUICK_RUN),bin/quick-run manage,$(BIN)/python backend/manage.py)
@@ -69,16 +72,16 @@ address-status: $(VENV)/.runtime-installed
 nginx:
 	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "nginx is missing: install Debian's nginx package (as root)"; exit 1; fi; \
-	  apt-get update -qq && \
+	  $(APT) update -qq && \
 	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; rc=$$?; \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends nginx; rc=$$?; \
 	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 
 # Debian's Chromium for the browser test (Playwright drives it; it downloads no browser of its own).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: install Debian's chromium package (as root)"; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends chromium; }
 
 # axe-core, which the browser test runs on every state of /home/, from the npm registry at the version
 # tests/e2e/axe/package-lock.json pins (with its hash), into var/axe/ (git-ignored). npm comes with Node.js.
@@ -88,7 +91,7 @@ axe: $(AXE_JS)
 $(AXE_JS): tests/e2e/axe/package.json tests/e2e/axe/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "npm is missing: install Debian's npm package (as root)"; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; }
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends npm; }
 	@mkdir -p var/axe && cp tests/e2e/axe/package.json tests/e2e/axe/package-lock.json var/axe/
 	@cd var/axe && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
@@ -99,9 +102,9 @@ test: axe
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "promtool is missing: install Debian's prometheus package (as root)"; exit 1; fi; \
-	  apt-get update -qq && \
+	  $(APT) update -qq && \
 	  if [ -e /usr/sbin/policy-rc.d ]; then keep=1; else keep=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends prometheus; rc=$$?; \
 	  [ "$$keep" = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 test: promtool
 
@@ -110,13 +113,13 @@ test: promtool
 jq:
 	@command -v jq >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "jq is missing: install Debian's jq package (as root)"; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq; }
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends jq; }
 test: jq
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "wrk is missing: install Debian's wrk package (as root)"; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends wrk; }
 
 install: $(VENV)/.runtime-installed
 install-test: $(VENV)/.test-installed

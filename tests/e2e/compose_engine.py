@@ -206,6 +206,25 @@ class HostSnapshot:
         return problems
 
 
+# apt waits up to this long for dpkg's lock (apt.conf(5), DPkg::Lock::Timeout, in seconds).
+APT_LOCK_SECONDS = 300
+APT_WAIT_FOR_LOCK = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_SECONDS}"]
+
+
+def apt_update() -> None:
+    """`apt-get update`, tried again for up to APT_LOCK_SECONDS while another apt holds the package lists' lock."""
+    deadline = time.monotonic() + APT_LOCK_SECONDS
+    while True:
+        result = run(["apt-get", *APT_WAIT_FOR_LOCK, "update", "-qq"], check=False, timeout=600)
+        locked = "Could not get lock" in (result.stdout or "") + (result.stderr or "")
+        if result.returncode == 0 or not locked or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if result.returncode != 0:
+        raise SystemExit(f"compose-engine: apt-get update failed ({result.returncode}):\n"
+                         f"{(result.stdout or '')[-3000:]}{(result.stderr or '')[-3000:]}")
+
+
 def install_packages() -> None:
     missing = [package for package in APT_PACKAGES
                if run(["dpkg-query", "-W", "-f", "${Status}", package], check=False).stdout.strip()
@@ -213,7 +232,10 @@ def install_packages() -> None:
     if not missing:
         return
     say(f"installing {', '.join(missing)} (Debian packages)")
-    run(["apt-get", "update", "-qq"], timeout=300)
+    # Another install may hold apt's locks (make test installs jq, chromium and nginx the same way, and a second
+    # checkout's run may be installing): wait for them instead of failing at once. `install` waits by itself
+    # (APT_WAIT_FOR_LOCK); `update` does not wait for the package lists' lock, so it is tried again.
+    apt_update()
     # policy-rc.d keeps the packages' services (docker, containerd) from starting: we start our own dockerd.
     policy = Path("/usr/sbin/policy-rc.d")
     ours = not policy.exists()
@@ -221,8 +243,8 @@ def install_packages() -> None:
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
+        run(["apt-get", *APT_WAIT_FOR_LOCK, "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=1200)
     finally:
         if ours:
             policy.unlink()
