@@ -163,7 +163,8 @@ MIDDLEWARE = [
     # Before CommonMiddleware, as django-cors-headers asks: it answers preflights itself (CORS_ALLOWED_ORIGINS).
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise, with its 405 and 416 in JSON.
+    "core.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -4,6 +4,7 @@ import codecs
 
 from django.conf import settings
 from django.http import JsonResponse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from core.exception_handler import error_body
 
@@ -51,3 +52,30 @@ class BodyCharsetMiddleware:
             return JsonResponse(error_body(f'Unsupported charset "{request.encoding}": send UTF-8.',
                                            "unsupported_media_type"), status=415)
         return self.get_response(request)
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise (static files through gunicorn, in both stacks), with its own error answers in JSON.
+
+    WhiteNoise answers a method other than GET or HEAD on a static file with a 405, and a `Range` past the file's
+    end with a 416, both with an empty body and no Content-Type; /static/ is not among the paths whose errors may
+    be pages (contract: every error outside /home/, /admin/ and /api/docs/ is JSON with `detail` and `code`).
+    Its headers that say what would work (`Allow`, `Content-Range`) are kept.
+    """
+
+    @staticmethod
+    def serve(static_file, request):
+        response = WhiteNoiseMiddleware.serve(static_file, request)
+        if response.status_code < 400:
+            return response
+        if response.status_code == 405:
+            body = error_body(f'Method "{request.method}" not allowed.', "method_not_allowed")
+        elif response.status_code == 416:
+            body = error_body("The requested range is not satisfiable.", "range_not_satisfiable")
+        else:
+            body = error_body("The request could not be handled.", "error")
+        answer = JsonResponse(body, status=response.status_code)
+        for name in ("Allow", "Content-Range"):
+            if response.has_header(name):
+                answer[name] = response[name]
+        return answer

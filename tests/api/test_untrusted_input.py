@@ -158,6 +158,22 @@ def test_metrics_refuses_other_methods_in_json(csrf_client):
     assert csrf_client.get("/metrics").status_code == 200
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_a_static_file_refuses_other_methods_in_json(csrf_client, method):
+    # WhiteNoise serves it; its own 405 had an empty body and no Content-Type.
+    response = csrf_client.generic(method, "/static/otp/home.js", b"{}", content_type="application/json")
+    assert_json_error(response, 405, "method_not_allowed")
+    assert response["Allow"] == "GET, HEAD"
+    assert csrf_client.get("/static/otp/home.js").status_code == 200
+
+
+def test_a_range_past_a_static_files_end_is_json_416(csrf_client):
+    response = csrf_client.get("/static/otp/home.js", HTTP_RANGE="bytes=99999999-")
+    assert_json_error(response, 416, "range_not_satisfiable")
+    assert response["Content-Range"].startswith("bytes */")
+    assert csrf_client.get("/static/otp/home.js", HTTP_RANGE="bytes=0-9").status_code == 206
+
+
 def test_a_failed_csrf_check_is_json_outside_the_admin(csrf_client):
     assert_json_error(csrf_client.post("/home/", data=b"{}", content_type="application/json"), 403, "csrf_failed")
     # The admin is a page for people: its CSRF failure stays Django's page.
