@@ -1,6 +1,9 @@
 """gunicorn settings for the API; the port comes from the same settings module as everything else."""
+import json
 import multiprocessing
 import os
+
+import gunicorn.util
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 from django.conf import settings  # noqa: E402  (reading settings validates them: a bad one stops start-up here)
@@ -29,3 +32,28 @@ def on_starting(server) -> None:
     from config.celery import app, broker_redis_check_at_start
 
     broker_redis_check_at_start(app)
+
+
+# gunicorn's own answers to requests it refuses before the app sees them: the codes nginx's template gives the same
+# statuses (nginx/templates/default.conf.template), else one by class.
+_GUNICORN_ERROR_CODES = {400: "bad_request", 403: "permission_denied", 414: "uri_too_long", 417: "expectation_failed",
+                         431: "headers_too_large", 500: "server_error", 501: "not_implemented"}
+
+
+def _json_error_write(sock, status_int, reason, mesg) -> None:
+    """gunicorn.util.write_error in JSON: `{"detail", "code"}` instead of its HTML page.
+
+    gunicorn refuses some requests that nginx passes on as they are (a second Content-Type, a control character
+    in a header value, a raw non-ASCII byte in the request target: RFC 9110 sections 5.3 and 5.5, RFC 9112
+    section 3.2) and answered them with an HTML 400 that nginx relayed untouched; the contract wants every error
+    in JSON. gunicorn has no setting or hook for that page, and its workers call this function through its
+    module, so replacing it here (in the master, before any worker forks) covers every worker.
+    """
+    code = _GUNICORN_ERROR_CODES.get(status_int, "bad_request" if status_int < 500 else "server_error")
+    body = json.dumps({"detail": f"{reason}: {mesg}" if mesg else f"{reason}.", "code": code}).encode()  # ASCII
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn.util.write_error = _json_error_write
