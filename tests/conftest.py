@@ -84,6 +84,21 @@ def redis_clean(broker_redis):
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def database_connection_usable():
+    """Each test starts without the suite's own database connection left broken by an earlier one.
+
+    A request ends by dropping a connection that broke (Django's close_if_unusable_or_obsolete on request_finished),
+    but the test client disconnects that handler, so a connection PostgreSQL ended during one test would fail every
+    later test of this process that touches the database, and one failure would read as dozens.
+    """
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        if wrapper.connection is not None and wrapper.connection.closed and not wrapper.in_atomic_block:
+            wrapper.close()
+
+
 @pytest.fixture
 def broker_redis():
     """A client of the broker's Redis database (CELERY_BROKER_URL: REDIS_URL's next one), where jobs wait."""
