@@ -55,6 +55,10 @@ def stack_env(base_env: dict, *, http_port: int, api_port: int, stack_dir: Path)
         # One origin other than the stack's own may call it from a browser: the same port under the name
         # localhost (tests/e2e/test_browser_client.py tries it, and an origin not listed).
         "CORS_ALLOWED_ORIGINS": f"http://localhost:{http_port}",
+        # This stack lives for the whole session on the test database every later test uses. At the default
+        # interval (300 s) its beat's housekeeping would delete, mid-test, the used and burned codes another test
+        # is about to read (tests/faults/test_attacks.py's brute-force test lost its code that way).
+        "OTP_PURGE_INTERVAL_SECONDS": "86400",
     }
 
 
