@@ -95,7 +95,8 @@ def database_connection_usable():
     from django.db import connections
 
     for wrapper in connections.all(initialized_only=True):
-        if wrapper.connection is not None and wrapper.connection.closed and not wrapper.in_atomic_block:
+        broken = getattr(wrapper.connection, "closed", False)  # psycopg's: True once the server ended it
+        if broken and not wrapper.in_atomic_block:
             wrapper.close()
 
 
