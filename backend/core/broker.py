@@ -24,8 +24,9 @@ class QoS(kombu_redis.QoS):
 
     For every job a worker takes, kombu records it as unacknowledged (ZADD to an index, HSET of the message) and
     removes both once it is acknowledged (ZREM, HDEL), each pair wrapped in MULTI/EXEC: four commands where two
-    do the work (its cost: docs/performance-log.md, issue 19's seventh round). The transaction guards nothing here. Each pair goes out in one write either way, and a client that dies before
-    the EXEC loses the same job the plain pipeline would (it was already popped from its queue). The restore scan
+    do the work (its cost: docs/performance-log.md, issue 19's seventh round). The transaction guards nothing
+    here. Each pair goes out in one write either way, and a client that dies before the EXEC loses the same job
+    the plain pipeline would (it was already popped from its queue). The restore scan
     that another worker may run between the two commands reads only entries older than the visibility timeout,
     never one just added. Restoring (`restore_by_tag`) keeps kombu's WATCH/MULTI transaction: it passes its own
     pipeline in.

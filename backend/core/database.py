@@ -16,7 +16,7 @@ def connection_quiet(conn) -> bool:
     a failover or pg_terminate_backend sends its FATAL error and closes the socket, which makes it readable
     (PostgreSQL protocol, "Termination"); so might an asynchronous notice, which the full check then reads.
     """
-    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+    if conn.pgconn.status != pq.ConnStatus.OK:  # BAD once closed, by us or by the server
         return False
     if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
         return False

@@ -9,16 +9,13 @@ from django.db import connection
 from psycopg_pool import ConnectionPool
 
 from core.database import connection_quiet
+from tests.support.database_state import backend_end, backends_end
 from tests.support.env import database_url
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 IDLE_CONNECTIONS = 6
-# pg_terminate_backend(pid, timeout) in milliseconds waits until the backend has exited (PostgreSQL 14+, "Server
-# Signaling Functions"); without it the function returns once the signal is sent, and a query issued within that
-# millisecond meets a backend still running: the test would race the server instead of meeting an ended connection.
-TERMINATED_WITHIN_MS = 5000
 # A fresh connection and one of psycopg_pool's backoff pauses (about 1 s); the pool's own timeout is 5 s.
 WITHIN_SECONDS = 3.5
 
@@ -31,9 +28,7 @@ def pool_filled_then_cut(count: int) -> None:
         pool.putconn(conn)
     connection.close()
     with psycopg.connect(database_url(), autocommit=True) as admin:
-        ended = admin.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, %s)) FROM pg_stat_activity "
-                              "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                              [TERMINATED_WITHIN_MS]).fetchone()[0]
+        ended = backends_end(admin.cursor())
     assert ended >= count
 
 
@@ -74,7 +69,7 @@ def test_a_connection_postgresql_ended_is_not_quiet():
     try:
         assert connection_quiet(conn)
         with psycopg.connect(database_url(), autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s, %s)", [conn.info.backend_pid, TERMINATED_WITHIN_MS])
+            backend_end(admin.cursor(), conn.info.backend_pid)
         wait_for(lambda: not connection_quiet(conn), timeout=5, message="the ended connection's socket to be readable")
     finally:
         pool.putconn(conn)
