@@ -13,9 +13,13 @@ from django.template.loader import render_to_string
 
 @dataclass(frozen=True)
 class Message:
+    """What a provider sends: `subject` (email only), `text`, `html` (email only; "" for none), and `code`, the
+    code the texts carry, so that a provider may lay out the rest of a message once (otp.providers.smtp)."""
+
     subject: str
     text: str
     html: str = ""
+    code: str = ""
 
 
 def lifetime_words(seconds: int) -> str:
@@ -34,6 +38,7 @@ def email_message_render(*, code: str) -> Message:
         subject=f"Your {settings.SERVICE_NAME} sign-in code",
         text=render_to_string("otp/email_code.txt", context),
         html=render_to_string("otp/email_code.html", context),
+        code=code,
     )
 
 
@@ -45,7 +50,7 @@ def sms_message_render(*, code: str) -> Message:
     app_hash = f"{settings.OTP_SMS_APP_HASH}\n" if settings.OTP_SMS_APP_HASH else ""
     text = (f"{code} is your {settings.SERVICE_NAME} code. "
             f"It expires in {lifetime_words(settings.OTP_TTL_SECONDS)}.\n\n{app_hash}@{host} #{code}")
-    return Message(subject="", text=text)
+    return Message(subject="", text=text, code=code)
 
 
 # GSM 03.38: the default alphabet (one septet each) and its extension table (an escape plus one septet: two).

@@ -3,6 +3,7 @@ import re
 import time
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from otp.messages import Message
 from otp.providers import SendOutcomeUnknownError, SendPermanentError, SendTransientError
@@ -205,6 +206,121 @@ def test_every_header_parses_cleanly_under_the_strict_email_policy(own_smtp_serv
     assert re.fullmatch(rf"<[a-z]+@{re.escape(domain)}>", message["Message-ID"]), message["Message-ID"]
     assert message["Subject"] == "Your Connexion sécurisée code"
     assert own_smtp_server.inbox.messages[0]["X-Envelope-From"] == addr_spec  # the envelope sender too
+
+
+# --- Each kind of code email laid out once a process -------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_layouts(monkeypatch):
+    """A process's layouts as at its start, and a count of the messages Django's classes build."""
+    monkeypatch.setattr(smtp_provider, "_email_layouts", smtp_provider._CodeEmailLayouts())
+    built = []
+    message = smtp_provider._CodeEmail.message
+    monkeypatch.setattr(smtp_provider._CodeEmail, "message", lambda self, *a, **k: built.append(1) or message(self, *a, **k))
+    return built
+
+
+def _built_whole(raw: bytes, *, to: str, message: Message) -> bytes:
+    """What Django's classes build for `message` to `to`, with the Date, Message-ID and MIME boundary of `raw`
+    (a message as the server received it)."""
+    import email
+    from django.conf import settings
+
+    received = email.message_from_bytes(raw)
+    whole = smtp_provider._code_email(to=to, message=message, sender=smtp_provider.sender_parse(
+        settings.DEFAULT_FROM_EMAIL), message_id=received["Message-ID"], date=received["Date"],
+        boundary=received.get_boundary())
+    return whole.message().as_bytes(linesep="\r\n")
+
+
+ADDRESSES_LAID_OUT = ["alice@example.com", "Bob.Smith+otp@Mail.Example.co.uk", "o_k-1@x.io", "u@xn--bcher-kva.example",
+                      f"{'a' * 56}@example.com"]  # the last is 70 characters, the longest filled in
+ADDRESSES_BUILT_WHOLE = [f"{'a' * 57}@example.com", "üser@example.com", "user@bücher.example", "o'brien@example.com",
+                         '"quoted local"@example.com']
+
+
+@pytest.mark.parametrize("to", ADDRESSES_LAID_OUT + ADDRESSES_BUILT_WHOLE)
+def test_a_code_email_is_byte_for_byte_what_djangos_classes_build(own_smtp_server, settings, fresh_layouts, to):
+    from otp.messages import email_message_render
+
+    settings.DEFAULT_FROM_EMAIL = "Connexion sécurisée <no-reply@bücher.example>"  # an encoded From header
+    settings.SERVICE_NAME = "Connexion sécurisée"  # an encoded Subject
+    sent = [email_message_render(code=code) for code in ("482913", "000001", "907310")]
+    for delivery_id, message in enumerate(sent, start=7):  # the first lays the kind out, the others fill it
+        SmtpEmailProvider().send(to=to, message=message, delivery_id=delivery_id)
+
+    received = own_smtp_server.inbox.raw
+    assert len(received) == 3
+    for raw, message in zip(received, sent):
+        assert raw == _built_whole(raw, to=to, message=message)
+    # The envelope as Django's own SMTP backend gives it, for one more message sent through that backend.
+    from django.conf import settings as live_settings
+    from django.core.mail import get_connection
+
+    smtp_provider._code_email(to=to, message=sent[0], sender=smtp_provider.sender_parse(
+        live_settings.DEFAULT_FROM_EMAIL), message_id="<django@example.com>", connection=get_connection()).send()
+    assert len(set(own_smtp_server.inbox.rcpts_seen)) == 1 and len(own_smtp_server.inbox.rcpts_seen) == 4
+
+
+def test_only_the_first_code_email_of_a_kind_is_built_by_djangos_classes(own_smtp_server, fresh_layouts):
+    from otp.messages import email_message_render
+
+    for n in range(5):
+        SmtpEmailProvider().send(to=f"user{n}@example.com", message=email_message_render(code=f"{n}1234{n}"),
+                                 delivery_id=n)
+
+    assert len(own_smtp_server.inbox.raw) == 5
+    assert len(fresh_layouts) == 2  # the first message: its layout, and itself built whole to check it against
+    # A message whose code is not in the layout's place, or a recipient outside it, is built whole.
+    SmtpEmailProvider().send(to="üser@example.com", message=email_message_render(code="123456"), delivery_id=9)
+    assert len(fresh_layouts) == 3
+
+
+_LAYOUTS = smtp_provider._CodeEmailLayouts()  # one process's, shared by the examples below
+
+
+@given(to=st.from_regex(smtp_provider._ADDRESS_LAYOUT, fullmatch=True).filter(
+    lambda address: len(address) <= smtp_provider._ADDRESS_LAYOUT_MAX), code=st.from_regex(r"[0-9]{4,10}", fullmatch=True))
+@hsettings(max_examples=300, deadline=None)
+def test_any_address_and_code_filled_in_give_the_bytes_djangos_classes_build(to, code):
+    from django.conf import settings
+    from django.core.mail.message import sanitize_address
+    from email.utils import formatdate
+    from otp.messages import email_message_render
+
+    sender = smtp_provider.sender_parse(settings.DEFAULT_FROM_EMAIL)
+    message, message_id, date = email_message_render(code=code), f"<{'q' * 24}@{sender.domain}>", formatdate()
+    filled = _LAYOUTS.message_bytes(to=to, message=message, sender=sender, message_id=message_id, date=date)
+
+    whole = smtp_provider._code_email(to=to, message=message, sender=sender, message_id=message_id, date=date,
+                                      boundary=_LAYOUTS._boundary).message().as_bytes(linesep="\r\n")
+    assert filled == whole
+    assert list(_LAYOUTS._layouts.values()) not in ([], [None])  # filled in, not built whole
+    assert sanitize_address(to, "utf-8") == to  # the envelope recipient the provider gives without asking Django
+
+
+def test_a_kind_whose_bytes_move_with_a_value_is_built_whole_each_time(own_smtp_server, fresh_layouts, monkeypatch,
+                                                                      caplog):
+    # A header that changes with the recipient's length, as an encoding that moves with a value would: the layout
+    # filled in gives other bytes than the message built whole, so it is not used.
+    code_email = smtp_provider._code_email
+
+    def with_length_header(*, to, **kwargs):
+        email = code_email(to=to, **kwargs)
+        email.extra_headers["X-Length"] = str(len(to))
+        return email
+
+    monkeypatch.setattr(smtp_provider, "_code_email", with_length_header)
+    from otp.messages import email_message_render
+
+    for n in range(3):
+        SmtpEmailProvider().send(to=f"user{n}@example.com", message=email_message_render(code=f"55555{n}"),
+                                 delivery_id=n)
+
+    assert [m["X-Length"] for m in own_smtp_server.inbox.messages] == ["17"] * 3
+    assert len(fresh_layouts) == 2 + 3  # the check's two, then every message built whole
+    assert "built whole" in caplog.text
 
 
 # --- An outcome that may be unknown: SMTP after the end of DATA -----------------------------------------

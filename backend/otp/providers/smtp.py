@@ -1,24 +1,30 @@
 """Email through Django's mail backend (SMTP in production): a plain-text and an HTML part, kept connections
-(at most EMAIL_MAX_CONNECTIONS a process), every wait bounded, and a message the server may have accepted told
-apart from a failure."""
+(at most EMAIL_MAX_CONNECTIONS a process), every wait bounded, a message the server may have accepted told
+apart from a failure, and each message's bytes laid out by Django's email classes once a process."""
 import functools
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import smtplib
 import string
 import threading
 import time
+from email.utils import formatdate
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
+from django.core.mail.message import sanitize_address
 from urllib3.util.wait import wait_for_read
 
 from otp.messages import Message
 from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendRecipientRefusedError, SendTransientError
-from otp.providers.mailbox import sender_parse
+from otp.providers.mailbox import Sender, sender_parse
+
+logger = logging.getLogger(__name__)
 
 DJANGO_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 # Everything before the end of DATA shares this budget, in seconds: checking a kept connection, connecting,
@@ -35,13 +41,41 @@ def _letters(n: int) -> str:
 
 class _CodeEmail(EmailMultiAlternatives):
     """An email whose headers hold no digit runs (MIME boundary, Message-ID): the only number a reader
-    or a mail client's code detector should find is the code."""
+    or a mail client's code detector should find is the code. `boundary`: the MIME boundary (letters), random
+    when not given."""
+
+    def __init__(self, *args, boundary: str | None = None, **kwargs):
+        self.boundary = boundary
+        super().__init__(*args, **kwargs)
 
     def message(self, *args, **kwargs):
         msg = super().message(*args, **kwargs)
         if msg.is_multipart():
-            msg.set_boundary(f"=_{_letters(24)}")
+            msg.set_boundary(self.boundary or f"=_{_letters(24)}")
         return msg
+
+
+def _code_email(*, to: str, message: Message, sender: Sender, message_id: str, date: str | None = None,
+                boundary: str | None = None, connection: BaseEmailBackend | None = None) -> _CodeEmail:
+    """The email of `message` to `to`, built by Django's classes; `date`: the Date header (RFC 5322 section 3.3),
+    Django's own (now) when None."""
+    headers = {"Message-ID": message_id, "Auto-Submitted": "auto-generated"}
+    if date is not None:
+        headers["Date"] = date
+    email = _CodeEmail(
+        subject=message.subject,
+        body=message.text,
+        from_email=sender.header,
+        to=[to],
+        # RFC 3834 section 5: a message a program sends on its own, so auto-responders (vacation replies,
+        # ticket systems) must not answer it, and a bombing run cannot bounce replies off role addresses.
+        headers=headers,
+        connection=connection,
+        boundary=boundary,
+    )
+    if message.html:
+        email.attach_alternative(message.html, "text/html")
+    return email
 
 
 def _message_id(*, delivery_id: int, domain: str) -> str:
@@ -234,25 +268,112 @@ def _email_connection_drop(connection: BaseEmailBackend) -> None:
         smtp.close()  # the socket goes even when QUIT failed (Django forgets the client either way)
 
 
+# Addresses whose To header and envelope recipient are the address itself (Django's sanitize_address leaves
+# them as they are) and whose To line is never folded (at most 78 characters, RFC 5322 section 2.1.1): for
+# them a message can be filled into its layout. Any other address gets its message built by Django's classes.
+_ADDRESS_LAYOUT = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
+_ADDRESS_LAYOUT_MAX = 70
+_CODE_LAYOUT_MAX = 32
+# A process keeps this many layouts at most: one a sender and template in practice. Past it, a message of a new
+# kind is built whole, so nothing grows without bound.
+_LAYOUTS_MAX = 16
+
+
+class _CodeEmailLayouts:
+    """The bytes of each kind of code email, built by Django's email classes once a process, with markers where
+    the four values that change from message to message go: the code, the recipient, the Message-ID and the
+    Date (docs/decisions.md, "A code email's bytes are laid out once a process").
+
+    A kind is the message's texts with the code taken out, its sender and the charset. Each marker is random
+    letters, as long as its value where that length could move the bytes around it (the code, the Message-ID);
+    no To or Date line is long enough to be folded. The first message of a kind is also built whole, and the
+    layout is kept only if filling it gives exactly those bytes; otherwise (a template or setting whose encoding
+    moves with its values) every message of that kind is built whole.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._layouts: dict[tuple, bytes | None] = {}  # kind -> layout, or None: build this kind whole
+        self._code_letters = _letters(_CODE_LAYOUT_MAX).upper()  # a code's marker is its first len(code)
+        self._to_marker = f"{_letters(24)}@{_letters(16)}.invalid"
+        self._id_letters = _letters(24)  # as many as _message_id writes
+        self._date_marker = _letters(31)  # formatdate's length
+        self._boundary = f"=_{_letters(24)}"
+
+    def message_bytes(self, *, to: str, message: Message, sender: Sender, message_id: str, date: str) -> bytes:
+        """The message as Django's classes build it (RFC 5322, CRLF line ends) for `to`, with `message_id` and
+        `date` as its Message-ID and Date: filled into its kind's layout where it can be, else built whole."""
+        code, at = message.code, message_id.find("@")
+        code_marker = self._code_letters[:len(code)]
+        if not (len(to) <= _ADDRESS_LAYOUT_MAX and _ADDRESS_LAYOUT.fullmatch(to)
+                and 0 < len(code) <= _CODE_LAYOUT_MAX and code.isascii() and code.isalnum()
+                and at == len(self._id_letters) + 1 and message_id.startswith("<")
+                and code_marker not in message.text and code_marker not in message.html):
+            return self._built(to=to, message=message, sender=sender, message_id=message_id, date=date)
+        marked = Message(subject=message.subject, text=message.text.replace(code, code_marker),
+                         html=message.html.replace(code, code_marker), code=code_marker)
+        id_marker = f"<{self._id_letters}{message_id[at:]}"
+        values = {code_marker: code, self._to_marker: to, id_marker: message_id, self._date_marker: date}
+        kind = (marked, sender, settings.DEFAULT_CHARSET)
+        if kind not in self._layouts and len(self._layouts) < _LAYOUTS_MAX:
+            self._layout_add(kind=kind, id_marker=id_marker, whole=self._built(
+                to=to, message=message, sender=sender, message_id=message_id, date=date, boundary=self._boundary),
+                values=values)
+        layout = self._layouts.get(kind)
+        if layout is None:
+            return self._built(to=to, message=message, sender=sender, message_id=message_id, date=date)
+        return self._filled(layout, values)
+
+    @staticmethod
+    def _filled(layout: bytes, values: dict[str, str]) -> bytes:
+        for marker, value in values.items():
+            layout = layout.replace(marker.encode(), value.encode())
+        return layout
+
+    @staticmethod
+    def _built(*, to: str, message: Message, sender: Sender, message_id: str, date: str,
+               boundary: str | None = None) -> bytes:
+        email = _code_email(to=to, message=message, sender=sender, message_id=message_id, date=date,
+                            boundary=boundary)
+        return email.message().as_bytes(linesep="\r\n")
+
+    def _layout_add(self, *, kind: tuple, id_marker: str, whole: bytes, values: dict[str, str]) -> None:
+        # `whole`: this message built whole with the layout's boundary, which the filled layout must equal.
+        marked, sender, _ = kind
+        layout = self._built(to=self._to_marker, message=marked, sender=sender, message_id=id_marker,
+                             date=self._date_marker, boundary=self._boundary)
+        if self._filled(layout, values) != whole:
+            logger.warning("the code email's bytes change with more than its code, recipient, Message-ID and Date: "
+                           "each is built whole (slower, and correct)")
+            layout = None
+        with self._lock:
+            self._layouts[kind] = layout
+
+
+_email_layouts = _CodeEmailLayouts()
+
+
+@functools.lru_cache(maxsize=8)
+def _envelope_sender(header: str, encoding: str) -> str:
+    return sanitize_address(header, encoding)
+
+
 def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, delivery_id: int) -> str:
     # Read with the email library, not split on "@": `OTP Login <no-reply@example.com>` made the Message-ID
     # `<...@example.com>>`, and Django's own IDNA 2003 conversion mailed `straße.de` as `strasse.de`.
     sender = sender_parse(settings.DEFAULT_FROM_EMAIL)
     message_id = _message_id(delivery_id=delivery_id, domain=sender.domain)
-    email = _CodeEmail(
-        subject=message.subject,
-        body=message.text,
-        from_email=sender.header,
-        to=[to],
-        # RFC 3834 section 5: a message a program sends on its own, so auto-responders (vacation replies,
-        # ticket systems) must not answer it, and a bombing run cannot bounce replies off role addresses.
-        headers={"Message-ID": message_id, "Auto-Submitted": "auto-generated"},
-        connection=connection,
-    )
-    if message.html:
-        email.attach_alternative(message.html, "text/html")
     connection.open()  # Django leaves open a connection it did not open itself inside send()
-    email.send(fail_silently=False)
+    if not isinstance(connection, BoundedSmtpBackend):  # Django's console or in-memory backend, or another one
+        _code_email(to=to, message=message, sender=sender, message_id=message_id,
+                    connection=connection).send(fail_silently=False)
+        return message_id
+    # What Django's SMTP backend does in send() (its _send), with the message's bytes from its layout.
+    encoding = settings.DEFAULT_CHARSET
+    payload = _email_layouts.message_bytes(to=to, message=message, sender=sender, message_id=message_id,
+                                           date=formatdate(localtime=settings.EMAIL_USE_LOCALTIME))
+    recipient = to if _ADDRESS_LAYOUT.fullmatch(to) else sanitize_address(to, encoding)
+    connection.connection.sendmail(_envelope_sender(sender.header, encoding), [recipient], payload)
     return message_id
 
 
