@@ -222,21 +222,23 @@ def fresh_layouts(monkeypatch):
 
 
 def _built_whole(raw: bytes, *, to: str, message: Message) -> bytes:
-    """What Django's classes build for `message` to `to`, with the Date, Message-ID and MIME boundary of `raw`
-    (a message as the server received it)."""
+    """What Django's classes build for `message` to `to` with the Date header of their own making (the order of
+    headers included), given the Date value, Message-ID and MIME boundary of `raw` (a message as the server
+    received it)."""
     import email
     from django.conf import settings
 
     received = email.message_from_bytes(raw)
     whole = smtp_provider._code_email(to=to, message=message, sender=smtp_provider.sender_parse(
-        settings.DEFAULT_FROM_EMAIL), message_id=received["Message-ID"], date=received["Date"],
-        boundary=received.get_boundary())
-    return whole.message().as_bytes(linesep="\r\n")
+        settings.DEFAULT_FROM_EMAIL), message_id=received["Message-ID"], boundary=received.get_boundary())
+    built = whole.message().as_bytes(linesep="\r\n")
+    return re.sub(rb"^Date: [^\r]*\r\n", b"Date: " + received["Date"].encode() + b"\r\n", built, count=1,
+                  flags=re.MULTILINE)
 
 
 ADDRESSES_LAID_OUT = ["alice@example.com", "Bob.Smith+otp@Mail.Example.co.uk", "o_k-1@x.io", "u@xn--bcher-kva.example",
-                      f"{'a' * 56}@example.com"]  # the last is 70 characters, the longest filled in
-ADDRESSES_BUILT_WHOLE = [f"{'a' * 57}@example.com", "üser@example.com", "user@bücher.example", "o'brien@example.com",
+                      f"{'a' * 58}@example.com"]  # the last is 70 characters, the longest filled in
+ADDRESSES_BUILT_WHOLE = [f"{'a' * 59}@example.com", "üser@example.com", "user@bücher.example", "o'brien@example.com",
                          '"quoted local"@example.com']
 
 
@@ -250,6 +252,8 @@ def test_a_code_email_is_byte_for_byte_what_djangos_classes_build(own_smtp_serve
     for delivery_id, message in enumerate(sent, start=7):  # the first lays the kind out, the others fill it
         SmtpEmailProvider().send(to=to, message=message, delivery_id=delivery_id)
 
+    # Filled in: Django's classes built the first message twice (its layout, and itself to check it) and no other.
+    assert len(fresh_layouts) == (2 if to in ADDRESSES_LAID_OUT else 3)
     received = own_smtp_server.inbox.raw
     assert len(received) == 3
     for raw, message in zip(received, sent):
@@ -281,26 +285,60 @@ _LAYOUTS = smtp_provider._CodeEmailLayouts()  # one process's, shared by the exa
 
 
 @given(to=st.from_regex(smtp_provider._ADDRESS_LAYOUT, fullmatch=True).filter(
-    lambda address: len(address) <= smtp_provider._ADDRESS_LAYOUT_MAX), code=st.from_regex(r"[0-9]{4,10}", fullmatch=True))
+    lambda address: len(address) <= smtp_provider._ADDRESS_LAYOUT_MAX), code=st.from_regex(r"[0-9]{4,10}", fullmatch=True),
+    id_letters=st.from_regex(r"[a-z]{24}", fullmatch=True), sent_at=st.floats(min_value=0, max_value=4e9))
 @hsettings(max_examples=300, deadline=None)
-def test_any_address_and_code_filled_in_give_the_bytes_djangos_classes_build(to, code):
+def test_any_address_and_code_filled_in_give_the_bytes_djangos_classes_build(to, code, id_letters, sent_at):
     from django.conf import settings
     from django.core.mail.message import sanitize_address
     from email.utils import formatdate
     from otp.messages import email_message_render
 
     sender = smtp_provider.sender_parse(settings.DEFAULT_FROM_EMAIL)
-    message, message_id, date = email_message_render(code=code), f"<{'q' * 24}@{sender.domain}>", formatdate()
+    message, message_id, date = email_message_render(code=code), f"<{id_letters}@{sender.domain}>", formatdate(sent_at)
     filled = _LAYOUTS.message_bytes(to=to, message=message, sender=sender, message_id=message_id, date=date)
 
+    # With the layouts' own boundary: a message built whole instead of filled in would have a random one.
     whole = smtp_provider._code_email(to=to, message=message, sender=sender, message_id=message_id, date=date,
                                       boundary=_LAYOUTS._boundary).message().as_bytes(linesep="\r\n")
     assert filled == whole
-    assert list(_LAYOUTS._layouts.values()) not in ([], [None])  # filled in, not built whole
     assert sanitize_address(to, "utf-8") == to  # the envelope recipient the provider gives without asking Django
 
 
-def test_a_kind_whose_bytes_move_with_a_value_is_built_whole_each_time(own_smtp_server, fresh_layouts, monkeypatch,
+def test_a_charset_whose_encoding_moves_the_code_gets_every_message_built_whole(own_smtp_server, settings,
+                                                                               fresh_layouts, caplog):
+    # Latin-1 bodies go out quoted-printable, whose soft line breaks fall where the line's length puts them: the
+    # layout's check fails on the first message, and every message is built whole.
+    from otp.messages import email_message_render
+
+    settings.DEFAULT_CHARSET = "iso-8859-1"
+    # 73 letters, then the code: quoted-printable's 76-character lines break inside it, and inside its marker.
+    sent = [Message(subject="Code", text="x" * 73 + f"{code}\n", code=code) for code in ("482913", "777777")]
+    for delivery_id, message in enumerate(sent):
+        SmtpEmailProvider().send(to="alice@example.com", message=message, delivery_id=delivery_id)
+
+    assert len(fresh_layouts) == 2 + 2  # the first message's check, then both built whole
+    assert b"482913" not in own_smtp_server.inbox.raw[0]  # split by a soft line break
+    for raw, message in zip(own_smtp_server.inbox.raw, sent):
+        assert raw == _built_whole(raw, to="alice@example.com", message=message)
+    assert "each is built whole" in caplog.text
+
+
+def test_a_process_keeps_at_most_layouts_max_kinds_and_builds_the_rest_whole(monkeypatch):
+    from django.conf import settings
+    from email.utils import formatdate
+
+    layouts, sender = smtp_provider._CodeEmailLayouts(), smtp_provider.sender_parse(settings.DEFAULT_FROM_EMAIL)
+    for n in range(smtp_provider._LAYOUTS_MAX + 4):
+        message = Message(subject=f"Code {'x' * n}", text="Your code: 123456", code="123456")
+        filled = layouts.message_bytes(to="a@example.com", message=message, sender=sender, date=formatdate(0),
+                                       message_id=f"<{'q' * 24}@{sender.domain}>")
+        assert b"Your code: 123456" in filled and b"Subject: Code " + b"x" * n in filled
+
+    assert len(layouts._layouts) == smtp_provider._LAYOUTS_MAX
+
+
+def test_a_kind_whose_first_message_fails_the_check_is_built_whole_each_time(own_smtp_server, fresh_layouts, monkeypatch,
                                                                       caplog):
     # A header that changes with the recipient's length, as an encoding that moves with a value would: the layout
     # filled in gives other bytes than the message built whole, so it is not used.

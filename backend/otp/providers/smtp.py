@@ -59,9 +59,10 @@ def _code_email(*, to: str, message: Message, sender: Sender, message_id: str, d
                 boundary: str | None = None, connection: BaseEmailBackend | None = None) -> _CodeEmail:
     """The email of `message` to `to`, built by Django's classes; `date`: the Date header (RFC 5322 section 3.3),
     Django's own (now) when None."""
-    headers = {"Message-ID": message_id, "Auto-Submitted": "auto-generated"}
-    if date is not None:
-        headers["Date"] = date
+    # Date first: where Django writes its own Date (after To, before the extra headers), so a message given one
+    # has its headers in the same order as one that is not.
+    headers = {"Date": date} if date is not None else {}
+    headers.update({"Message-ID": message_id, "Auto-Submitted": "auto-generated"})
     email = _CodeEmail(
         subject=message.subject,
         body=message.text,
@@ -269,10 +270,13 @@ def _email_connection_drop(connection: BaseEmailBackend) -> None:
 
 
 # Addresses whose To header and envelope recipient are the address itself (Django's sanitize_address leaves
-# them as they are) and whose To line is never folded (at most 78 characters, RFC 5322 section 2.1.1): for
-# them a message can be filled into its layout. Any other address gets its message built by Django's classes.
+# them as they are): for them a message can be filled into its layout. Any other address gets its message built
+# whole by Django's classes. A To line holds no whitespace or comma at which the email generator (compat32) could
+# fold it, and at most 70 characters keep "To: " and the address within the 78 that RFC 5322 section 2.1.1 asks
+# a line to keep to, so no line is near a fold either way.
 _ADDRESS_LAYOUT = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _ADDRESS_LAYOUT_MAX = 70
+# Codes longer than this are built whole: OTP_LENGTH allows at most 10 digits; the bound only sizes the marker.
 _CODE_LAYOUT_MAX = 32
 # A process keeps this many layouts at most: one a sender and template in practice. Past it, a message of a new
 # kind is built whole, so nothing grows without bound.
@@ -284,11 +288,11 @@ class _CodeEmailLayouts:
     the four values that change from message to message go: the code, the recipient, the Message-ID and the
     Date (docs/decisions.md, "A code email's bytes are laid out once a process").
 
-    A kind is the message's texts with the code taken out, its sender and the charset. Each marker is random
-    letters, as long as its value where that length could move the bytes around it (the code, the Message-ID);
-    no To or Date line is long enough to be folded. The first message of a kind is also built whole, and the
-    layout is kept only if filling it gives exactly those bytes; otherwise (a template or setting whose encoding
-    moves with its values) every message of that kind is built whole.
+    A kind is the message's subject as it is, its texts with the code taken out, its sender and the charset. Each
+    marker is random letters, as long as its value where that length could move the bytes around it (the code,
+    the Message-ID). The first message of a kind is also built whole, and the layout is kept only if filling it
+    gives exactly those bytes; otherwise (a charset whose encoding splits or changes the code, say) every message
+    of that kind is built whole. Threads share it: two that meet a new kind at once may both build its layout.
     """
 
     def __init__(self) -> None:
@@ -301,8 +305,9 @@ class _CodeEmailLayouts:
         self._boundary = f"=_{_letters(24)}"
 
     def message_bytes(self, *, to: str, message: Message, sender: Sender, message_id: str, date: str) -> bytes:
-        """The message as Django's classes build it (RFC 5322, CRLF line ends) for `to`, with `message_id` and
-        `date` as its Message-ID and Date: filled into its kind's layout where it can be, else built whole."""
+        """The message as Django's classes build it (RFC 5322, CRLF line ends) for `to`, with `message_id`
+        (`<24 letters@domain>`) and `date` (RFC 5322 section 3.3) as its Message-ID and Date: filled into its
+        kind's layout where it can be, else built whole."""
         code, at = message.code, message_id.find("@")
         code_marker = self._code_letters[:len(code)]
         if not (len(to) <= _ADDRESS_LAYOUT_MAX and _ADDRESS_LAYOUT.fullmatch(to)
@@ -313,12 +318,13 @@ class _CodeEmailLayouts:
         marked = Message(subject=message.subject, text=message.text.replace(code, code_marker),
                          html=message.html.replace(code, code_marker), code=code_marker)
         id_marker = f"<{self._id_letters}{message_id[at:]}"
-        values = {code_marker: code, self._to_marker: to, id_marker: message_id, self._date_marker: date}
+        # The recipient goes in last, so no marker is looked for inside the one value a requester chooses.
+        values = {code_marker: code, id_marker: message_id, self._date_marker: date, self._to_marker: to}
         kind = (marked, sender, settings.DEFAULT_CHARSET)
         if kind not in self._layouts and len(self._layouts) < _LAYOUTS_MAX:
-            self._layout_add(kind=kind, id_marker=id_marker, whole=self._built(
-                to=to, message=message, sender=sender, message_id=message_id, date=date, boundary=self._boundary),
-                values=values)
+            whole = self._built(to=to, message=message, sender=sender, message_id=message_id, date=date,
+                                boundary=self._boundary)
+            self._layout_add(kind=kind, id_marker=id_marker, whole=whole, values=values)
         layout = self._layouts.get(kind)
         if layout is None:
             return self._built(to=to, message=message, sender=sender, message_id=message_id, date=date)
@@ -326,6 +332,7 @@ class _CodeEmailLayouts:
 
     @staticmethod
     def _filled(layout: bytes, values: dict[str, str]) -> bytes:
+        """`layout` with each marker (a key of `values`) replaced by its value, in the order of `values`."""
         for marker, value in values.items():
             layout = layout.replace(marker.encode(), value.encode())
         return layout
@@ -333,21 +340,28 @@ class _CodeEmailLayouts:
     @staticmethod
     def _built(*, to: str, message: Message, sender: Sender, message_id: str, date: str,
                boundary: str | None = None) -> bytes:
+        """The message built whole by Django's classes (`_code_email`), as bytes with CRLF line ends, as Django's
+        SMTP backend sends it; `boundary`: the MIME boundary, random when None."""
         email = _code_email(to=to, message=message, sender=sender, message_id=message_id, date=date,
                             boundary=boundary)
         return email.message().as_bytes(linesep="\r\n")
 
     def _layout_add(self, *, kind: tuple, id_marker: str, whole: bytes, values: dict[str, str]) -> None:
-        # `whole`: this message built whole with the layout's boundary, which the filled layout must equal.
+        """Build the layout of `kind` and keep it if filling it with `values` gives `whole` (the same message
+        built whole with the layout's boundary); else keep None, so the kind is built whole from then on. Past
+        _LAYOUTS_MAX kinds nothing is kept."""
         marked, sender, _ = kind
         layout = self._built(to=self._to_marker, message=marked, sender=sender, message_id=id_marker,
                              date=self._date_marker, boundary=self._boundary)
         if self._filled(layout, values) != whole:
-            logger.warning("the code email's bytes change with more than its code, recipient, Message-ID and Date: "
-                           "each is built whole (slower, and correct)")
             layout = None
         with self._lock:
+            if kind in self._layouts or len(self._layouts) >= _LAYOUTS_MAX:
+                return
             self._layouts[kind] = layout
+        if layout is None:
+            logger.warning("a code email's bytes change with more than its code, recipient, Message-ID and Date "
+                           "(charset %s): each is built whole (slower, and correct)", settings.DEFAULT_CHARSET)
 
 
 _email_layouts = _CodeEmailLayouts()
@@ -355,6 +369,8 @@ _email_layouts = _CodeEmailLayouts()
 
 @functools.lru_cache(maxsize=8)
 def _envelope_sender(header: str, encoding: str) -> str:
+    """The envelope sender Django's SMTP backend gives for the From value `header` (its `sanitize_address`),
+    once a value. Raises ValueError for an address Django refuses."""
     return sanitize_address(header, encoding)
 
 
@@ -368,7 +384,9 @@ def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, deli
         _code_email(to=to, message=message, sender=sender, message_id=message_id,
                     connection=connection).send(fail_silently=False)
         return message_id
-    # What Django's SMTP backend does in send() (its _send), with the message's bytes from its layout.
+    # What Django's SMTP backend does in send() (django/core/mail/backends/smtp.py, EmailBackend._send, Django
+    # 5.2), with the message's bytes from its layout; the connection is lent to this thread alone, so Django's
+    # lock around it has nothing to guard.
     encoding = settings.DEFAULT_CHARSET
     payload = _email_layouts.message_bytes(to=to, message=message, sender=sender, message_id=message_id,
                                            date=formatdate(localtime=settings.EMAIL_USE_LOCALTIME))
