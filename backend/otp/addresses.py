@@ -1,6 +1,7 @@
 """Normalising the addresses codes are sent to: one spelling per mailbox or phone, so one account each."""
 import unicodedata
 from dataclasses import dataclass
+from email import errors, policy
 
 import email_validator
 import phonenumbers
@@ -68,9 +69,10 @@ def email_normalize(raw: str) -> Address:
     `strasse.de`, and a look-alike domain can never pass for the one it imitates. Refused, as the contract's
     address rules say: IP-literal and single-label or special-use domains (RFC 6761), quoted local parts,
     display names, non-ASCII local parts unless EMAIL_ALLOW_SMTPUTF8 is on (RFC 6531; they are then NFC-normalised),
-    invisible and control characters, and addresses over 254 octets (RFC 5321 section 4.5.3.1.3) once converted.
-    No DNS or other network lookup is made (`check_deliverability=False`). Raises ValidationError with the
-    library's message, which says what is wrong.
+    invisible and control characters, addresses over 254 octets (RFC 5321 section 4.5.3.1.3) once converted, and
+    local parts that mail software would deliver elsewhere (an RFC 2047 encoded word, `=?utf-8?q?x?=@example.com`,
+    is decoded to `x@example.com`). No DNS or other network lookup is made (`check_deliverability=False`). Raises
+    ValidationError with the library's message, or ours, which says what is wrong.
     """
     try:
         checked = email_validator.validate_email(
@@ -79,7 +81,25 @@ def email_normalize(raw: str) -> Address:
             globally_deliverable=True, test_environment=False)
     except email_validator.EmailNotValidError as exc:
         raise ValidationError(str(exc)) from exc
-    return Address(value=f"{checked.local_part}@{checked.ascii_domain}", channel=Channel.EMAIL)
+    value = f"{checked.local_part}@{checked.ascii_domain}"
+    # `=` and `?` are plain characters of a local part (RFC 5322 section 3.2.3), but a mail library reads a word
+    # between `=?` and `?=` as an encoded word (RFC 2047 section 2): Django's SMTP backend mailed
+    # `=?utf-8?q?x?=@example.com` to `x@example.com`, another mailbox than the account's and its throttles'.
+    # Only then is the address read as the mail library reads it, which must give it back unchanged.
+    if "=?" in checked.local_part and _mailbox_as_mailed(value) != value:
+        raise ValidationError("The email address has an encoded word (=?...?=) in it, which mail software would "
+                              "deliver to another address.")
+    return Address(value=value, channel=Channel.EMAIL)
+
+
+def _mailbox_as_mailed(value: str) -> str | None:
+    """The addr-spec the email library reads in `value` (as Django's SMTP backend does with sanitize_address),
+    or None when it reads no single mailbox there."""
+    try:
+        addresses = policy.default.header_factory("To", value).addresses
+    except (ValueError, errors.HeaderParseError):
+        return None
+    return addresses[0].addr_spec if len(addresses) == 1 else None
 
 
 def mobile_normalize(raw: str) -> Address:

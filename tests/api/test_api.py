@@ -52,6 +52,8 @@ def test_send_endpoints_answer_202_with_channel_and_lifetime(client, path):
     ({"mobile": "12"}, "mobile"),
     ({"mobile": "%s%s%s%n"}, "mobile"),
     ({"email": "x" * 10000 + "@example.com"}, "email"),
+    # An RFC 2047 encoded word, which Django's SMTP backend decoded: the code went to x@example.com.
+    ({"email": "=?utf-8?q?x?=@example.com"}, "email"),
 ])
 def test_bad_addresses_get_field_errors(client, body, field):
     response = post(client, "/register/", body)

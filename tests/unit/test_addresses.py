@@ -140,3 +140,33 @@ def test_every_accepted_email_fits_its_column_and_is_ascii(local, labels):
         return
     assert len(address.value) <= 254 and address.value.isascii()
     assert email_normalize(address.value) == address
+
+
+# An RFC 2047 encoded word is plain text in a local part, but mail software decodes it: Django's SMTP backend mailed
+# the code of `=?utf-8?q?x?=@example.com` to `x@example.com`, a mailbox other than the account's, and each encoding of
+# one mailbox was an address of its own to the throttles.
+@pytest.mark.parametrize("raw", ["=?utf-8?q?x?=@example.com", "=?UTF-8?B?eA==?=@example.com", "=?iso-8859-1?q?x?=@ex.com",
+                                 "=?utf-8?q?victim?=.b@example.com"])
+def test_an_address_mail_software_would_deliver_elsewhere_is_refused(raw):
+    from django.core.mail.message import sanitize_address
+
+    assert sanitize_address(raw.lower(), "utf-8") != raw.lower()  # what the SMTP backend would have mailed to
+    with pytest.raises(ValidationError, match="encoded word"):
+        email_normalize(raw)
+
+
+_encoded_word = st.builds("=?{}?{}?{}?=".format, st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "us-ascii"]),
+                          st.sampled_from(["q", "Q", "b", "B"]), st.sampled_from(["x", "eA==", "a_b", "=41", "victim"]))
+
+
+@given(st.lists(st.one_of(_encoded_word, st.sampled_from(["a", ".", "+", "_", "=?", "?=", "=", "?"])), min_size=1,
+                max_size=5))
+@hsettings(max_examples=500, deadline=None)
+def test_every_accepted_email_is_mailed_to_itself(tokens):
+    from django.core.mail.message import sanitize_address
+
+    try:
+        value = email_normalize(f"{''.join(tokens)}@example.com").value
+    except ValidationError:
+        return
+    assert sanitize_address(value, "utf-8") == value  # the envelope recipient Django's SMTP backend gives
