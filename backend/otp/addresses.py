@@ -1,7 +1,6 @@
 """Normalising the addresses codes are sent to: one spelling per mailbox or phone, so one account each."""
 import unicodedata
 from dataclasses import dataclass
-from email import errors, policy
 
 import email_validator
 import phonenumbers
@@ -10,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from otp.codes import char_is_spacer
+from otp.providers.mailbox import sender_parse
 
 
 class Channel(models.TextChoices):
@@ -85,21 +85,16 @@ def email_normalize(raw: str) -> Address:
     # `=` and `?` are plain characters of a local part (RFC 5322 section 3.2.3), but a mail library reads a word
     # between `=?` and `?=` as an encoded word (RFC 2047 section 2): Django's SMTP backend mailed
     # `=?utf-8?q?x?=@example.com` to `x@example.com`, another mailbox than the account's and its throttles'.
-    # Only then is the address read as the mail library reads it, which must give it back unchanged.
-    if "=?" in checked.local_part and _mailbox_as_mailed(value) != value:
-        raise ValidationError("The email address has an encoded word (=?...?=) in it, which mail software would "
-                              "deliver to another address.")
+    # Only then is the address read as the mail library reads a mailbox, which must give it back unchanged.
+    if "=?" in checked.local_part:
+        try:
+            as_mailed = sender_parse(value).addr_spec
+        except ValueError:  # not one clean mailbox to the library
+            as_mailed = None
+        if as_mailed != value:
+            raise ValidationError("The email address has an encoded word (=?...?=) in it, which mail software would "
+                                  "deliver to another address.")
     return Address(value=value, channel=Channel.EMAIL)
-
-
-def _mailbox_as_mailed(value: str) -> str | None:
-    """The addr-spec the email library reads in `value` (as Django's SMTP backend does with sanitize_address),
-    or None when it reads no single mailbox there."""
-    try:
-        addresses = policy.default.header_factory("To", value).addresses
-    except (ValueError, errors.HeaderParseError):
-        return None
-    return addresses[0].addr_spec if len(addresses) == 1 else None
 
 
 def mobile_normalize(raw: str) -> Address:
