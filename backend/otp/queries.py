@@ -3,10 +3,12 @@ those statements return. Every column these statements write is listed here, in 
 DELIVERY_INSERT_COLUMNS: a model that gains a column must gain it here too (tests/unit/test_queries.py fails
 otherwise). Why raw SQL at all: docs/decisions.md.
 """
+import re
 from datetime import datetime
 
 from django.db import connection, transaction
 
+from core.database import prepared_cursor
 from otp.models import Delivery, OneTimeCode
 from users.models import User
 
@@ -14,16 +16,30 @@ CODE_TABLE = OneTimeCode._meta.db_table
 DELIVERY_TABLE = Delivery._meta.db_table
 USER_TABLE = User._meta.db_table
 
+
+def _literal(value: str) -> str:
+    """A status constant of the models as an SQL string literal. The hot statements below are prepared on
+    PostgreSQL (core.database.prepared_cursor), and a generic plan uses a partial index only when the statement
+    names the predicate's value itself, not as a parameter. Only the models' own lowercase constants are accepted,
+    so no quoting is needed; raises ValueError otherwise."""
+    if not re.fullmatch(r"[a-z_]+", value):
+        raise ValueError(f"not a status constant: {value!r}")
+    return f"'{value}'"
+
+
+_ACTIVE, _SUPERSEDED = _literal(OneTimeCode.Status.ACTIVE.value), _literal(OneTimeCode.Status.SUPERSEDED.value)
+_QUEUED, _SENDING = _literal(Delivery.Status.QUEUED.value), _literal(Delivery.Status.SENDING.value)
+
 # Column -> the SQL value the issue statement writes (a named parameter or a constant). The models' defaults
 # are Python's, not the database's, so every column is given.
 CODE_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "device": "%(device)s",
-    "code_hash": "%(code_hash)s", "status": "%(active)s", "attempts": "0", "created_at": "%(now)s", "expires_at": "%(expires_at)s",
+    "code_hash": "%(code_hash)s", "status": _ACTIVE, "attempts": "0", "created_at": "%(now)s", "expires_at": "%(expires_at)s",
     "used_at": "NULL",
 }
 DELIVERY_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "provider": "%(provider)s",
-    "status": "%(queued)s", "provider_id": "''", "provider_status": "''", "attempts": "0", "last_error": "''",
+    "status": _QUEUED, "provider_id": "''", "provider_status": "''", "attempts": "0", "last_error": "''",
     "created_at": "%(now)s", "updated_at": "%(now)s", "sent_at": "NULL", "expires_at": "%(expires_at)s",
     "lease_until": "NULL",
 }
@@ -39,8 +55,8 @@ def _insert(table: str, columns: dict[str, str]) -> str:
 # so an address has at most two active codes (contract: One-time codes).
 CODE_STORE_SQL = f"""
 WITH superseded AS (
-    UPDATE {CODE_TABLE} SET status = %(superseded)s
-    WHERE address = %(address)s AND status = %(active)s AND device = %(device)s
+    UPDATE {CODE_TABLE} SET status = {_SUPERSEDED}
+    WHERE address = %(address)s AND status = {_ACTIVE} AND device = %(device)s
 ), code AS (
     {_insert(CODE_TABLE, CODE_INSERT_COLUMNS)}
 )
@@ -68,10 +84,8 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
     """
     if connection.vendor == "postgresql":
         params = {"address": address, "channel": channel, "purpose": purpose, "device": device, "provider": provider,
-                  "code_hash": code_hash_hex, "now": now, "expires_at": expires_at,
-                  "active": OneTimeCode.Status.ACTIVE.value, "superseded": OneTimeCode.Status.SUPERSEDED.value,
-                  "queued": Delivery.Status.QUEUED.value}
-        with connection.cursor() as cursor:
+                  "code_hash": code_hash_hex, "now": now, "expires_at": expires_at}
+        with prepared_cursor(connection) as cursor:
             cursor.execute(CODE_STORE_SQL, params)
             delivery_id = cursor.fetchone()[0]
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
@@ -87,13 +101,18 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
                                        created_at=now, expires_at=expires_at)
 
 
+def _hot_cursor():
+    """The cursor of a hot statement: prepared on PostgreSQL (core.database.prepared_cursor), Django's own on SQLite."""
+    return prepared_cursor(connection) if connection.vendor == "postgresql" else connection.cursor()
+
+
 # Also returns whether an active account has the address, so a login delivery needs no second query. An address
 # is an email or an E.164 number, never both, so one test covers both columns. A delivery its provider already
 # reported on (a status callback) holds an accepted message: it is never claimed to be sent again.
 DELIVERY_CLAIM_SQL = f"""
-UPDATE {DELIVERY_TABLE} SET status = %(sending)s, attempts = attempts + 1, updated_at = %(now)s,
+UPDATE {DELIVERY_TABLE} SET status = {_SENDING}, attempts = attempts + 1, updated_at = %(now)s,
     lease_until = %(lease_until)s
-WHERE id = %(id)s AND expires_at > %(now)s AND (status = %(queued)s OR (status = %(sending)s AND lease_until < %(now)s))
+WHERE id = %(id)s AND expires_at > %(now)s AND (status = {_QUEUED} OR (status = {_SENDING} AND lease_until < %(now)s))
     AND provider_status = ''
 RETURNING id, address, channel, purpose, expires_at, EXISTS (
     SELECT 1 FROM {USER_TABLE} AS account WHERE account.is_active
@@ -114,11 +133,8 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
     update() cannot return rows, hence the SQL.
     """
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
-    with connection.cursor() as cursor:
-        cursor.execute(DELIVERY_CLAIM_SQL, {
-            "id": delivery_id, "now": as_sql(now), "lease_until": as_sql(lease_until),
-            "sending": Delivery.Status.SENDING.value, "queued": Delivery.Status.QUEUED.value,
-        })
+    with _hot_cursor() as cursor:
+        cursor.execute(DELIVERY_CLAIM_SQL, {"id": delivery_id, "now": as_sql(now), "lease_until": as_sql(lease_until)})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -133,7 +149,7 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
 
 DELIVERY_FINISH_SQL = (
     f"UPDATE {DELIVERY_TABLE} SET status = %s, lease_until = NULL, updated_at = %s, last_error = %s, "
-    "provider_id = %s, provider = COALESCE(%s, provider), sent_at = %s WHERE id = %s AND status IN (%s, %s)"
+    f"provider_id = %s, provider = COALESCE(%s, provider), sent_at = %s WHERE id = %s AND status IN ({_QUEUED}, {_SENDING})"
 )
 
 
@@ -142,7 +158,7 @@ def delivery_finish(*, delivery_id: int, status: str, now: datetime, last_error:
     """Move a queued or sending delivery to its final `status`; False when it was already final (never
     overwritten). `provider`, when given, records which provider handled it. Raises DatabaseError."""
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
-    with connection.cursor() as cursor:
+    with _hot_cursor() as cursor:
         cursor.execute(DELIVERY_FINISH_SQL, [status, as_sql(now), last_error, provider_id, provider, as_sql(sent_at),
-                                             delivery_id, Delivery.Status.QUEUED.value, Delivery.Status.SENDING.value])
+                                             delivery_id])
         return cursor.rowcount > 0
