@@ -1,5 +1,6 @@
 """The broker transport: kombu's Redis channel, keeping one redis-py client where kombu made one per message, and
-its unacknowledged-job bookkeeping without MULTI/EXEC."""
+its unacknowledged-job bookkeeping without MULTI/EXEC or redis-py's pipeline."""
+import json
 import threading
 
 import kombu
@@ -104,6 +105,64 @@ def test_a_job_taken_and_acknowledged_is_booked_without_a_transaction(spare_redi
     assert {"ZADD", "HSET", "ZREM", "HDEL"} <= set(commands)  # the bookkeeping went through this Redis
     assert "MULTI" not in commands and "EXEC" not in commands
     assert redis.Redis(port=spare_redis.port, db=1).hlen(unacked) == 0  # acknowledged: nothing left to restore
+
+
+def _job_published(connection, queue_name: str) -> None:
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    with connection.Producer() as producer:
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+
+
+def _job_taken(connection, queue_name: str):
+    message = connection.default_channel.basic_get(queue_name, no_ack=False)
+    assert message is not None
+    return message
+
+
+def test_the_bookkeeping_is_written_without_redis_pys_pipeline(spare_redis, monkeypatch):
+    # redis-py's pipeline cost more CPU than the two commands it sends (core/broker.py QoS; ninth round).
+    def refuse(*args, **kwargs):
+        raise AssertionError("the bookkeeping went through redis-py's Pipeline")
+
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "raw-bookkeeping")  # declaring the queue reads its size through a pipeline
+        monkeypatch.setattr(redis.client.Pipeline, "execute", refuse)
+        message = _job_taken(connection, "raw-bookkeeping")
+        qos = connection.default_channel.qos
+        tag = message.delivery_tag
+        assert server.zscore(qos.unacked_index_key, tag) is not None  # taken: recorded for the visibility timeout
+        assert json.loads(server.hget(qos.unacked_key, tag))[0]["properties"]["delivery_tag"] == tag
+        message.ack()
+        assert server.zscore(qos.unacked_index_key, tag) is None and not server.hexists(qos.unacked_key, tag)
+
+
+def test_a_job_taken_before_the_worker_died_is_restored_from_the_bookkeeping(spare_redis):
+    # What the bookkeeping is for: a job taken and never acknowledged goes back to its queue once the visibility
+    # timeout has passed (here 0 s, so the restore scan takes it at once).
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "restored")
+        message = _job_taken(connection, "restored")
+        assert server.llen("restored") == 0
+        qos = connection.default_channel.qos
+        qos.visibility_timeout = 0
+        qos.restore_visible(num=10)
+        assert server.llen("restored") == 1 and not server.hexists(qos.unacked_key, message.delivery_tag)
+
+
+def test_the_bookkeeping_write_survives_a_dropped_connection(spare_redis):
+    # A pooled connection that Redis closed (a restart, a timeout, CLIENT KILL) is replaced, by the pool's check as
+    # it is lent or by the write's retry, as with redis-py's pipeline.
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "dropped")
+        message = _job_taken(connection, "dropped")
+        qos = connection.default_channel.qos
+        killed = server.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        message.ack()
+        assert not server.hexists(qos.unacked_key, message.delivery_tag)
 
 
 def test_the_broker_is_not_the_cache_database():
