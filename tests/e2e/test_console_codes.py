@@ -98,6 +98,15 @@ def test_console_backends_on_the_stack_are_a_choice_made_by_name_and_print_codes
         text = (log_dir / f"{name}.log").read_text(errors="replace") if (log_dir / f"{name}.log").exists() else ""
         assert email_code not in text and sms_code not in text
 
+    # An email-only service (SMS turned off) is told only where its emailed codes are.
+    assert make("down", env).returncode == 0
+    env["OTP_SMS_PER_HOUR"] = "0"
+    email_only = make("up", env)
+    assert email_only.returncode == 0, email_only.stdout + email_only.stderr
+    assert email_only.stdout.splitlines()[-1] == (
+        f"Emailed codes are printed in {log_dir}/worker-email.log (EMAIL_BACKEND=console).")
+    assert "SMS codes are printed" not in email_only.stdout
+
 
 README = (REPO_DIR / "README.md").read_text()
 
