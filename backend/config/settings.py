@@ -257,8 +257,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
     DATABASES["default"]["OPTIONS"].setdefault("options", "-c statement_timeout=5000")
-    # The hot statements of a login are prepared on each connection (core.database.prepared_cursor): psycopg does so
-    # once a statement has run 5 times. Django turns preparing off by default, for poolers; its own cursors bind
+    # The hot statements of a login are prepared on each connection (core.postgresql's prepared_cursor): psycopg does
+    # so once a statement has run 5 times. Django turns preparing off by default, for poolers; its own cursors bind
     # client-side and never prepare, so this reaches only those statements. PgBouncer: docs/operations.md.
     DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 

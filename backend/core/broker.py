@@ -31,11 +31,11 @@ class QoS(kombu_redis.QoS):
     the plain pipeline would (it was already popped from its queue). The restore scan
     that another worker may run between the two commands reads only entries older than the visibility timeout,
     never one just added. Restoring (`restore_by_tag`) keeps kombu's WATCH/MULTI transaction: it passes its own
-    pipeline in, and so does `reject`, which is rare.
+    pipeline in. `reject`, which is rare, keeps kombu's code (through pipe_or_acquire below).
 
     The pair is written straight to a pooled connection (`_bookkeeping_write`) rather than through a redis-py
     pipeline, whose own bookkeeping cost more than the write (ninth round): the same two commands in one write,
-    the same retries on a dropped connection.
+    and a failure handled as the pipeline handles it.
     """
 
     def append(self, message, delivery_tag) -> None:
@@ -60,9 +60,11 @@ class QoS(kombu_redis.QoS):
         """Send `commands` (each a tuple of a Redis command's words) in one write on a connection of the channel's
         pool and read their replies, as a pipeline without a transaction would.
 
-        Returns the replies in order. Raises redis.ResponseError for the first error reply (every reply is read
-        first, so the connection stays in step), and redis.ConnectionError or redis.TimeoutError once the client's
-        retry policy is spent; each retry goes out on the connection reconnected, as redis-py's pipeline does.
+        Returns the raw replies in order (no response callbacks applied). Raises redis.ResponseError for the first
+        error reply (every reply is read first, so the connection stays in step), and redis.ConnectionError or
+        redis.TimeoutError when the connection fails: it is disconnected first, and the write is tried again only
+        as far as the connection's retry policy allows (kombu gives its connections none, as for its pipelines).
+        Errors taking a connection from the pool (refused, too many connections) are raised as they come.
         """
         with self.channel.conn_or_acquire() as client:
             pool = client.connection_pool

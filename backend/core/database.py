@@ -1,8 +1,6 @@
-"""The PostgreSQL connection pool's health check (DATABASES OPTIONS "pool" in config/settings.py), and the cursor
-of the hot statements that PostgreSQL plans once per connection (prepared_cursor)."""
+"""The PostgreSQL connection pool's health check (DATABASES OPTIONS "pool" in config/settings.py)."""
 import logging
 
-import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 from urllib3.util.wait import wait_for_read
@@ -55,26 +53,3 @@ def pool_connection_check(conn) -> None:
             logger.warning("a pooled database connection was dead: checking every idle one")
             pool.check()
         raise
-
-
-def prepared_cursor(connection):
-    """A cursor of Django's `connection` (PostgreSQL) whose statements psycopg prepares: from a statement's
-    `prepare_threshold`-th run on a connection (psycopg's default, 5), PostgreSQL reuses its parse and plan instead of
-    redoing both each time (psycopg 3 documentation, "Prepared statements"). Used as `with prepared_cursor(c) as cur`.
-
-    Returns Django's cursor wrapper (its query logging, execute wrappers and error translation) around a psycopg
-    server-side-binding cursor. Django's own cursors bind client-side and never prepare. Raises django.db errors as
-    connection.cursor() does.
-
-    Only for the hot statements of otp.queries, written for it: a prepared statement may get a generic plan, one made
-    without its parameters' values, and such a plan cannot use a partial index whose predicate compares a column with
-    a parameter (PostgreSQL documentation, "Partial Indexes" and PREPARE's "Notes"). So those statements write their
-    constant values (the statuses) as literals. Turning server-side binding on for every query made exactly that
-    mistake on the ORM's queries (docs/performance-log.md, 2026-11-25, fourth round).
-    """
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        cursor = psycopg.Cursor(connection.connection)
-    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)

@@ -8,7 +8,6 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from core.database import prepared_cursor
 from otp.models import Delivery, OneTimeCode
 from users.models import User
 
@@ -19,7 +18,7 @@ USER_TABLE = User._meta.db_table
 
 def _literal(value: str) -> str:
     """A status constant of the models as an SQL string literal. The hot statements below are prepared on
-    PostgreSQL (core.database.prepared_cursor), and a generic plan uses a partial index only when the statement
+    PostgreSQL (core.postgresql's prepared_cursor), and a generic plan uses a partial index only when the statement
     names the predicate's value itself, not as a parameter. Only the models' own lowercase constants are accepted,
     so no quoting is needed; raises ValueError otherwise."""
     if not re.fullmatch(r"[a-z_]+", value):
@@ -85,7 +84,7 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
     if connection.vendor == "postgresql":
         params = {"address": address, "channel": channel, "purpose": purpose, "device": device, "provider": provider,
                   "code_hash": code_hash_hex, "now": now, "expires_at": expires_at}
-        with prepared_cursor(connection) as cursor:
+        with connection.prepared_cursor() as cursor:
             cursor.execute(CODE_STORE_SQL, params)
             delivery_id = cursor.fetchone()[0]
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
@@ -102,19 +101,23 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
 
 
 def _hot_cursor():
-    """The cursor of a hot statement: prepared on PostgreSQL (core.database.prepared_cursor), Django's own on SQLite."""
-    return prepared_cursor(connection) if connection.vendor == "postgresql" else connection.cursor()
+    """The cursor of a hot statement: prepared on PostgreSQL (core.postgresql's prepared_cursor), Django's own on
+    SQLite (the quick run)."""
+    return connection.prepared_cursor() if connection.vendor == "postgresql" else connection.cursor()
 
 
 # Also returns whether an active account has the address, so a login delivery needs no second query. An address
 # is an email or an E.164 number, never both, so one test covers both columns. A delivery its provider already
-# reported on (a status callback) holds an accepted message: it is never claimed to be sent again.
+# reported on (a status callback) holds an accepted message: it is never claimed to be sent again. The text
+# columns come back as text, whatever their declared length: the statement is prepared on each connection, and a
+# migration that changed a returned column's type (a longer address) would otherwise make every connection that
+# prepared it fail ("cached plan must not change result type") until it was replaced.
 DELIVERY_CLAIM_SQL = f"""
 UPDATE {DELIVERY_TABLE} SET status = {_SENDING}, attempts = attempts + 1, updated_at = %(now)s,
     lease_until = %(lease_until)s
 WHERE id = %(id)s AND expires_at > %(now)s AND (status = {_QUEUED} OR (status = {_SENDING} AND lease_until < %(now)s))
     AND provider_status = ''
-RETURNING id, address, channel, purpose, expires_at, EXISTS (
+RETURNING id, CAST(address AS text), CAST(channel AS text), CAST(purpose AS text), expires_at, EXISTS (
     SELECT 1 FROM {USER_TABLE} AS account WHERE account.is_active
     AND (account.email = {DELIVERY_TABLE}.address OR account.mobile = {DELIVERY_TABLE}.address)
 ) AS account_exists

@@ -165,6 +165,57 @@ def test_the_bookkeeping_write_survives_a_dropped_connection(spare_redis):
         assert not server.hexists(qos.unacked_key, message.delivery_tag)
 
 
+def test_an_error_reply_to_the_bookkeeping_leaves_the_connection_in_step(spare_redis):
+    # Every reply is read before the error is raised: the pooled connection answers its next command correctly.
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "in-step")
+        qos = connection.default_channel.qos
+        server.delete(qos.unacked_index_key)
+        server.set(qos.unacked_index_key, "not a sorted set")  # ZADD then answers WRONGTYPE, HSET still succeeds
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            _job_taken(connection, "in-step")
+        with connection.default_channel.conn_or_acquire() as client:
+            assert client.echo("next") == b"next"
+
+
+def test_a_failed_bookkeeping_write_disconnects_and_the_next_one_succeeds(spare_redis, monkeypatch):
+    from core import broker
+
+    server = redis.Redis(port=spare_redis.port, db=1)
+    real = broker._commands_exchange
+    failures = []
+
+    def fail_once(connection, commands):
+        if not failures:
+            failures.append(connection)
+            raise redis.ConnectionError("dropped mid-write")
+        return real(connection, commands)
+
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "fails-once")
+        message = _job_taken(connection, "fails-once")
+        monkeypatch.setattr(broker, "_commands_exchange", fail_once)
+        with pytest.raises(redis.ConnectionError):
+            message.ack()
+        assert failures and failures[0]._sock is None  # disconnected, so the pool hands out no half-used socket
+        message.ack()
+        assert not server.hexists(connection.default_channel.qos.unacked_key, message.delivery_tag)
+
+
+def test_a_key_prefix_keeps_kombus_own_bookkeeping(spare_redis):
+    # kombu's global_keyprefix is added by its prefixing client; the direct write would miss it, so it is not used.
+    server = redis.Redis(port=spare_redis.port, db=1)
+    broker_app = Celery(broker=redis_url_of(spare_redis, 1))
+    broker_app.conf.broker_transport_options = {"global_keyprefix": "pfx:"}
+    with broker_app.connection_for_write() as connection:
+        _job_published(connection, "prefixed")
+        message = _job_taken(connection, "prefixed")
+        assert server.exists("pfx:unacked") and not server.exists("unacked")
+        message.ack()
+        assert not server.hexists("pfx:unacked", message.delivery_tag)
+
+
 def test_the_broker_is_not_the_cache_database():
     assert settings.REDIS_URL and settings.CELERY_BROKER_URL.rsplit("/", 1)[0] == settings.REDIS_URL.rsplit("/", 1)[0]
     assert int(settings.CELERY_BROKER_URL.rsplit("/", 1)[1]) == int(settings.REDIS_URL.rsplit("/", 1)[1]) + 1

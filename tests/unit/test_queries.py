@@ -1,11 +1,17 @@
 """The hand-written SQL of otp.queries writes every column of the models it inserts into, and PostgreSQL plans it
 once per connection without losing the partial indexes it relies on."""
 import re
+from datetime import timedelta
 
+import psycopg
 import pytest
+from django.db import connection, utils
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from otp import queries
-from otp.models import Delivery, OneTimeCode
+from otp.models import Delivery, OneTimeCode, Purpose
+from tests.support.env import database_url
 
 
 def _columns(model) -> set[str]:
@@ -42,15 +48,9 @@ def test_the_issue_statement_stores_the_provider_and_defers_what_it_did_not_retu
     assert Delivery.objects.get(id=delivery.id).provider == "locmem"
 
 
-# --- The hot statements are planned once per connection (core.database.prepared_cursor) ----------------------------
+# --- The hot statements are planned once per connection (core.postgresql's prepared_cursor) -----------------------
 
 def _hot_statements_run(address: str, times: int) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from otp.models import Purpose
-
     now = timezone.now()
     for _ in range(times):
         delivery = queries.code_store(address=address, channel="email", purpose=Purpose.LOGIN, provider="smtp",
@@ -60,29 +60,36 @@ def _hot_statements_run(address: str, times: int) -> None:
 
 
 def _prepared_statements() -> dict[str, str]:
-    from django.db import connection
-
+    """The statements prepared on this test's connection: {statement text ($n parameters): name}."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, statement FROM pg_prepared_statements")
         return {statement: name for name, statement in cursor.fetchall()}
 
 
-def _generic_plan(prepared_name: str, parameters: int) -> str:
-    from django.db import connection
+def _prepared(fragment: str) -> tuple[str, int]:
+    """The name and the parameter count of the one prepared statement whose text holds `fragment`."""
+    (statement, name), = [(text, name) for text, name in _prepared_statements().items() if fragment in text]
+    return name, max(int(number) for number in re.findall(r"\$(\d+)", statement))
 
+
+def _generic_plan(prepared_name: str, parameters: int, *settings: str) -> str:
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for setting in ("plan_cache_mode = force_generic_plan", *settings):
+            cursor.execute(f"SET LOCAL {setting}")
         cursor.execute(f"EXPLAIN EXECUTE {prepared_name}({', '.join(['NULL'] * parameters)})")
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
+_ISSUE, _CLAIM, _FINISH = "WITH superseded AS", "attempts = attempts + 1", "provider = COALESCE("
+
+
 @pytest.mark.django_db
 def test_the_hot_statements_are_prepared_on_their_connection(email_address):
-    # Parsing and planning each of the three statements of a login on every run cost PostgreSQL about a fifth of
-    # their CPU (docs/performance-log.md); psycopg prepares a statement once it has run 5 times on a connection.
+    # Parsing and planning each of the three statements of a login on every run cost PostgreSQL about two fifths of
+    # their CPU (docs/performance-log.md, ninth round); psycopg prepares a statement once it has run 5 times.
     _hot_statements_run(email_address.value, times=6)
     prepared = _prepared_statements()
-    for fragment in ("WITH superseded AS", "attempts = attempts + 1", "provider = COALESCE("):
+    for fragment in (_ISSUE, _CLAIM, _FINISH):
         assert any(fragment in statement for statement in prepared), (fragment, list(prepared))
 
 
@@ -92,22 +99,63 @@ def test_a_generic_plan_of_the_issue_statement_still_finds_active_codes_by_their
     # supersede finds the address's active codes through otp_code_active_addr (WHERE status = 'active'): only a
     # statement that names 'active' itself can use that index in such a plan.
     _hot_statements_run(email_address.value, times=6)
-    (statement, name), = [(s, n) for s, n in _prepared_statements().items() if "WITH superseded AS" in s]
-    parameters = max(int(number) for number in re.findall(r"\$(\d+)", statement))
-    assert "otp_code_active_addr" in _generic_plan(name, parameters=parameters)
+    assert "otp_code_active_addr" in _generic_plan(*_prepared(_ISSUE))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fragment", [_CLAIM, _FINISH])
+def test_generic_plans_of_the_claim_and_the_finish_reach_the_delivery_through_an_index(email_address, fragment):
+    # Its key, or the partial index of pending deliveries while the statistics say those are few: either way no
+    # plan made without the id reads the whole table. (A sequential scan would win on the test's near-empty table,
+    # hence enable_seqscan off.)
+    _hot_statements_run(email_address.value, times=6)
+    plan = _generic_plan(*_prepared(fragment), "enable_seqscan = off")
+    assert re.search(r"Index Scan using otp_delivery_(pkey|pending) on otp_delivery\b", plan), plan
+    assert "Seq Scan on otp_delivery" not in plan
 
 
 @pytest.mark.django_db
 def test_a_status_given_as_a_parameter_would_lose_the_partial_index():
     # Why the statuses are literals (otp.queries._literal): the same supersede with the status as a parameter.
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("PREPARE supersede_by_parameter(text, text, boolean) AS "
                        f"UPDATE {queries.CODE_TABLE} SET status = 'superseded' "
                        "WHERE address = $1 AND status = $2 AND device = $3")
     try:
-        assert "otp_code_active_addr" not in _generic_plan("supersede_by_parameter", parameters=3)
+        assert "otp_code_active_addr" not in _generic_plan("supersede_by_parameter", 3)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DEALLOCATE supersede_by_parameter")
+
+
+@pytest.mark.django_db
+def test_the_query_log_shows_a_prepared_run_with_its_values(email_address):
+    # psycopg keeps no text of a prepared run, where Django's log reads it (core.postgresql DatabaseOperations).
+    _hot_statements_run(email_address.value, times=6)
+    with CaptureQueriesContext(connection) as queries_run:
+        _hot_statements_run(email_address.value, times=1)
+    logged = [query["sql"] for query in queries_run.captured_queries]
+    assert len(logged) == 3 and all(logged)
+    assert f"address = '{email_address.value}'" in logged[0] and _ISSUE in logged[0]
+
+
+@pytest.mark.django_db
+def test_the_prepared_cursor_raises_djangos_errors():
+    with pytest.raises(utils.DataError), connection.prepared_cursor() as cursor:
+        cursor.execute("SELECT 1 / %s", [0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_migration_that_widens_a_returned_column_leaves_the_prepared_claim_working(email_address):
+    # Another process migrates while this one's connections hold the prepared claim: a returned column whose
+    # type changed would fail every run on them ("cached plan must not change result type"); the claim returns
+    # its text columns as text (otp.queries.DELIVERY_CLAIM_SQL).
+    _hot_statements_run(email_address.value, times=6)
+    column = Delivery._meta.get_field("address")
+    with psycopg.connect(database_url(), autocommit=True) as migrating:
+        migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE varchar(320)")
+        try:
+            _hot_statements_run(email_address.value, times=2)
+        finally:
+            migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE "
+                              f"varchar({column.max_length})")

@@ -1,16 +1,39 @@
-"""Django's PostgreSQL backend with this project's pool health check (DATABASES ENGINE "core.postgresql")."""
-from django.db.backends.postgresql import base
+"""Django's PostgreSQL backend with this project's pool health check and the prepared cursor of the hot statements
+(DATABASES ENGINE "core.postgresql")."""
+import psycopg
+from django.db.backends.postgresql import base, operations
+from django.db.backends.postgresql.psycopg_any import register_tzloader
+from django.utils.asyncio import async_unsafe
+from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from core.database import pool_connection_check
 
 
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor, sql, params):
+        """The SQL a cursor ran, with its values, for Django's query log (DEBUG, CaptureQueriesContext).
+
+        Django reads it from a client-side-binding cursor's own record; a prepared cursor (prepared_cursor) keeps
+        no text of a prepared run, so its statement is composed here, as Django does when server-side binding is
+        on for every query. Returns None when the values cannot be composed."""
+        if not isinstance(cursor, psycopg.Cursor) or isinstance(cursor, psycopg.ClientCursor):
+            return super().last_executed_query(cursor, sql, params)
+        try:
+            return self.compose_sql(sql, params)
+        except psycopg.errors.DataError:
+            return None
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
-    """Django's own wrapper; only the pool's `check` differs: core.database.pool_connection_check.
+    """Django's own wrapper with two additions: the pool's `check` is core.database.pool_connection_check, and
+    `prepared_cursor` gives the hot statements a cursor that PostgreSQL plans once per connection.
 
     Django passes its own `check` to psycopg_pool (CONN_HEALTH_CHECKS), so another one cannot go through
     OPTIONS["pool"]: the pool is built here with the same arguments as Django's, before Django would build it.
     """
+
+    ops_class = DatabaseOperations
 
     @property
     def pool(self):
@@ -21,3 +44,29 @@ class DatabaseWrapper(base.DatabaseWrapper):
                                   **({} if options is True else options))
             self._connection_pools.setdefault(self.alias, pool)
         return super().pool
+
+    @async_unsafe
+    def prepared_cursor(self):
+        """A cursor whose statements psycopg prepares: once a statement has run `prepare_threshold` times on a
+        connection (5, config/settings.py; Django's default, None, prepares nothing), PostgreSQL reuses its parse and
+        plan from the next run on instead of redoing both each time (psycopg 3 documentation, "Prepared statements").
+
+        Returns Django's cursor wrapper, as cursor() does (its health check, query log, execute wrappers and error
+        translation to django.db errors), around a psycopg server-side-binding cursor, set up as Django's
+        create_cursor sets up its own. Django's own cursors bind client-side and never prepare. Raises what
+        cursor() raises.
+
+        Only for the hot statements of otp.queries, which are written for it (docs/decisions.md, "Raw SQL on the hot
+        paths"): a prepared statement may run on a generic plan, made without its parameters' values, and such a
+        plan cannot use a partial index whose predicate compares a column with a parameter (PostgreSQL
+        documentation, "Partial Indexes" and PREPARE's "Notes"), so those statements write their constants as
+        literals.
+        """
+        self.close_if_health_check_failed()
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            cursor = psycopg.Cursor(self.connection)
+            tzloader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, Format.TEXT)
+            if self.timezone != tzloader.timezone:
+                register_tzloader(self.timezone, cursor)
+            return self._prepare_cursor(cursor)
