@@ -33,8 +33,8 @@ _QUEUED, _SENDING = _literal(Delivery.Status.QUEUED.value), _literal(Delivery.St
 # are Python's, not the database's, so every column is given.
 CODE_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "device": "%(device)s",
-    "code_hash": "%(code_hash)s", "status": _ACTIVE, "attempts": "0", "created_at": "%(now)s", "expires_at": "%(expires_at)s",
-    "used_at": "NULL",
+    "code_hash": "%(code_hash)s", "status": _ACTIVE, "attempts": "0", "created_at": "%(now)s",
+    "expires_at": "%(expires_at)s", "used_at": "NULL",
 }
 DELIVERY_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "provider": "%(provider)s",
@@ -152,7 +152,8 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
 
 DELIVERY_FINISH_SQL = (
     f"UPDATE {DELIVERY_TABLE} SET status = %s, lease_until = NULL, updated_at = %s, last_error = %s, "
-    f"provider_id = %s, provider = COALESCE(%s, provider), sent_at = %s WHERE id = %s AND status IN ({_QUEUED}, {_SENDING})"
+    "provider_id = %s, provider = COALESCE(%s, provider), sent_at = %s "
+    f"WHERE id = %s AND status IN ({_QUEUED}, {_SENDING})"
 )
 
 

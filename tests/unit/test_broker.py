@@ -198,7 +198,7 @@ def test_a_failed_bookkeeping_write_disconnects_and_the_next_one_succeeds(spare_
         monkeypatch.setattr(broker, "_commands_exchange", fail_once)
         with pytest.raises(redis.ConnectionError):
             message.ack()
-        assert failures and failures[0]._sock is None  # disconnected, so the pool hands out no half-used socket
+        assert failures and not failures[0].is_connected  # disconnected: the pool lends no half-used socket
         message.ack()
         assert not server.hexists(connection.default_channel.qos.unacked_key, message.delivery_tag)
 
