@@ -85,7 +85,7 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
         params = {"address": address, "channel": channel, "purpose": purpose, "device": device, "provider": provider,
                   "code_hash": code_hash_hex, "now": now, "expires_at": expires_at}
         with connection.prepared_cursor() as cursor:
-            cursor.execute(CODE_STORE_SQL, params)
+            connection.prepared_execute(cursor, CODE_STORE_SQL, params)
             delivery_id = cursor.fetchone()[0]
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
                                status=Delivery.Status.QUEUED, created_at=now, updated_at=now, expires_at=expires_at)
@@ -106,12 +106,20 @@ def _hot_cursor():
     return connection.prepared_cursor() if connection.vendor == "postgresql" else connection.cursor()
 
 
+def _hot_execute(cursor, sql: str, params) -> None:
+    """Run a hot statement on a cursor of _hot_cursor: through core.postgresql's prepared_execute on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        connection.prepared_execute(cursor, sql, params)
+    else:
+        cursor.execute(sql, params)
+
+
 # Also returns whether an active account has the address, so a login delivery needs no second query. An address
 # is an email or an E.164 number, never both, so one test covers both columns. A delivery its provider already
 # reported on (a status callback) holds an accepted message: it is never claimed to be sent again. The text
 # columns come back as text, whatever their declared length: the statement is prepared on each connection, and a
-# migration that changed a returned column's type (a longer address) would otherwise make every connection that
-# prepared it fail ("cached plan must not change result type") until it was replaced.
+# migration that changed a returned column's type (a longer address) makes PostgreSQL refuse it there ("cached
+# plan must not change result type"); prepared_execute then runs it unprepared, but that connection stops preparing.
 DELIVERY_CLAIM_SQL = f"""
 UPDATE {DELIVERY_TABLE} SET status = {_SENDING}, attempts = attempts + 1, updated_at = %(now)s,
     lease_until = %(lease_until)s
@@ -137,7 +145,8 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
     """
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
     with _hot_cursor() as cursor:
-        cursor.execute(DELIVERY_CLAIM_SQL, {"id": delivery_id, "now": as_sql(now), "lease_until": as_sql(lease_until)})
+        _hot_execute(cursor, DELIVERY_CLAIM_SQL, {"id": delivery_id, "now": as_sql(now),
+                                                  "lease_until": as_sql(lease_until)})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -163,6 +172,6 @@ def delivery_finish(*, delivery_id: int, status: str, now: datetime, last_error:
     overwritten). `provider`, when given, records which provider handled it. Raises DatabaseError."""
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
     with _hot_cursor() as cursor:
-        cursor.execute(DELIVERY_FINISH_SQL, [status, as_sql(now), last_error, provider_id, provider, as_sql(sent_at),
-                                             delivery_id])
+        _hot_execute(cursor, DELIVERY_FINISH_SQL, [status, as_sql(now), last_error, provider_id, provider,
+                                                   as_sql(sent_at), delivery_id])
         return cursor.rowcount > 0

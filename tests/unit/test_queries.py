@@ -145,17 +145,58 @@ def test_the_prepared_cursor_raises_djangos_errors():
         cursor.execute("SELECT 1 / %s", [0])
 
 
+@pytest.fixture
+def migrating():
+    """A connection of another process, as a migration's; this test's own connection is replaced afterwards, so the
+    tests after it start with a fresh one."""
+    with psycopg.connect(database_url(), autocommit=True) as other:
+        yield other
+    connection.connection.close()
+    connection.close()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_migration_that_widens_a_returned_column_leaves_the_prepared_claim_working(email_address):
-    # Another process migrates while this one's connections hold the prepared claim: a returned column whose
-    # type changed would fail every run on them ("cached plan must not change result type"); the claim returns
-    # its text columns as text (otp.queries.DELIVERY_CLAIM_SQL).
+def test_a_migration_that_widens_a_returned_column_leaves_the_claim_prepared(email_address, migrating):
+    # The claim returns its text columns as text (otp.queries.DELIVERY_CLAIM_SQL): a longer address does not change
+    # its result's type, so the statement prepared on every open connection still fits.
     _hot_statements_run(email_address.value, times=6)
-    column = Delivery._meta.get_field("address")
-    with psycopg.connect(database_url(), autocommit=True) as migrating:
-        migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE varchar(320)")
+    length = Delivery._meta.get_field("address").max_length
+    migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE varchar(320)")
+    try:
+        _hot_statements_run(email_address.value, times=2)
+        assert connection.connection.prepare_threshold == 5  # still preparing
+    finally:
+        migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE varchar({length})")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("staleness", ["a returned column's type changed", "the statements deallocated"])
+def test_a_prepared_statement_gone_stale_runs_again_unprepared(email_address, migrating, staleness):
+    # PostgreSQL refuses a statement prepared before another process changed the type of a column it returns
+    # ("cached plan must not change result type"), or one deallocated behind psycopg's back ("prepared statement
+    # does not exist"): every delivery on that connection failed, its code answered 202 and never sent (found by a
+    # new-user pass). prepared_execute runs it again unprepared and stops preparing on that connection.
+    _hot_statements_run(email_address.value, times=6)
+    if staleness == "the statements deallocated":
+        connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # libpq directly: psycopg does not see it
+        _hot_statements_run(email_address.value, times=2)
+    else:
+        migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN expires_at TYPE timestamp")
         try:
             _hot_statements_run(email_address.value, times=2)
         finally:
-            migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN address TYPE "
-                              f"varchar({column.max_length})")
+            migrating.execute(f"ALTER TABLE {queries.DELIVERY_TABLE} ALTER COLUMN expires_at TYPE timestamptz")
+    assert connection.connection.prepare_threshold is None
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_a_stale_prepared_statement_is_an_error():
+    # The failed statement aborted the transaction: running it again there cannot work.
+    now = timezone.now()
+    args = dict(address="tx@example.com", channel="email", purpose=Purpose.LOGIN, provider="smtp",
+                code_hash_hex="ab" * 32, now=now, expires_at=now + timedelta(seconds=600))
+    for _ in range(6):
+        queries.code_store(**args)
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")
+    with pytest.raises(utils.ProgrammingError, match="does not exist"):
+        queries.code_store(**args)

@@ -1,6 +1,9 @@
 """Django's PostgreSQL backend with this project's pool health check and the prepared cursor of the hot statements
 (DATABASES ENGINE "core.postgresql")."""
+import logging
+
 import psycopg
+from django.db import DatabaseError
 from django.db.backends.postgresql import base, operations
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.utils.asyncio import async_unsafe
@@ -8,6 +11,12 @@ from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from core.database import pool_connection_check
+
+logger = logging.getLogger(__name__)
+
+# What PostgreSQL answers when a statement prepared on a connection no longer fits the schema: its result's type
+# changed under it ("cached plan must not change result type"), or it is gone (a DEALLOCATE psycopg did not see).
+_PREPARED_STATEMENT_STALE = (psycopg.errors.FeatureNotSupported, psycopg.errors.InvalidSqlStatementName)
 
 
 class DatabaseOperations(operations.DatabaseOperations):
@@ -70,3 +79,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if self.timezone != tzloader.timezone:
                 register_tzloader(self.timezone, cursor)
             return self._prepare_cursor(cursor)
+
+    def prepared_execute(self, cursor, sql: str, params) -> None:
+        """`cursor.execute(sql, params)` for a cursor of prepared_cursor, which survives a schema change.
+
+        A migration run by another process can change the type of a column a statement prepared here returns, and
+        PostgreSQL then refuses every run of it on this connection; psycopg forgets its prepared statements only
+        for DDL run on its own connection. When that happens outside a transaction (autocommit, as the hot
+        statements run), this connection stops preparing (psycopg's `prepare_threshold` None: until the pool
+        replaces it, within the hour) and the statement runs once more, unprepared, so no request or delivery fails
+        for it. Inside a transaction the error is raised: the transaction is aborted. Raises what execute raises.
+        """
+        try:
+            cursor.execute(sql, params)
+        except DatabaseError as exc:
+            if (not isinstance(exc.__cause__, _PREPARED_STATEMENT_STALE) or self.in_atomic_block
+                    or not self.get_autocommit()):
+                raise
+            logger.warning("a prepared statement no longer fits the schema (%s): this database connection prepares "
+                           "nothing more until it is replaced", exc.__cause__.sqlstate)
+            self.connection.prepare_threshold = None
+            cursor.execute(sql, params)
