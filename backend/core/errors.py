@@ -1,10 +1,13 @@
 """Expected failures raised by services; core.exception_handler turns each into the contract's JSON."""
+import redis.exceptions
 from django.db import InterfaceError, OperationalError
 
 # The database errors that mean an outage (no connection, a dropped one, a statement timeout): the request may
 # be repeated once it is over (503). Any other DatabaseError (a value too long for its column, a NUL byte, a
 # broken constraint) is the request's own doing or a bug, never a reason to give a throttle back.
 DATABASE_OUTAGES = (OperationalError, InterfaceError)
+# The errors of the Redis behind the throttles (REDIS_URL) that mean an outage: 503, "cache".
+CACHE_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class ServiceError(Exception):

@@ -2,7 +2,6 @@
 import logging
 
 import kombu.exceptions
-import redis.exceptions
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, DataError
 from django.http import Http404
@@ -11,14 +10,14 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import DATABASE_OUTAGES, DependencyUnavailable, RateLimited, ServiceError
+from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, DependencyUnavailable, RateLimited, ServiceError
 
 logger = logging.getLogger(__name__)
 
 # Which dependency an infrastructure exception means, for a 503 that names it.
 _UNAVAILABLE = (
     (DATABASE_OUTAGES, "database"),
-    ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "cache"),
+    (CACHE_OUTAGES, "cache"),
     ((kombu.exceptions.OperationalError,), "broker"),
 )
 

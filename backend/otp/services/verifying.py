@@ -1,11 +1,12 @@
 """Verifying: /verify-otp/ trades a valid code for tokens and a device token."""
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import InvalidCode
+from core.errors import CACHE_OUTAGES, InvalidCode
 from core.metrics import metric_count
 from otp import codes, throttles
 from otp.addresses import Address
@@ -13,6 +14,8 @@ from otp.models import OneTimeCode, Purpose
 from otp.selectors import user_get_by_address
 from users.models import DeviceToken, User
 from users.services import TokenPair, device_token_issue, token_pair_issue, user_create
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
     with the other class's budget and codes (contract: device tokens).
     Every failure looks the same (InvalidCode, 400: no oracle) and spends the class's failure budget;
     past the budget, raises core.errors.RateLimited (429). `code` is a well-formed code (codes.code_is_well_formed).
+    A cache outage before the code is compared is a 503 that consumes nothing; once the code is consumed, one that
+    keeps the failure budget from being reset does not fail the sign-in (it is logged).
     """
     device = device_token is not None
     throttles.failure_take(address=address, device=device)
@@ -37,7 +42,12 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
     if user is None:
         metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
-    throttles.failure_budget_reset(address=address, device=device)
+    try:
+        throttles.failure_budget_reset(address=address, device=device)
+    except CACHE_OUTAGES as exc:
+        # The code is consumed and that is committed: a 503 now would burn it and sign nobody in (found by a
+        # new-user pass). The run of failures stays counted, which can only make a later wrong guess wait longer.
+        logger.warning("the failure budget of an address just signed in could not be reset: %s", exc)
     metric_count("otp_codes_verified_total", result="success")
     tokens = token_pair_issue(user=user)
     return SignIn(access=tokens.access, refresh=tokens.refresh, expires_in=tokens.expires_in,
