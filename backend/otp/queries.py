@@ -4,6 +4,7 @@ DELIVERY_INSERT_COLUMNS: a model that gains a column must gain it here too (test
 otherwise). Why raw SQL at all: docs/decisions.md.
 """
 import re
+from contextlib import contextmanager
 from datetime import datetime
 
 from django.db import connection, transaction
@@ -28,6 +29,21 @@ def _literal(value: str) -> str:
 
 _ACTIVE, _SUPERSEDED = _literal(OneTimeCode.Status.ACTIVE.value), _literal(OneTimeCode.Status.SUPERSEDED.value)
 _QUEUED, _SENDING = _literal(Delivery.Status.QUEUED.value), _literal(Delivery.Status.SENDING.value)
+
+@contextmanager
+def _hot_statement(sql: str, params):
+    """Run one hot statement and yield its cursor, for fetchone() or rowcount: prepared on PostgreSQL
+    (core.postgresql's prepared_cursor and prepared_execute), through Django's own cursor on SQLite (the quick
+    run). Raises django.db.DatabaseError when the database does."""
+    if connection.vendor == "postgresql":
+        with connection.prepared_cursor() as cursor:
+            connection.prepared_execute(cursor, sql, params)
+            yield cursor
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            yield cursor
+
 
 # Column -> the SQL value the issue statement writes (a named parameter or a constant). The models' defaults
 # are Python's, not the database's, so every column is given.
@@ -84,8 +100,7 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
     if connection.vendor == "postgresql":
         params = {"address": address, "channel": channel, "purpose": purpose, "device": device, "provider": provider,
                   "code_hash": code_hash_hex, "now": now, "expires_at": expires_at}
-        with connection.prepared_cursor() as cursor:
-            connection.prepared_execute(cursor, CODE_STORE_SQL, params)
+        with _hot_statement(CODE_STORE_SQL, params) as cursor:
             delivery_id = cursor.fetchone()[0]
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
                                status=Delivery.Status.QUEUED, created_at=now, updated_at=now, expires_at=expires_at)
@@ -98,20 +113,6 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
                                    created_at=now, expires_at=expires_at)
         return Delivery.objects.create(address=address, channel=channel, purpose=purpose, provider=provider,
                                        created_at=now, expires_at=expires_at)
-
-
-def _hot_cursor():
-    """The cursor of a hot statement: prepared on PostgreSQL (core.postgresql's prepared_cursor), Django's own on
-    SQLite (the quick run)."""
-    return connection.prepared_cursor() if connection.vendor == "postgresql" else connection.cursor()
-
-
-def _hot_execute(cursor, sql: str, params) -> None:
-    """Run a hot statement on a cursor of _hot_cursor: through core.postgresql's prepared_execute on PostgreSQL."""
-    if connection.vendor == "postgresql":
-        connection.prepared_execute(cursor, sql, params)
-    else:
-        cursor.execute(sql, params)
 
 
 # Also returns whether an active account has the address, so a login delivery needs no second query. An address
@@ -144,9 +145,8 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
     update() cannot return rows, hence the SQL.
     """
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
-    with _hot_cursor() as cursor:
-        _hot_execute(cursor, DELIVERY_CLAIM_SQL, {"id": delivery_id, "now": as_sql(now),
-                                                  "lease_until": as_sql(lease_until)})
+    with _hot_statement(DELIVERY_CLAIM_SQL, {"id": delivery_id, "now": as_sql(now),
+                                             "lease_until": as_sql(lease_until)}) as cursor:
         row = cursor.fetchone()
     if row is None:
         return None
@@ -171,7 +171,6 @@ def delivery_finish(*, delivery_id: int, status: str, now: datetime, last_error:
     """Move a queued or sending delivery to its final `status`; False when it was already final (never
     overwritten). `provider`, when given, records which provider handled it. Raises DatabaseError."""
     as_sql = connection.ops.adapt_datetimefield_value  # what the ORM would send: SQLite stores text
-    with _hot_cursor() as cursor:
-        _hot_execute(cursor, DELIVERY_FINISH_SQL, [status, as_sql(now), last_error, provider_id, provider,
-                                                   as_sql(sent_at), delivery_id])
+    with _hot_statement(DELIVERY_FINISH_SQL, [status, as_sql(now), last_error, provider_id, provider,
+                                              as_sql(sent_at), delivery_id]) as cursor:
         return cursor.rowcount > 0
