@@ -9,6 +9,7 @@ beside the service, in alternating cells, and counts the CPU of every process of
 /proc. Figures are medians of what wrk reports; these machines are shared, so read the ratios.
 
 BENCH_ONLY_PEER=1 runs scenario 2 alone and writes var/bench-peer.json instead (latest.json is left as is).
+BENCH_EMAIL_WORKERS=N runs scenario 2 with N email worker processes instead of the stack's one.
 """
 import asyncio
 import itertools
@@ -62,6 +63,10 @@ ONLY_PEER = os.environ.get("BENCH_ONLY_PEER", "") not in ("", "0", "false")
 # any figure); collapsed stacks and a summary go to var/bench-profiles/.
 PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0", "false")
 PROFILE_DIR = REPO / "var" / "bench-profiles"
+# BENCH_EMAIL_WORKERS=N: scenario 2 runs N email worker processes (default 1, the stack's own; the others started
+# as `docker compose up --scale worker-email=N` would, each with its own EMAIL_MAX_CONNECTIONS). Their CPU counts
+# under worker-email.
+EMAIL_WORKERS = int(os.environ.get("BENCH_EMAIL_WORKERS", "1"))
 
 BASE_ENV = {
     "ENV_FILE": "",
@@ -766,8 +771,12 @@ def scenario_peer(sink: MailSink, sms, redis_server) -> dict:
     ours_driver, peer_driver = driver_connect(BENCH_DB), driver_connect(PEER_DB)
     own = {"redis": process_tree(redis_server.process.pid), "smtp": [sink.process.pid]}
 
+    extra_email_workers: list[subprocess.Popen] = []
+
     def ours_processes() -> dict[str, list[int]]:
         found = {name: process_tree(stack_pid(name)) for name in ("api", "worker-email", "worker-sms", "beat", "nginx")}
+        for worker in extra_email_workers:
+            found["worker-email"] = found["worker-email"] + process_tree(worker.pid)
         return {**found, "postgres": database_backends(ours_driver, BENCH_DB), **own}
 
     def peer_processes(peer: Peer):
@@ -776,6 +785,11 @@ def scenario_peer(sink: MailSink, sms, redis_server) -> dict:
     ours_meter = CpuMeter(ours_processes)
     try:
         stack("up", unset=("CELERY_WORKER_CONCURRENCY",))
+        env = {key: value for key, value in os.environ.items() if key != "CELERY_WORKER_CONCURRENCY"}
+        extra_email_workers.extend(
+            subprocess.Popen([str(REPO / "worker" / "start-worker.sh"), "email", "-n", f"email{k}@%h"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            for k in range(2, EMAIL_WORKERS + 1))
         for peer in peers:
             peer.start()
         warm_up(sms)
@@ -807,6 +821,7 @@ def scenario_peer(sink: MailSink, sms, redis_server) -> dict:
         slow_cells = slow["ours"]["cells"]
         codes = sum(cell["logins"] for cell in slow_cells)
         results["delivery_slow"] = {
+            "email_worker_processes": EMAIL_WORKERS,
             "codes": codes, "within_5s": sum(cell["within_5s"] for cell in slow_cells),
             "late_10s": sum(cell["late"] for cell in slow_cells),
             "undelivered": sum(cell["undelivered"] for cell in slow_cells),
@@ -829,6 +844,9 @@ def scenario_peer(sink: MailSink, sms, redis_server) -> dict:
                 wait_until(lambda: queue_length("email") == 0, 120, "the same-rate step's emails to be sent")
         sink.delay = 0.0
     finally:
+        for worker in extra_email_workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
         for peer in peers:
             peer.stop()
         stack("down")
@@ -1119,7 +1137,8 @@ def peer_rows(results: dict) -> list[tuple[str, str, str, str]]:
          f"medians of {len(slow['ours']['cells'])} pairs"),
         (f"2  delivery, SMTP {slow_label}", f"{results['delivery_300ms_within_5s']:.1%} within 5 s",
          f"longest wait {results['delivery_300ms_max_wait_s']} s",
-         f"default settings; targets 95 % and 30 s; {delivery['late_10s']} of {delivery['codes']} codes over "
+         f"default settings, {delivery.get('email_worker_processes', 1)} email worker process(es); targets 95 % "
+         f"and 30 s; {delivery['late_10s']} of {delivery['codes']} codes over "
          f"{DELIVERY_DEADLINE_SECONDS} s"),
         (f"2  same {SYNC_RATE} req/s, SMTP {slow_label}",
          f"p99 {comparison['same_rate_ours']['p99_ms']} / {comparison['same_rate_peer']['p99_ms']} ms",
