@@ -112,6 +112,19 @@ def broker_redis():
 
 
 @pytest.fixture
+def read_only_database(django_db_blocker):
+    """The test database turned read-only as a failover leaves it for a pool's sessions (tests/support/
+    database_state.py); undone after the test."""
+    from tests.support.database_state import ReadOnlyDatabase
+    from tests.support.env import database_url
+
+    with django_db_blocker.unblock():
+        database = ReadOnlyDatabase(database_url())
+        yield database
+        database.close()
+
+
+@pytest.fixture
 def fixed_code(monkeypatch):
     """Codes travel only inside the delivery job; tests that do not run a worker pin the next code instead."""
     from otp import codes

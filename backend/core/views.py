@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 def _database_check() -> None:
+    if connection.vendor == "postgresql":
+        connection.writable_check()  # a standby answers SELECT 1 too, and the service cannot write to it
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
 

@@ -1,5 +1,7 @@
 """PostgreSQL for the tests: the one way they end the database's other connections, as a restart or a failover
-would."""
+would, and a database turned read-only as a failover leaves it for a pool's sessions."""
+import psycopg
+from psycopg import sql
 
 # pg_terminate_backend(pid, timeout) with a timeout in milliseconds returns once the backend has exited
 # (PostgreSQL 14+, "Server Signaling Functions"). Without one it returns once the signal is sent, and a query issued
@@ -21,3 +23,40 @@ def backends_end(cursor) -> int:
     cursor.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, %s)) FROM pg_stat_activity "
                    "WHERE datname = current_database() AND pid <> pg_backend_pid()", [TERMINATED_WITHIN_MS])
     return cursor.fetchone()[0]
+
+
+class ReadOnlyDatabase:
+    """The test database as a failover leaves it for the sessions a pool holds: on a server that takes no writes.
+
+    `on()` sets `default_transaction_read_only` for the database's new sessions and ends every open one (this
+    process's Django connection is given back first), so the pools reconnect to a database that refuses every
+    write with SQLSTATE 25006, as a standby does. `off()` makes new sessions writable and leaves the open ones
+    read-only, as sessions still on the old primary stay. `close()` undoes it all, ending every session again.
+    `admin_url` is a URL of the test database; its own session is spared.
+    """
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin = psycopg.connect(admin_url, autocommit=True)
+
+    def _set(self, value: str) -> None:
+        self.admin.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+            sql.Identifier(self.admin.info.dbname), sql.SQL(value)))
+
+    def sessions_end(self) -> None:
+        """End every open session (this process's Django connection is given back first)."""
+        from django.db import connection
+
+        connection.close()  # given back to its pool, which replaces it once it finds it ended
+        backends_end(self.admin.cursor())
+
+    def on(self) -> None:
+        self._set("on")
+        self.sessions_end()
+
+    def off(self) -> None:
+        self._set("DEFAULT")
+
+    def close(self) -> None:
+        self.off()
+        self.sessions_end()
+        self.admin.close()

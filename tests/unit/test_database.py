@@ -1,14 +1,16 @@
 """The connection pool after PostgreSQL ended every connection (a restart, a failover): the next query gets a fresh
-connection at once instead of waiting out the pool's timeout behind the dead ones (core/database.py)."""
+connection at once instead of waiting out the pool's timeout behind the dead ones (core/database.py). And after a
+failover left its sessions on a server that takes no writes: they are replaced (core/postgresql)."""
 import time
 
 import psycopg
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import OperationalError, connection
 from psycopg_pool import ConnectionPool
 
 from core.database import connection_quiet
+from core.errors import DATABASE_OUTAGES
 from tests.support.database_state import backend_end, backends_end
 from tests.support.env import database_url
 from tests.support.waiting import wait_for
@@ -73,3 +75,43 @@ def test_a_connection_postgresql_ended_is_not_quiet():
         wait_for(lambda: not connection_quiet(conn), timeout=5, message="the ended connection's socket to be readable")
     finally:
         pool.putconn(conn)
+
+
+def test_a_write_refused_as_read_only_is_an_outage_and_replaces_the_pools_connections():
+    # A session on a standby, or on a primary a failover demoted, refuses every write with SQLSTATE 25006; psycopg
+    # calls that an InternalError. Here the session itself is made read-only, as such a server's sessions are.
+    pool = connection.pool
+    idle = [pool.getconn() for _ in range(3)]
+    idle_pids = {conn.info.backend_pid for conn in idle}
+    for conn in idle:
+        pool.putconn(conn)
+    connection.ensure_connection()
+    lent_pid = connection.connection.info.backend_pid
+    with pytest.raises(OperationalError) as raised:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cursor.execute("SELECT nextval('otp_delivery_id_seq')")
+    assert isinstance(raised.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+    assert isinstance(raised.value, DATABASE_OUTAGES)
+
+    connection.close()  # given back: the pool closes it, as it closed the idle ones, and opens others
+    held = [pool.getconn() for _ in range(3)]
+    try:
+        assert not {conn.info.backend_pid for conn in held} & (idle_pids | {lent_pid})
+        for conn in held:
+            assert conn.execute("SELECT current_setting('transaction_read_only')").fetchone()[0] == "off"
+    finally:
+        for conn in held:
+            pool.putconn(conn)
+
+
+def test_readiness_fails_on_a_read_only_database_and_its_connection_is_replaced():
+    connection.ensure_connection()
+    read_only_pid = connection.connection.info.backend_pid
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    with pytest.raises(OperationalError, match="takes no writes"):
+        connection.writable_check()
+    connection.close()
+    connection.writable_check()  # a new session: writable
+    assert connection.connection.info.backend_pid != read_only_pid

@@ -3,10 +3,12 @@
 import logging
 
 import psycopg
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 from django.db.backends.postgresql import base, operations
 from django.db.backends.postgresql.psycopg_any import register_tzloader
+from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
+from django.utils.functional import cached_property
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
@@ -17,6 +19,26 @@ logger = logging.getLogger(__name__)
 # What PostgreSQL answers when a statement prepared on a connection no longer fits the schema: its result's type
 # changed under it ("cached plan must not change result type"), or it is gone (a DEALLOCATE psycopg did not see).
 _PREPARED_STATEMENT_STALE = (psycopg.errors.FeatureNotSupported, psycopg.errors.InvalidSqlStatementName)
+
+
+class _ErrorWrapper(DatabaseErrorWrapper):
+    """Django's translation of psycopg's errors into django.db's, with a write refused by a read-only server
+    translated as the outage it is.
+
+    A hot standby, or a primary that a failover demoted while this process's pool still holds connections to it,
+    answers every write with SQLSTATE 25006, "cannot execute ... in a read-only transaction" (PostgreSQL
+    documentation, "Hot Standby"). psycopg counts it an InternalError, which the service treated as a bug: a 500,
+    the throttles kept, a delivery job acknowledged and lost. As an OperationalError it is a database outage
+    everywhere (core.errors.DATABASE_OUTAGES): 503 naming the database, throttles given back, jobs retried. And the
+    pool's connections are replaced (DatabaseWrapper.connections_replace), since a session on a read-only server
+    stays there: new ones reach whatever server the database's address names now.
+    """
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        if exc_type is not None and issubclass(exc_type, psycopg.errors.ReadOnlySqlTransaction):
+            self.wrapper.connections_replace(reason="the database refused a write as read-only")
+            exc_type = psycopg.OperationalError
+        return super().__exit__(exc_type, exc_value, traceback)
 
 
 class DatabaseOperations(operations.DatabaseOperations):
@@ -35,8 +57,9 @@ class DatabaseOperations(operations.DatabaseOperations):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    """Django's own wrapper with two additions: the pool's `check` is core.database.pool_connection_check, and
-    `prepared_cursor` gives the hot statements a cursor that PostgreSQL plans once per connection.
+    """Django's own wrapper with three additions: the pool's `check` is core.database.pool_connection_check,
+    `prepared_cursor` gives the hot statements a cursor that PostgreSQL plans once per connection, and a server that
+    takes no writes is a database outage whose connections are replaced (_ErrorWrapper, writable_check).
 
     Django passes its own `check` to psycopg_pool (CONN_HEALTH_CHECKS), so another one cannot go through
     OPTIONS["pool"]: the pool is built here with the same arguments as Django's, before Django would build it.
@@ -53,6 +76,38 @@ class DatabaseWrapper(base.DatabaseWrapper):
                                   **({} if options is True else options))
             self._connection_pools.setdefault(self.alias, pool)
         return super().pool
+
+    @cached_property
+    def wrap_database_errors(self):
+        return _ErrorWrapper(self)
+
+    def connections_replace(self, *, reason: str) -> None:
+        """Replace every connection of this process's pool (psycopg_pool's `drain`: the idle ones now, each lent one
+        when it is given back), logging `reason` (a phrase) with a warning. Returns None.
+
+        For a database whose sessions cannot recover in place: after a failover, the pool's sessions still reach the
+        server that is now a standby, and they would until the pool's maximum lifetime ended them (an hour). Without
+        a pool (not this project's settings), Django's own health check keeps the connection (a standby answers
+        it), so nothing is replaced.
+        """
+        pool = self.pool
+        logger.warning("%s (a standby, or a primary a failover demoted): replacing this process's database "
+                       "connections", reason)
+        if pool is not None:
+            pool.drain()
+
+    def writable_check(self) -> None:
+        """Raise django.db.OperationalError when this connection's server takes no writes (`transaction_read_only`
+        on: a hot standby, a primary a failover demoted, or `default_transaction_read_only` set), after replacing the
+        pool's connections as for a write refused. Returns None when it takes them; raises what cursor() raises.
+
+        For /readyz: a standby answers `SELECT 1` as a primary does."""
+        with self.cursor() as cursor:
+            cursor.execute("SELECT current_setting('transaction_read_only')")
+            read_only = cursor.fetchone()[0] == "on"
+        if read_only:
+            self.connections_replace(reason="the database is read-only")
+            raise OperationalError("the database takes no writes (transaction_read_only is on)")
 
     @async_unsafe
     def prepared_cursor(self):
