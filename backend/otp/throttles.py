@@ -179,6 +179,13 @@ def failure_take(*, address: Address, device: bool = False) -> None:
         raise RateLimited(wait)
 
 
+def failure_give_back(*, address: Address, device: bool = False) -> None:
+    """Give back the verify failure_take counted (same `device`), when the code could not be compared for a
+    reason not the user's (a database outage): a guess nobody compared is not a failure."""
+    for limit in _failure_budget(device):
+        limit.unhit(address)
+
+
 def failure_budget_reset(*, address: Address, device: bool = False) -> None:
     """After a successful verify: the run of failures of the address's client class is over (contract: "A
     successful verify resets the consecutive count"). Only that class's: a device's sign-in must not hand a

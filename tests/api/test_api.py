@@ -200,6 +200,23 @@ def test_a_cache_outage_right_after_the_code_is_consumed_still_signs_in(client, 
     assert User.objects.filter(email="alice@example.com").exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_database_outage_at_verify_spends_none_of_the_failure_budget(client, fixed_code, settings,
+                                                                        read_only_database):
+    # A guess the database never compared is not the user's failure: one who retries through an outage must not
+    # find the address locked once it is over. The send throttles are given back likewise (code_request).
+    settings.OTP_MAX_FAILURES_PER_HOUR = 2
+    assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
+    read_only_database.on()
+    for _ in range(3):
+        response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]})
+        assert response.status_code == 503 and "database" in response.json()["detail"], response.json()
+    read_only_database.off()
+    read_only_database.sessions_end()  # the test client keeps its session between requests: a new one, writable
+    response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]})
+    assert response.status_code == 200, response.json()
+
+
 @pytest.mark.parametrize("code", ["12345", "1234567", "abcdef", 123456, "１２３４５６", "", None])
 def test_malformed_code_is_a_field_error(client, code):
     response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": code})

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import CACHE_OUTAGES, InvalidCode
+from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, InvalidCode
 from core.metrics import metric_count
 from otp import codes, throttles
 from otp.addresses import Address
@@ -34,11 +34,17 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
     Every failure looks the same (InvalidCode, 400: no oracle) and spends the class's failure budget;
     past the budget, raises core.errors.RateLimited (429). `code` is a well-formed code (codes.code_is_well_formed).
     A cache outage before the code is compared is a 503 that consumes nothing; once the code is consumed, one that
-    keeps the failure budget from being reset does not fail the sign-in (it is logged).
+    keeps the failure budget from being reset does not fail the sign-in (it is logged). A database outage
+    (core.errors.DATABASE_OUTAGES: nothing compared, or nothing committed) is raised with the failure given back,
+    as code_request gives back the send throttles; any other database error keeps it.
     """
     device = device_token is not None
     throttles.failure_take(address=address, device=device)
-    user = _code_consume(address=address, code=code, device=device)
+    try:
+        user = _code_consume(address=address, code=code, device=device)
+    except DATABASE_OUTAGES:
+        throttles.failure_give_back(address=address, device=device)
+        raise
     if user is None:
         metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
