@@ -3,6 +3,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -215,6 +216,22 @@ def test_a_database_outage_at_verify_spends_none_of_the_failure_budget(client, f
     read_only_database.sessions_end()  # the test client keeps its session between requests: a new one, writable
     response = post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]})
     assert response.status_code == 200, response.json()
+
+
+def test_a_database_outage_after_the_code_was_compared_keeps_the_failure(client, fixed_code, settings):
+    # Given back, a compared guess whose record the database then refused would be free: an attacker who can
+    # make the database fail after the comparison (load, a failover) would guess past the budget. PostgreSQL
+    # itself refuses the attempt's record here, as a server gone read-only does.
+    settings.OTP_MAX_FAILURES_PER_HOUR = 2
+    assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "RAISE EXCEPTION 'read-only' USING ERRCODE = 'read_only_sql_transaction'; END $$")
+        cursor.execute("CREATE TRIGGER refuse BEFORE UPDATE ON otp_onetimecode FOR EACH ROW "
+                       "EXECUTE FUNCTION pg_temp.refuse()")
+    statuses = [post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code
+                for _ in range(3)]
+    assert statuses == [503, 503, 429]
 
 
 @pytest.mark.parametrize("code", ["12345", "1234567", "abcdef", 123456, "１２３４５６", "", None])

@@ -36,6 +36,7 @@ class ReadOnlyDatabase:
     """
 
     def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
         self.admin = psycopg.connect(admin_url, autocommit=True)
 
     def _set(self, value: str) -> None:
@@ -57,6 +58,11 @@ class ReadOnlyDatabase:
         self._set("DEFAULT")
 
     def close(self) -> None:
-        self.off()
-        self.sessions_end()
-        self.admin.close()
+        """Undo it all, whatever state the test left the admin session in."""
+        if self.admin.closed or self.admin.broken:
+            self.admin = psycopg.connect(self.admin_url, autocommit=True)
+        try:
+            self.off()
+        finally:
+            self.sessions_end()
+            self.admin.close()

@@ -77,6 +77,14 @@ def test_a_connection_postgresql_ended_is_not_quiet():
         pool.putconn(conn)
 
 
+def read_only_session_end() -> None:
+    """Give this thread's connection back; were it still lent to the pool (the change under test missing), make it
+    writable first, so no later test meets a read-only session."""
+    if connection.connection is not None and not connection.connection.closed:
+        connection.connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+    connection.close()
+
+
 def test_a_write_refused_as_read_only_is_an_outage_and_replaces_the_pools_connections():
     # A session on a standby, or on a primary a failover demoted, refuses every write with SQLSTATE 25006; psycopg
     # calls that an InternalError. Here the session itself is made read-only, as such a server's sessions are.
@@ -87,14 +95,16 @@ def test_a_write_refused_as_read_only_is_an_outage_and_replaces_the_pools_connec
         pool.putconn(conn)
     connection.ensure_connection()
     lent_pid = connection.connection.info.backend_pid
-    with pytest.raises(OperationalError) as raised:
-        with connection.cursor() as cursor:
-            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            cursor.execute("SELECT nextval('otp_delivery_id_seq')")
+    try:
+        with pytest.raises(OperationalError) as raised:
+            with connection.cursor() as cursor:
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                cursor.execute("SELECT nextval('otp_delivery_id_seq')")
+    finally:
+        read_only_session_end()
     assert isinstance(raised.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
     assert isinstance(raised.value, DATABASE_OUTAGES)
 
-    connection.close()  # given back: the pool closes it, as it closed the idle ones, and opens others
     held = [pool.getconn() for _ in range(3)]
     try:
         assert not {conn.info.backend_pid for conn in held} & (idle_pids | {lent_pid})
@@ -108,10 +118,12 @@ def test_a_write_refused_as_read_only_is_an_outage_and_replaces_the_pools_connec
 def test_readiness_fails_on_a_read_only_database_and_its_connection_is_replaced():
     connection.ensure_connection()
     read_only_pid = connection.connection.info.backend_pid
-    with connection.cursor() as cursor:
-        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-    with pytest.raises(OperationalError, match="takes no writes"):
-        connection.writable_check()
-    connection.close()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        with pytest.raises(OperationalError, match="takes no writes"):
+            connection.writable_check()
+    finally:
+        read_only_session_end()
     connection.writable_check()  # a new session: writable
     assert connection.connection.info.backend_pid != read_only_pid

@@ -1,6 +1,8 @@
 """Django's PostgreSQL backend with this project's pool health check and the prepared cursor of the hot statements
 (DATABASES ENGINE "core.postgresql")."""
 import logging
+import threading
+import time
 
 import psycopg
 from django.db import DatabaseError, OperationalError
@@ -19,6 +21,13 @@ logger = logging.getLogger(__name__)
 # What PostgreSQL answers when a statement prepared on a connection no longer fits the schema: its result's type
 # changed under it ("cached plan must not change result type"), or it is gone (a DEALLOCATE psycopg did not see).
 _PREPARED_STATEMENT_STALE = (psycopg.errors.FeatureNotSupported, psycopg.errors.InvalidSqlStatementName)
+
+# A process replaces its whole pool at most this often (DatabaseWrapper.connections_replace): while the database
+# stays read-only, new sessions are read-only too, and replacing them at every refused write would reconnect at
+# the rate of requests to a database already in trouble.
+POOL_REPLACE_INTERVAL_SECONDS = 1.0
+_pool_replaced_at: dict[str, float] = {}
+_pool_replaced_lock = threading.Lock()
 
 
 class _ErrorWrapper(DatabaseErrorWrapper):
@@ -82,19 +91,37 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return _ErrorWrapper(self)
 
     def connections_replace(self, *, reason: str) -> None:
-        """Replace every connection of this process's pool (psycopg_pool's `drain`: the idle ones now, each lent one
-        when it is given back), logging `reason` (a phrase) with a warning. Returns None.
+        """Never lend this thread's connection again, and replace every connection of this process's pool
+        (psycopg_pool's `drain`: the idle ones now, each lent one when it is given back) unless that was done less
+        than POOL_REPLACE_INTERVAL_SECONDS ago; `reason` (a phrase) goes into the warning logged when the pool is
+        replaced. Returns None.
 
         For a database whose sessions cannot recover in place: after a failover, the pool's sessions still reach the
-        server that is now a standby, and they would until the pool's maximum lifetime ended them (an hour). Without
-        a pool (not this project's settings), Django's own health check keeps the connection (a standby answers
-        it), so nothing is replaced.
+        server that is now a standby, and they would until the pool's maximum lifetime ended them (an hour). This
+        thread's connection is closed when it is given back (`_close`), or, without a pool, at the end of the
+        request (`is_usable`).
         """
+        self._connection_discard = True
         pool = self.pool
+        if pool is None:
+            return
+        now = time.monotonic()
+        with _pool_replaced_lock:
+            if now - _pool_replaced_at.get(self.alias, float("-inf")) < POOL_REPLACE_INTERVAL_SECONDS:
+                return
+            _pool_replaced_at[self.alias] = now
         logger.warning("%s (a standby, or a primary a failover demoted): replacing this process's database "
                        "connections", reason)
-        if pool is not None:
-            pool.drain()
+        pool.drain()
+
+    def _close(self):
+        if getattr(self, "_connection_discard", False) and self.connection is not None:
+            self._connection_discard = False
+            self.connection.close()  # a closed connection given back is dropped by the pool, which opens another
+        return super()._close()
+
+    def is_usable(self):
+        return not getattr(self, "_connection_discard", False) and super().is_usable()
 
     def writable_check(self) -> None:
         """Raise django.db.OperationalError when this connection's server takes no writes (`transaction_read_only`

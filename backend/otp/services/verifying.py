@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, InvalidCode
+from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, DependencyUnavailable, InvalidCode
 from core.metrics import metric_count
 from otp import codes, throttles
 from otp.addresses import Address
@@ -34,15 +34,16 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
     Every failure looks the same (InvalidCode, 400: no oracle) and spends the class's failure budget;
     past the budget, raises core.errors.RateLimited (429). `code` is a well-formed code (codes.code_is_well_formed).
     A cache outage before the code is compared is a 503 that consumes nothing; once the code is consumed, one that
-    keeps the failure budget from being reset does not fail the sign-in (it is logged). A database outage
-    (core.errors.DATABASE_OUTAGES: nothing compared, or nothing committed) is raised with the failure given back,
-    as code_request gives back the send throttles; any other database error keeps it.
+    keeps the failure budget from being reset does not fail the sign-in (it is logged). A database outage before
+    the code was compared (core.errors.DATABASE_OUTAGES) is raised with the failure given back, as code_request
+    gives back the send throttles; one after it (DependencyUnavailable, 503 alike) keeps it: a guess compared
+    costs the budget whatever became of it, or outages could buy free guesses. Any other database error keeps it.
     """
     device = device_token is not None
     throttles.failure_take(address=address, device=device)
     try:
         user = _code_consume(address=address, code=code, device=device)
-    except DATABASE_OUTAGES:
+    except DATABASE_OUTAGES:  # only before a comparison: _code_consume raises DependencyUnavailable after one
         throttles.failure_give_back(address=address, device=device)
         raise
     if user is None:
@@ -60,14 +61,28 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
                   device_token=device_token_issue(user=user, address=address.value, replacing=device_token))
 
 
-@transaction.atomic
 def _code_consume(*, address: Address, code: str, device: bool) -> User | None:
     """Check `code` against the address's current code of the client class `device` under a row lock: one verify
-    at a time per code."""
+    at a time per code. Raises a database outage (core.errors.DATABASE_OUTAGES) as it comes until the code is
+    compared, and as DependencyUnavailable("database") from then on, its commit included."""
+    compared = False
+    try:
+        with transaction.atomic():
+            otp = (OneTimeCode.objects.select_for_update()
+                   .filter(address=address.value, status=OneTimeCode.Status.ACTIVE, device=device)
+                   .order_by("-created_at").first())
+            compared = True  # from here on, whatever the database does, the guess was made
+            return _code_compared(otp=otp, address=address, code=code)
+    except DATABASE_OUTAGES as exc:
+        if compared:
+            raise DependencyUnavailable("database") from exc
+        raise
+
+
+def _code_compared(*, otp: OneTimeCode | None, address: Address, code: str) -> User | None:
+    """_code_consume's work once the code row is locked: compare, record the attempt or the use, find or create
+    the account."""
     now = timezone.now()
-    otp = (OneTimeCode.objects.select_for_update()
-           .filter(address=address.value, status=OneTimeCode.Status.ACTIVE, device=device)
-           .order_by("-created_at").first())
     if otp is None or otp.expires_at <= now:
         return None
     if not codes.code_matches(code_hash_hex=otp.code_hash, address=address.value, code=code):
