@@ -13,6 +13,7 @@ import environ
 
 from otp import queues
 from otp.providers.mailbox import sender_parse
+from core.redis_failover import failover_retry
 from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
@@ -294,7 +295,7 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "otp",
             # An outage must answer fast, not hang a request.
-            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2, "retry": failover_retry()},
         }
     }
 else:

@@ -18,6 +18,8 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
+from core.redis_failover import UNBLOCKED_PREFIX, failover_retry
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class QoS(kombu_redis.QoS):
         Returns the raw replies in order (no response callbacks applied). Raises redis.ResponseError for the first
         error reply (every reply is read first, so the connection stays in step), and redis.ConnectionError or
         redis.TimeoutError when the connection fails: it is disconnected first, and the write is tried again only
-        as far as the connection's retry policy allows (kombu gives its connections none, as for its pipelines).
+        as far as the connection's retry policy allows (Channel's: once more on a new connection after READONLY).
         Errors taking a connection from the pool (refused, too many connections) are raised as they come.
         """
         with self.channel.conn_or_acquire() as client:
@@ -72,6 +74,9 @@ class QoS(kombu_redis.QoS):
             try:
                 return connection.retry.call_with_retry(lambda: _commands_exchange(connection, commands),
                                                         lambda error: connection.disconnect())
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()  # the retry policy covers READONLY only: a broken socket is never lent again
+                raise
             finally:
                 pool.release(connection)
 
@@ -98,8 +103,25 @@ def _commands_exchange(connection: redis.Connection, commands: tuple[tuple, ...]
 
 
 class Channel(kombu_redis.Channel):
+    """kombu's Redis channel keeping one client (see the module's docstring), and surviving a failover: its
+    connections run a command refused with READONLY once more on a new connection (core.redis_failover), and a
+    `BRPOP` unblocked because its server became a replica ends the connection, so the worker connects again (to
+    the server the address names now) instead of stopping with "Unrecoverable error"."""
+
     QoS = QoS
     _kept_client = None
+
+    def _connparams(self, asynchronous=False):
+        return {**super()._connparams(asynchronous=asynchronous), "retry": failover_retry()}
+
+    def _brpop_read(self, **options):
+        try:
+            return super()._brpop_read(**options)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(UNBLOCKED_PREFIX):
+                raise
+            self.client.connection.disconnect()
+            raise redis.ConnectionError(str(exc)) from exc
 
     def _create_client(self, asynchronous=False):
         if asynchronous:  # the event loop's own client, which kombu already keeps
@@ -112,6 +134,9 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # A replica's READONLY (after the retry on a new connection) is the broker lost, not a bad message: the worker
+    # reconnects and a publish is retried by kombu, then answered 503 "broker" (core.redis_failover).
+    connection_errors = (*kombu_redis.Transport.connection_errors, redis.exceptions.ReadOnlyError)
 
 
 # The one eviction policy under which Redis never drops a key to make room: any other may drop a queued job

@@ -7,7 +7,8 @@ from django.db import InterfaceError, OperationalError
 # broken constraint) is the request's own doing or a bug, never a reason to give a throttle back.
 DATABASE_OUTAGES = (OperationalError, InterfaceError)
 # The errors of the Redis behind the throttles (REDIS_URL) that mean an outage: 503, "cache".
-CACHE_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# A replica's READONLY, still there after a try on a new connection (core.redis_failover), is one too.
+CACHE_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 class ServiceError(Exception):

@@ -24,6 +24,8 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.redis_failover import failover_retry
+
 logger = logging.getLogger(__name__)
 
 HASH_KEY = "otp:metrics"
@@ -110,7 +112,7 @@ class _RedisStore:
     FLUSH_SECONDS = 1.0
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=failover_retry())
         self.lock = threading.Lock()
         self.pending: dict[str, float] = defaultdict(float)
         threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True).start()

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
+from core.redis_failover import failover_retry
+
 HOUR = 3600
 RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
                 "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -139,11 +141,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local first, arg = 2, 1
 """ + _GCRA_STEP + "return wait\n"
 
+# Written by the readiness check (store_ping): a write proves the server is a primary.
+READINESS_KEY = "otp:readiness"
+
 
 class _RedisCounters:
     def __init__(self, url: str) -> None:
         # An outage must answer fast (503 through core.exception_handler), not hang a request.
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=failover_retry())
         self.rate_hit_script = self.client.register_script(_RATE_HIT)
         self.rate_unhit_script = self.client.register_script(_RATE_UNHIT)
         self.rate_peek_script = self.client.register_script(_RATE_PEEK)
@@ -191,7 +196,8 @@ class _RedisCounters:
         self.client.delete(key)
 
     def ping(self) -> None:
-        self.client.ping()
+        # A write: a replica, which a failover may leave behind this address, answers PING as a primary does.
+        self.client.set(READINESS_KEY, 1, ex=60)
 
 
 class _LocalCounters:
@@ -283,7 +289,8 @@ def _store():
 
 
 def store_ping() -> None:
-    """Readiness: raises when the Redis that holds the throttles does not answer."""
+    """Readiness: raises when the Redis that holds the throttles does not take a write (down, or a replica:
+    redis.exceptions.ReadOnlyError)."""
     _store().ping()
 
 
