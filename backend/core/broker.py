@@ -18,7 +18,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
-from core.redis_failover import UNBLOCKED_PREFIX, failover_retry
+from core.redis_failover import FAILOVER_ERRORS, UNBLOCKED_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class QoS(kombu_redis.QoS):
         Returns the raw replies in order (no response callbacks applied). Raises redis.ResponseError for the first
         error reply (every reply is read first, so the connection stays in step), and redis.ConnectionError or
         redis.TimeoutError when the connection fails: it is disconnected first, and the write is tried again only
-        as far as the connection's retry policy allows (Channel's: once more on a new connection after READONLY).
+        as far as the connection's retry policy allows (kombu gives its connections none, as for its pipelines).
         Errors taking a connection from the pool (refused, too many connections) are raised as they come.
         """
         with self.channel.conn_or_acquire() as client:
@@ -74,9 +74,6 @@ class QoS(kombu_redis.QoS):
             try:
                 return connection.retry.call_with_retry(lambda: _commands_exchange(connection, commands),
                                                         lambda error: connection.disconnect())
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()  # the retry policy covers READONLY only: a broken socket is never lent again
-                raise
             finally:
                 pool.release(connection)
 
@@ -103,22 +100,23 @@ def _commands_exchange(connection: redis.Connection, commands: tuple[tuple, ...]
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel keeping one client (see the module's docstring), and surviving a failover: its
-    connections run a command refused with READONLY once more on a new connection (core.redis_failover), and a
+    """kombu's Redis channel keeping one client (see the module's docstring), and surviving a failover: a
     `BRPOP` unblocked because its server became a replica ends the connection, so the worker connects again (to
-    the server the address names now) instead of stopping with "Unrecoverable error"."""
+    the server the address names now) instead of stopping with "Unrecoverable error".
+
+    Its connections get no retry policy of their own (core.redis_failover's is for the other clients): a refused
+    command is a connection error of the Transport, which kombu answers with a new connection (a publish is
+    retried on it, a worker's consumer reconnects), and redis-py's WATCH transactions, which kombu's restore of
+    unacknowledged jobs uses, would turn each retried refusal into a WatchError and try again without end."""
 
     QoS = QoS
     _kept_client = None
-
-    def _connparams(self, asynchronous=False):
-        return {**super()._connparams(asynchronous=asynchronous), "retry": failover_retry()}
 
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
         except redis.ResponseError as exc:
-            if not str(exc).startswith(UNBLOCKED_PREFIX):
+            if not str(exc).startswith(UNBLOCKED_PREFIX):  # failover's other answers are connection_errors
                 raise
             self.client.connection.disconnect()
             raise redis.ConnectionError(str(exc)) from exc
@@ -134,9 +132,9 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-    # A replica's READONLY (after the retry on a new connection) is the broker lost, not a bad message: the worker
-    # reconnects and a publish is retried by kombu, then answered 503 "broker" (core.redis_failover).
-    connection_errors = (*kombu_redis.Transport.connection_errors, redis.exceptions.ReadOnlyError)
+    # A replica's refusals (core.redis_failover.FAILOVER_ERRORS) are the broker lost, not a bad message: the
+    # worker reconnects, and a publish is retried by kombu on a new connection, then answered 503 "broker".
+    connection_errors = (*kombu_redis.Transport.connection_errors, *FAILOVER_ERRORS)
 
 
 # The one eviction policy under which Redis never drops a key to make room: any other may drop a queued job

@@ -10,17 +10,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-# "READONLY You can't write against a read only replica" (redis-py's ReadOnlyError), and "UNBLOCKED force unblock
-# from blocking operation, instance state changed (master -> replica?)", which a client blocked in BRPOP gets when
-# its server becomes a replica (Redis documentation, "Replication"; a ResponseError with that prefix).
+# What a server left behind a failover answers instead of running a command, so running it again elsewhere is
+# safe: READONLY (a replica refuses writes: "You can't write against a read only replica"), LOADING (a demoted
+# primary loading its new primary's data), MASTERDOWN (a replica that serves nothing while its link is down). A
+# client blocked in BRPOP gets "UNBLOCKED force unblock from blocking operation, instance state changed (master ->
+# replica?)" instead, a plain ResponseError with that prefix (Redis documentation, "Replication").
+FAILOVER_ERRORS = (redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError, redis.exceptions.MasterDownError)
 UNBLOCKED_PREFIX = "UNBLOCKED"
 
 
 def failover_retry() -> Retry:
-    """redis-py's retry policy for the service's connections (the `retry` option of a client, a connection pool
-    or Django's RedisCache): one more try, on a new connection, after a READONLY answer; nothing else retried.
+    """redis-py's retry policy for the throttles', the cache's and the metrics' connections (the `retry` option of
+    a client or of Django's RedisCache): one more try, on a new connection, after one of FAILOVER_ERRORS; nothing
+    else retried. Not for the broker's connections (core.broker.Channel says why).
 
-    Returns a new redis.retry.Retry (redis-py copies it into each connection). A second READONLY answer is raised
-    as redis.exceptions.ReadOnlyError, which the service counts an outage (core.errors.CACHE_OUTAGES; the broker's
-    transport counts it a connection error, core.broker)."""
-    return Retry(NoBackoff(), retries=1, supported_errors=(redis.exceptions.ReadOnlyError,))
+    Returns a new redis.retry.Retry (redis-py copies it into each connection). A second such answer is raised as
+    it came, and the service counts it an outage (core.errors.CACHE_OUTAGES: 503 "cache")."""
+    return Retry(NoBackoff(), retries=1, supported_errors=FAILOVER_ERRORS)

@@ -20,7 +20,7 @@ from core.broker import broker_redis_check
 from core.exception_handler import error_body
 from core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.metrics import metrics_render
-from core.ratelimit import store_ping
+from core.ratelimit import READINESS_KEY, store_ping
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def _broker_check() -> None:
         return  # jobs run in-process: there is no broker to reach
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+        if conn.transport.driver_type == "redis":
+            # A replica left behind a failover answers a connection as a primary does.
+            conn.default_channel.client.set(READINESS_KEY, 1, ex=60)
     if not _broker_redis_checked:
         # An API started while Redis was down could not check its eviction policy then (on_starting in
         # config/gunicorn.conf.py): an unfit broker is not ready (core.broker.BrokerUnfit).

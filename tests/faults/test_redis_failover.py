@@ -13,7 +13,7 @@ import requests
 from tests.support.redis_state import RedisServer
 from tests.support.smtp import code_from_email
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.waiting import wait_for
+from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,3 +89,29 @@ def test_readiness_fails_while_the_only_redis_is_a_replica(base_env, stacks, red
     assert ready.status_code == 503 and ready.json()["failed"] == "cache", ready.text
     response = stack.post("/register/", {"email": "during@example.com"})
     assert response.status_code == 503 and "cache" in response.json()["detail"], response.text
+
+
+def test_a_replica_that_serves_nothing_while_its_link_is_down_is_an_outage_too(base_env, stacks, redis_pair):
+    # MASTERDOWN: a replica configured not to serve stale data answers every command that way while it has no
+    # primary, as a demoted node may until it has synced with the new one.
+    primary, replica, endpoint = redis_pair
+    env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{endpoint.port}/0"}
+    stack = stacks(env).start_api()
+    assert stack.post("/register/", {"email": "before@example.com"}).status_code == 202
+    old = redis.Redis(port=primary.port)
+    old.config_set("replica-serve-stale-data", "no")
+    old.replicaof("127.0.0.1", free_port())  # a primary that is not there: the link stays down
+    response = stack.post("/register/", {"email": "during@example.com"})
+    assert response.status_code == 503 and "cache" in response.json()["detail"], response.text
+    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    assert ready.status_code == 503 and ready.json()["failed"] == "cache", ready.text
+
+
+def test_readiness_fails_while_the_brokers_redis_is_a_replica(base_env, stacks, redis_pair, private_redis):
+    primary, replica, endpoint = redis_pair
+    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_BROKER_URL": f"redis://127.0.0.1:{replica.port}/1"}
+    stack = stacks(env).start_api()
+    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    assert ready.status_code == 503 and ready.json()["failed"] == "broker", ready.text
+    response = stack.post("/register/", {"email": "during@example.com"})
+    assert response.status_code == 503 and "broker" in response.json()["detail"], response.text

@@ -265,3 +265,20 @@ def test_an_unreachable_broker_is_not_taken_for_a_bad_policy():
 
 def test_brokers_that_are_not_redis_are_not_checked():
     broker_redis_check(Celery(broker="memory://"), cache_url=settings.REDIS_URL)
+
+
+def test_the_brokers_connections_retry_no_refusal_themselves(spare_redis):
+    # kombu restores unacknowledged jobs in redis-py WATCH transactions, which turn a retried error into a
+    # WatchError and start again without end or pause (a helper's review of the failover change): a failover's
+    # refusal is a connection error of the transport instead, answered by kombu with a new connection.
+    from core import broker
+    from core.redis_failover import FAILOVER_ERRORS
+
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        pool = connection.default_channel.client.connection_pool
+        lent = pool.get_connection()
+        try:
+            assert lent.retry.get_retries() == 0
+        finally:
+            pool.release(lent)
+    assert set(FAILOVER_ERRORS) <= set(broker.Transport.connection_errors)
