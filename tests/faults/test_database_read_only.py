@@ -5,6 +5,8 @@ It is an outage like a cut-off database: 503 naming the database, the throttles 
 And the connections to the read-only server are replaced once it errs, so the service writes again as soon as the
 database does, without waiting for the pool's connections to reach their maximum lifetime.
 """
+import time
+
 import pytest
 import requests
 
@@ -16,6 +18,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 READ_ONLY_ERROR = "read-only"
 API_WORKERS = 2
+# Replacing a pool is limited to once a second a process (core/postgresql); a request, its 503 included, takes
+# milliseconds.
+WRITING_AGAIN_WITHIN_SECONDS = 5
 
 
 def test_a_read_only_database_answers_503_and_the_api_writes_again_once_it_is_writable(
@@ -34,9 +39,10 @@ def test_a_read_only_database_answers_503_and_the_api_writes_again_once_it_is_wr
     assert ready.status_code == 503 and ready.json()["failed"] == "database"
 
     read_only_database.off()
-    # Nothing held against the user (the throttles were given back), and each API process replaces its sessions on
-    # the read-only server at its first refused write: at most one more 503 a process, then the user is served,
-    # well before the pool's lifetime would have ended those sessions.
+    # Nothing held against the user (the throttles were given back), and the API processes replace their sessions
+    # on the read-only server (each at its first refused write, the rest of the pool at most once a second): a few
+    # more 503s, then the user is served within seconds, where those sessions would have lasted the pool's hour.
+    writable_since = time.monotonic()
     statuses = []
 
     def served(path: str, body: dict, status: int) -> bool:
@@ -45,10 +51,11 @@ def test_a_read_only_database_answers_503_and_the_api_writes_again_once_it_is_wr
 
     wait_for(lambda: served("/register/", {"email": "during@example.com"}, 202), timeout=20,
              message="the API to write again")
+    assert time.monotonic() - writable_since < WRITING_AGAIN_WITHIN_SECONDS, statuses
     code = code_from_email(inbox.wait_for_message("during@example.com"))
     wait_for(lambda: served("/verify-otp/", {"email": "during@example.com", "code": code}, 200), timeout=20,
              message="the code to be accepted")
-    assert set(statuses) <= {503, 202, 200} and statuses.count(503) <= API_WORKERS, statuses
+    assert set(statuses) <= {503, 202, 200}, statuses
     wait_for(lambda: requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200, timeout=20,
              message="/readyz to answer 200")
 
