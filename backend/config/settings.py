@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import environ
 
+from core.redis_failover import failover_retry
 from otp import queues
 from otp.providers.mailbox import sender_parse
-from core.redis_failover import failover_retry
 from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
@@ -172,6 +172,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Outages in views outside DRF: 503, as DRF's views answer them (its process_exception runs after axes's).
+    "core.middleware.OutageMiddleware",
     # Last, as django-axes asks: it answers for the admin logins its backend refused.
     "axes.middleware.AxesMiddleware",
 ]

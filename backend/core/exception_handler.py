@@ -26,17 +26,30 @@ def error_body(detail: str, code: str) -> dict:
     return {"detail": detail, "code": code}
 
 
-def exception_handler(exc: Exception, context: dict) -> Response | None:
+def outage_as_error(exc: Exception) -> Exception:
+    """`exc` as the service answers it: a database, cache or broker outage as DependencyUnavailable naming the
+    dependency (503), anything else as it is."""
     for types, dependency in _UNAVAILABLE:
         if isinstance(exc, types):
-            exc = DependencyUnavailable(dependency)
+            return DependencyUnavailable(dependency)
+    return exc
+
+
+def unavailable_headers(exc: DependencyUnavailable) -> dict[str, str]:
+    """Log the outage `exc` and return the headers of its 503: when to try again, in seconds."""
+    logger.warning("%s unavailable", exc.dependency)
+    return {"Retry-After": "5"}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    exc = outage_as_error(exc)
     if isinstance(exc, ServiceError):
         response = Response(error_body(exc.detail, exc.default_code), status=exc.status_code)
         if isinstance(exc, RateLimited):
             response["Retry-After"] = str(exc.wait_seconds)
         if isinstance(exc, DependencyUnavailable):
-            logger.warning("%s unavailable", exc.dependency)
-            response["Retry-After"] = "5"
+            for name, value in unavailable_headers(exc).items():
+                response[name] = value
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body is too large.", "request_too_large"), status=413)

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.http import JsonResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from core.exception_handler import error_body
+from core.errors import DependencyUnavailable
+from core.exception_handler import error_body, outage_as_error, unavailable_headers
 
 
 class SecurityHeadersMiddleware:
@@ -79,3 +80,23 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
             if response.has_header(name):
                 answer[name] = response[name]
         return answer
+
+
+class OutageMiddleware:
+    """A database, cache or broker outage raised in a view outside DRF (the admin and django-axes's record of its
+    logins, the pages) answered as DRF's views answer one: 503 naming the dependency, with Retry-After
+    (core.exception_handler). Django's handler500 answered them 500, the wrong status for a request that may be
+    repeated. Other exceptions go on to Django's handlers."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        error = outage_as_error(exception)
+        if not isinstance(error, DependencyUnavailable):
+            return None
+        return JsonResponse(error_body(error.detail, error.default_code), status=error.status_code,
+                            headers=unavailable_headers(error))

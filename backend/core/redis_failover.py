@@ -1,10 +1,11 @@
-"""What every Redis client of the service does when Redis answers READONLY: the answer of a replica, which a
-failover leaves behind the connections opened before it (a managed Redis promotes the replica and moves its
-endpoint's address; the old primary becomes a replica and refuses every write).
+"""What the service's Redis clients do when a server answers as one left behind a failover does (a managed Redis
+promotes the replica and moves its endpoint's address; the old primary becomes a replica and refuses every write,
+the connections opened before the move still reach it).
 
-A command refused that way was not run (a replica runs no write, a script's included), so it runs once more on a
-new connection, which reaches whatever server the address names now. Connection errors and timeouts are not
-retried: a command that timed out may have run, and the throttles' scripts count.
+A command refused that way was not run (a replica runs no write, a script's included), so the throttles', the
+cache's and the metrics' clients run it once more on a new connection, which reaches whatever server the address
+names now; the broker's refusals are kombu connection errors (core.broker). Connection errors and timeouts are
+not retried: a command that timed out may have run, and the throttles' scripts count.
 """
 import redis
 from redis.backoff import NoBackoff

@@ -42,3 +42,14 @@ def test_an_ipv6_client_is_locked_out_across_its_64(admin_user):
     for n in range(5):
         login(f"wrong-{n}", ip=f"2001:db8:7:7::{n + 1}")
     assert login("the-right-password-for-tests", ip="2001:db8:7:7:ffff::1").status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outage_during_an_admin_login_is_a_503_naming_the_database(admin_user, read_only_database):
+    # The admin is not a DRF view: its errors reach Django's handler, which answered every outage with a 500.
+    read_only_database.on()
+    for password in ("wrong-0", "the-right-password-for-tests"):  # django-axes records the one; login() the other
+        response = login(password)
+        assert response.status_code == 503 and response["Retry-After"], response.content
+        assert response.json() == {"detail": "Service temporarily unavailable (database).",
+                                    "code": "service_unavailable"}

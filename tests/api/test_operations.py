@@ -139,3 +139,14 @@ def test_sms_refusals_reach_the_metrics_endpoint():
     assert post(client, "/register/", {"mobile": "+442079460000"}).json()["code"] == "number_not_allowed"
     after = client.get("/metrics").content.decode()
     assert metric(after, "otp_sms_refused_total", reason="region") - metric(before, "otp_sms_refused_total", reason="region") == 1
+
+
+def test_the_metrics_endpoint_answers_a_cache_outage_with_a_503(monkeypatch):
+    # /metrics is not a DRF view: Django's handler answered its outages 500 (core.middleware.OutageMiddleware).
+    from core import metrics
+
+    dead = metrics._RedisStore("redis://127.0.0.1:1/0")  # nothing listens there
+    monkeypatch.setattr(metrics, "_get_store", lambda: dead)
+    response = APIClient().get("/metrics")
+    assert response.status_code == 503 and response["Retry-After"], response.content
+    assert response.json()["detail"] == "Service temporarily unavailable (cache)."
