@@ -82,7 +82,9 @@ class ReadyzApi(APIView):
                 check()
             except Exception as exc:  # any failure means not ready; the log says which and why
                 logger.warning("readiness check %s failed: %s", name, exc)
-                return Response({**error_body(f"{name} is not answering.", "not_ready"), "failed": name}, status=503)
+                # The API's own 503s say when to try again (core.exception_handler); so does this one.
+                return Response({**error_body(f"{name} is not answering.", "not_ready"), "failed": name}, status=503,
+                                headers={"Retry-After": "5"})
         return Response({"status": "ok"})
 
 

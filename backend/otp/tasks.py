@@ -25,7 +25,18 @@ MAINTENANCE_RUN_OLD_NAME = "otp.tasks.maintenance_run"
 
 DATABASE_RETRY_MAX_SECONDS = 5
 
-_DELIVERY_OPTIONS = dict(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# max_retries=None: no limit of Celery's own (its default is 3 retries). The tries are bounded by the service
+# (OTP_SEND_MAX_RETRIES, the code's life) and by this module's rules for outages and unknown payload versions;
+# `retry(max_retries=None)` would not do it, since there None means the task's own limit.
+_DELIVERY_OPTIONS = dict(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None)
+# A job run in-process (the quick run: CELERY_TASK_ALWAYS_EAGER) retries at once, inside the same call, with no
+# pause: without a limit, an outage would recurse until the stack overflows. Celery's default, as before.
+IN_PROCESS_MAX_RETRIES = 3
+
+
+def _retries_allowed(task) -> int | None:
+    """The `max_retries` of a retry of `task`: None (no limit) on a worker, IN_PROCESS_MAX_RETRIES in-process."""
+    return IN_PROCESS_MAX_RETRIES if task.request.is_eager else None
 
 
 # The newest payload version this code reads (otp.services.issuing.DELIVERY_PAYLOAD_VERSION writes it). 1 holds
@@ -91,7 +102,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
             logger.warning("delivery %s: %s, and its code has expired: job dropped", payload.get("delivery_id"), exc)
             return
         logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
-        raise task.retry(countdown=UNKNOWN_VERSION_RETRY_SECONDS, max_retries=None)
+        raise task.retry(countdown=UNKNOWN_VERSION_RETRY_SECONDS, max_retries=_retries_allowed(task))
     except codes.CodeSealInvalid as exc:
         # Never sent, and recorded, so support can tell the user why no code came.
         logger.warning("delivery %s: job refused, its sealed code did not open (%s)", payload.get("delivery_id"), exc)
@@ -117,7 +128,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
                            exc.__class__.__name__, countdown)
         else:
             return
-        raise task.retry(countdown=countdown, max_retries=None,
+        raise task.retry(countdown=countdown, max_retries=_retries_allowed(task),
                          kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at),
                          headers={REQUEST_ID_HEADER: request_id_current()})
 

@@ -73,3 +73,12 @@ def test_a_job_run_in_process_keeps_the_request_id_of_the_request_that_enqueued_
     payload = {"v": 1, "delivery_id": 1, "code": "123456", "expires_at": time.time() + 60}
     tasks.delivery_send.apply(kwargs={"payload": payload}, headers={REQUEST_ID_HEADER: "req-42"})
     assert seen == ["req-42"]
+
+
+def test_delivery_tasks_have_no_retry_limit_of_celerys_own():
+    # Celery's default of 3 retries dropped a job meeting a longer database outage, a delivery's fourth transient
+    # failure (OTP_SEND_MAX_RETRIES is 5), or a newer release's job waiting for a newer worker: the service bounds
+    # the tries itself (otp.tasks).
+    from otp.tasks import delivery_send, delivery_send_old_name
+
+    assert delivery_send.max_retries is None and delivery_send_old_name.max_retries is None
