@@ -35,10 +35,14 @@ def outage_as_error(exc: Exception) -> Exception:
     return exc
 
 
+# When a client may try again after a 503 of an outage (the API's, /readyz's), in seconds.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+
+
 def unavailable_headers(exc: DependencyUnavailable) -> dict[str, str]:
     """Log the outage `exc` and return the headers of its 503: when to try again, in seconds."""
     logger.warning("%s unavailable", exc.dependency)
-    return {"Retry-After": "5"}
+    return {"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.broker import broker_redis_check
-from core.exception_handler import error_body
+from core.exception_handler import OUTAGE_RETRY_AFTER_SECONDS, error_body
 from core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.metrics import metrics_render
 from core.ratelimit import READINESS_KEY, store_ping
@@ -82,9 +82,8 @@ class ReadyzApi(APIView):
                 check()
             except Exception as exc:  # any failure means not ready; the log says which and why
                 logger.warning("readiness check %s failed: %s", name, exc)
-                # The API's own 503s say when to try again (core.exception_handler); so does this one.
                 return Response({**error_body(f"{name} is not answering.", "not_ready"), "failed": name}, status=503,
-                                headers={"Retry-After": "5"})
+                                headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
         return Response({"status": "ok"})
 
 

@@ -75,6 +75,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
     """
 
     ops_class = DatabaseOperations
+    # Set by connections_replace: this thread's connection is closed when given back, never lent again.
+    _connection_discard = False
 
     @property
     def pool(self):
@@ -115,13 +117,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pool.drain()
 
     def _close(self):
-        if getattr(self, "_connection_discard", False) and self.connection is not None:
+        if self._connection_discard and self.connection is not None:
             self._connection_discard = False
             self.connection.close()  # a closed connection given back is dropped by the pool, which opens another
         return super()._close()
 
     def is_usable(self):
-        return not getattr(self, "_connection_discard", False) and super().is_usable()
+        return not self._connection_discard and super().is_usable()
 
     def writable_check(self) -> None:
         """Raise django.db.OperationalError when this connection's server takes no writes (`transaction_read_only`
