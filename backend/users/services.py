@@ -199,7 +199,7 @@ def device_token_issue(*, user: User, address: str, replacing: DeviceToken | Non
     returns the token (only its keyed hash is stored: users.device_tokens). `replacing`, the live token the
     request carried, is revoked in the same transaction: a device keeps one token, renewed at each sign-in, so
     an active user never drops out of the device class and a copied old token stops working.
-    One INSERT (and one UPDATE when replacing)."""
+    One INSERT (and one UPDATE when replacing); the caller's transaction, if any, holds them."""
     token = device_token_generate()
     now = timezone.now()
     row = DeviceToken(user=user, address=address, token_hash=device_token_hash(token), created_at=now,
@@ -207,7 +207,7 @@ def device_token_issue(*, user: User, address: str, replacing: DeviceToken | Non
     if replacing is None:
         row.save(force_insert=True)
         return token
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # inside a caller's transaction, no savepoint's round trips
         DeviceToken.objects.filter(id=replacing.id, revoked_at__isnull=True).update(revoked_at=now)
         row.save(force_insert=True)
     return token

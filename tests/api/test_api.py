@@ -218,20 +218,58 @@ def test_a_database_outage_at_verify_spends_none_of_the_failure_budget(client, f
     assert response.status_code == 200, response.json()
 
 
+def _writes_refused(*, table: str, operation: str) -> None:
+    """PostgreSQL refuses `operation` on `table` from now on as a server gone read-only does (SQLSTATE 25006),
+    until _writes_allowed; the trigger is the test's own, so it goes with the test's transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "RAISE EXCEPTION 'read-only' USING ERRCODE = 'read_only_sql_transaction'; END $$")
+        cursor.execute(f"CREATE TRIGGER refuse BEFORE {operation} ON {table} FOR EACH ROW "
+                       "EXECUTE FUNCTION pg_temp.refuse()")
+
+
+def _writes_allowed(*, table: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER refuse ON {table}")
+
+
 def test_a_database_outage_after_the_code_was_compared_keeps_the_failure(client, fixed_code, settings):
     # Given back, a compared guess whose record the database then refused would be free: an attacker who can
     # make the database fail after the comparison (load, a failover) would guess past the budget. PostgreSQL
     # itself refuses the attempt's record here, as a server gone read-only does.
     settings.OTP_MAX_FAILURES_PER_HOUR = 2
     assert post(client, "/register/", {"email": "alice@example.com"}).status_code == 202
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                       "RAISE EXCEPTION 'read-only' USING ERRCODE = 'read_only_sql_transaction'; END $$")
-        cursor.execute("CREATE TRIGGER refuse BEFORE UPDATE ON otp_onetimecode FOR EACH ROW "
-                       "EXECUTE FUNCTION pg_temp.refuse()")
+    _writes_refused(table="otp_onetimecode", operation="UPDATE")
     statuses = [post(client, "/verify-otp/", {"email": "alice@example.com", "code": "000000"}).status_code
                 for _ in range(3)]
     assert statuses == [503, 503, 429]
+
+
+@pytest.mark.parametrize("path, table, operation, with_device_token", [
+    ("/register/", "users_user", "INSERT", False),  # the account born at its first verify
+    ("/login/", "users_user", "UPDATE", False),  # its last login
+    ("/login/", "users_tokenfamily", "INSERT", False),  # the sign-in's refresh token family
+    ("/login/", "users_devicetoken", "INSERT", False),  # the new device token
+    ("/login/", "users_devicetoken", "UPDATE", True),  # the device token it replaces
+])
+def test_a_database_outage_after_the_right_code_leaves_the_code_for_a_retry(client, fixed_code, path, table,
+                                                                            operation, with_device_token):
+    # The code's use was committed on its own and the token rows after it: a failover between the two answered
+    # 503 with the code spent, and the user had to wait out the cooldown for another (found by a helper's review).
+    body = {"email": "alice@example.com"}
+    if with_device_token:
+        body["device_token"] = sign_in(client, fixed_code, **body)["device_token"]
+    elif path == "/login/":
+        factories.user(email=body["email"])
+    assert post(client, path, body).status_code == 202
+    _writes_refused(table=table, operation=operation)
+    response = post(client, "/verify-otp/", {**body, "code": fixed_code[-1]})
+    assert response.status_code == 503 and "database" in response.json()["detail"], response.json()
+    _writes_allowed(table=table)
+    response = post(client, "/verify-otp/", {**body, "code": fixed_code[-1]})
+    assert response.status_code == 200, response.json()
+    assert User.objects.filter(email="alice@example.com").count() == 1
+    assert client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {response.json()['access']}").status_code == 200
 
 
 @pytest.mark.parametrize("code", ["12345", "1234567", "abcdef", 123456, "１２３４５６", "", None])

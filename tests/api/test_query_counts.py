@@ -21,8 +21,8 @@ def test_login_and_register_queries(django_assert_num_queries):
 def test_verify_queries(django_assert_num_queries, fixed_code):
     client = APIClient()
     post(client, "/register/", {"email": "alice@example.com"})
-    # savepoint, lock the code, mark it used, look up the account, create it, release,
-    # then the sign-in's row (users.models.TokenFamily) and the device token's (users.models.DeviceToken)
+    # one transaction (a savepoint inside the test's): lock the code, mark it used, look up the account, create it,
+    # the sign-in's row (users.models.TokenFamily) and the device token's (users.models.DeviceToken)
     with django_assert_num_queries(8):
         assert post(client, "/verify-otp/", {"email": "alice@example.com", "code": fixed_code[-1]}).status_code == 200
 
@@ -36,9 +36,9 @@ def test_device_token_queries(django_assert_num_queries, fixed_code):
         assert post(client, "/login/", body).status_code == 202
     with django_assert_num_queries(0):  # a value not shaped like a token is ignored without a lookup
         assert post(client, "/login/", {**body, "device_token": "garbage"}).status_code == 429
-    # the token's lookup; savepoint, lock the code, mark it used, the account, last_login, release; the sign-in's
-    # row; savepoint, revoke the old device token, insert the new one, release
-    with django_assert_num_queries(12):
+    # the token's lookup; then one transaction (a savepoint inside the test's): lock the code, mark it used, the
+    # account, last_login, the sign-in's row, revoke the old device token, insert the new one
+    with django_assert_num_queries(10):
         assert post(client, "/verify-otp/", {**body, "code": fixed_code[-1]}).status_code == 200
 
 

@@ -38,15 +38,19 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
     the code was compared (core.errors.DATABASE_OUTAGES) is raised with the failure given back, as code_request
     gives back the send throttles; one after it (DependencyUnavailable, 503 alike) keeps it: a guess compared
     costs the budget whatever became of it, or outages could buy free guesses. Any other database error keeps it.
+    The code's use, the account's creation or last login, and the sign-in's two token rows are one transaction:
+    a database failing anywhere before its commit leaves the code unused, for the user to send again once the
+    database is back (OWASP ASVS 4.0 V2.7.3 makes a code usable once; a use that signed nobody in would spend it
+    for nothing).
     """
     device = device_token is not None
     throttles.failure_take(address=address, device=device)
     try:
-        user = _code_consume(address=address, code=code, device=device)
+        sign_in = _code_consume(address=address, code=code, device_token=device_token)
     except DATABASE_OUTAGES:  # only before a comparison: _code_consume raises DependencyUnavailable after one
         throttles.failure_give_back(address=address, device=device)
         raise
-    if user is None:
+    if sign_in is None:
         metric_count("otp_codes_verified_total", result="failure")
         raise InvalidCode()
     try:
@@ -56,23 +60,30 @@ def code_verify(*, address: Address, code: str, device_token: DeviceToken | None
         # new-user pass). The run of failures stays counted, which can only make a later wrong guess wait longer.
         logger.warning("the failure budget of an address just signed in could not be reset: %s", exc)
     metric_count("otp_codes_verified_total", result="success")
-    tokens = token_pair_issue(user=user)
-    return SignIn(access=tokens.access, refresh=tokens.refresh, expires_in=tokens.expires_in,
-                  device_token=device_token_issue(user=user, address=address.value, replacing=device_token))
+    return sign_in
 
 
-def _code_consume(*, address: Address, code: str, device: bool) -> User | None:
-    """Check `code` against the address's current code of the client class `device` under a row lock: one verify
-    at a time per code. Raises a database outage (core.errors.DATABASE_OUTAGES) as it comes until the code is
-    compared, and as DependencyUnavailable("database") from then on, its commit included."""
+def _code_consume(*, address: Address, code: str, device_token: DeviceToken | None) -> SignIn | None:
+    """Check `code` against the address's current code of the client class of `device_token` under a row lock
+    (one verify at a time per code) and, when it matches, sign the account in, all in one transaction; None when
+    it does not. Raises a database outage (core.errors.DATABASE_OUTAGES) as it comes until the code is compared,
+    and as DependencyUnavailable("database") from then on, its commit included."""
     compared = False
     try:
         with transaction.atomic():
             otp = (OneTimeCode.objects.select_for_update()
-                   .filter(address=address.value, status=OneTimeCode.Status.ACTIVE, device=device)
+                   .filter(address=address.value, status=OneTimeCode.Status.ACTIVE, device=device_token is not None)
                    .order_by("-created_at").first())
             compared = True  # from here on, whatever the database does, the guess was made
-            return _code_compared(otp=otp, address=address, code=code)
+            user = _code_compared(otp=otp, address=address, code=code)
+            if user is None:
+                return None  # leaving the block normally commits the attempt's record
+            # In the code's transaction: a database failing after the code's use but before these rows (a
+            # failover, found by a helper's review) answered 503 with the code spent and no tokens.
+            tokens = token_pair_issue(user=user)
+            return SignIn(access=tokens.access, refresh=tokens.refresh, expires_in=tokens.expires_in,
+                          device_token=device_token_issue(user=user, address=address.value,
+                                                          replacing=device_token))
     except DATABASE_OUTAGES as exc:
         if compared:
             raise DependencyUnavailable("database") from exc
