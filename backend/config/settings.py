@@ -104,8 +104,9 @@ SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Unset, it follows HTTP_PORT (nginx's), so moving the port does not break Twilio's callbacks and their signatures.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_PORT', 8080, minimum=1, maximum=65535)}").rstrip("/")
-if not re.match(r"^https?://[^/\s]+", PUBLIC_BASE_URL):
-    _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, "an http:// or https:// URL")
+# nginx's template quotes it ("...", where $ starts a variable and \ escapes): such a URL would stop nginx.
+if not re.match(r'^https?://[^/\x00-\x20\x7f"$\\]+[^\x00-\x20\x7f"$\\]*$', PUBLIC_BASE_URL):
+    _fail("PUBLIC_BASE_URL", PUBLIC_BASE_URL, 'an http:// or https:// URL without spaces, ", $ or \\')
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, maximum=10)
 
 
@@ -527,7 +528,7 @@ HTTP_PORT = env_int("HTTP_PORT", 8080, minimum=1, maximum=65535)
 EDGE_SEND_RATE = env_str("EDGE_SEND_RATE", "10r/s").replace(" ", "")
 if not re.match(r"^[1-9]\d*r/[sm]$", EDGE_SEND_RATE):
     _fail("EDGE_SEND_RATE", EDGE_SEND_RATE, "an nginx rate like 10r/s or 600r/m")
-EDGE_SEND_BURST = env_int("EDGE_SEND_BURST", 20, minimum=0)
+EDGE_SEND_BURST = env_int("EDGE_SEND_BURST", 20, minimum=1)  # nginx refuses burst=0 and would not start
 CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
 # Unset: a worker's threads follow the connections it may open to its provider (EMAIL_MAX_CONNECTIONS for a worker
 # of the email queue, SMS_MAX_CONNECTIONS for the sms queue), else 8 (config.celery). Set, it applies to every worker.

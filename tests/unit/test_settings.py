@@ -38,6 +38,13 @@ def start(**overrides):
     ("OTP_EMAIL_PER_DOMAIN_PER_HOUR", "many"),
     ("OTP_EMAIL_SUPPRESSION_SECONDS", "0"),
     ("OTP_SEND_BUDGET_SOFT_PERCENT", "0"),
+    # Values nginx's template takes and nginx then refuses, so it would not start: burst=0, and a quote, a $ (a
+    # variable) or a backslash in the quoted public URL.
+    ("EDGE_SEND_BURST", "0"),
+    ("PUBLIC_BASE_URL", 'https://login.example.com/"x'),
+    ("PUBLIC_BASE_URL", "https://login.example.com/$x"),
+    ("PUBLIC_BASE_URL", "https://login.example.com\\"),
+    ("PUBLIC_BASE_URL", "https://login.example.com/a b"),
 ])
 def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     result = start(**{name: value})
