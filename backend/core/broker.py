@@ -18,7 +18,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
-from core.redis_failover import FAILOVER_ERRORS, UNBLOCKED_PREFIX
+from core.redis_failover import FAILOVER_ERRORS, UNBLOCKED_PREFIX, WRITE_REFUSALS
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,25 @@ class QoS(kombu_redis.QoS):
     """
 
     def append(self, message, delivery_tag) -> None:
-        """Record a job just taken as unacknowledged: kombu_redis.QoS.append's two commands, in one write."""
-        if self.channel.global_keyprefix:  # kombu's prefixing client adds it; a raw write would not
-            return super().append(message, delivery_tag)
-        delivery = message.delivery_info
-        entry = kombu_redis.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        self._bookkeeping_write(("ZADD", self.unacked_index_key, time.time(), delivery_tag),
-                                ("HSET", self.unacked_key, delivery_tag, entry))
+        """Record a job just taken as unacknowledged (kombu_redis.QoS.append's two commands, in one write) and keep
+        it in hand for the worker to run.
+
+        The job is already off its queue. kombu let a refused record raise, and the consumer dropped the job with
+        it (a worker whose broker's memory was full, or a failover between the pop and the record, lost the job and
+        stopped: "Unrecoverable error"). Here a record refused by an outage (_RECORD_OUTAGES) is logged and the job
+        runs all the same: only a crash before it ends would lose it now. The consumer's next command meets the
+        outage and reconnects. Any other error is raised as it comes.
+        """
+        try:
+            if self.channel.global_keyprefix:  # kombu's prefixing client adds it; a raw write would not
+                return super().append(message, delivery_tag)  # records, then keeps it in hand
+            delivery = message.delivery_info
+            entry = kombu_redis.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            self._bookkeeping_write(("ZADD", self.unacked_index_key, time.time(), delivery_tag),
+                                    ("HSET", self.unacked_key, delivery_tag, entry))
+        except _RECORD_OUTAGES as exc:
+            logger.warning("job %s taken from the broker but not recorded as unacknowledged (%s): it runs now, and "
+                           "a worker crash before it ends would lose it", delivery_tag, exc)
         kombu_virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag) -> None:
@@ -84,6 +96,10 @@ class QoS(kombu_redis.QoS):
         else:
             with self.channel.conn_or_acquire(client) as client:
                 yield client.pipeline(transaction=False)
+
+
+# The broker's Redis gone or refusing writes: connection errors, a failover's refusals, a server's own refusals.
+_RECORD_OUTAGES = (redis.ConnectionError, redis.TimeoutError, *FAILOVER_ERRORS, *WRITE_REFUSALS)
 
 
 def _commands_exchange(connection: redis.Connection, commands: tuple[tuple, ...]) -> list:
@@ -132,9 +148,11 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-    # A replica's refusals (core.redis_failover.FAILOVER_ERRORS) are the broker lost, not a bad message: the
-    # worker reconnects, and a publish is retried by kombu on a new connection, then answered 503 "broker".
-    connection_errors = (*kombu_redis.Transport.connection_errors, *FAILOVER_ERRORS)
+    # A replica's refusals (core.redis_failover.FAILOVER_ERRORS) and a server's own (WRITE_REFUSALS: full memory,
+    # too few replicas, a failed snapshot) are the broker lost, not a bad message: the worker reconnects until the
+    # broker takes writes again (it stopped with "Unrecoverable error" before), an acknowledgement refused is
+    # logged, and a publish is retried by kombu on a new connection, then answered 503 "broker".
+    connection_errors = (*kombu_redis.Transport.connection_errors, *FAILOVER_ERRORS, *WRITE_REFUSALS)
 
 
 # The one eviction policy under which Redis never drops a key to make room: any other may drop a queued job

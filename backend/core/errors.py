@@ -2,15 +2,16 @@
 import redis.exceptions
 from django.db import InterfaceError, OperationalError
 
-from core.redis_failover import FAILOVER_ERRORS
+from core.redis_failover import FAILOVER_ERRORS, WRITE_REFUSALS
 
 # The database errors that mean an outage (no connection, a dropped one, a statement timeout): the request may
 # be repeated once it is over (503). Any other DatabaseError (a value too long for its column, a NUL byte, a
 # broken constraint) is the request's own doing or a bug, never a reason to give a throttle back.
 DATABASE_OUTAGES = (OperationalError, InterfaceError)
 # The errors of the Redis behind the throttles (REDIS_URL) that mean an outage: 503, "cache".
-# So is a failover's answer still there after a try on a new connection (core.redis_failover).
-CACHE_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *FAILOVER_ERRORS)
+# So is a failover's answer still there after a try on a new connection, and a server refusing writes for its own
+# state: full memory, too few replicas, a failed snapshot (core.redis_failover).
+CACHE_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *FAILOVER_ERRORS, *WRITE_REFUSALS)
 
 
 class ServiceError(Exception):

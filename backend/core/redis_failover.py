@@ -1,13 +1,15 @@
-"""What the service's Redis clients do when a server answers as one left behind a failover does (a managed Redis
+"""What the service's Redis clients do when a server refuses writes: one left behind a failover (a managed Redis
 promotes the replica and moves its endpoint's address; the old primary becomes a replica and refuses every write,
-the connections opened before the move still reach it).
+the connections opened before the move still reach it), or one whose own state forbids them (WRITE_REFUSALS).
 
-A command refused that way was not run (a replica runs no write, a script's included), so the throttles', the
-cache's and the metrics' clients run it once more on a new connection, which reaches whatever server the address
-names now; the broker's refusals are kombu connection errors (core.broker). Connection errors and timeouts are
-not retried: a command that timed out may have run, and the throttles' scripts count.
+A command refused after a failover was not run (a replica runs no write, a script's included), so the throttles',
+the cache's and the metrics' clients run it once more on a new connection, which reaches whatever server the
+address names now; the broker's refusals are kombu connection errors (core.broker). Connection errors and timeouts
+are not retried: a command that timed out may have run, and the throttles' scripts count. WRITE_REFUSALS are not
+retried either (they last until an operator acts); every one of these is an outage of its Redis, never a 500.
 """
 import redis
+from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -18,6 +20,26 @@ from redis.retry import Retry
 # replica?)" instead, a plain ResponseError with that prefix (Redis documentation, "Replication").
 FAILOVER_ERRORS = (redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError, redis.exceptions.MasterDownError)
 UNBLOCKED_PREFIX = "UNBLOCKED"
+
+
+class NoReplicasError(redis.exceptions.ResponseError):
+    """NOREPLICAS: a primary run with min-replicas-to-write refuses writes while too few replicas keep up."""
+
+
+class PersistenceFailedError(redis.exceptions.ResponseError):
+    """MISCONF: a server whose last snapshot or append-only write failed (a full disk) refuses writes, by its
+    default stop-writes-on-bgsave-error."""
+
+
+# What a server answers when its own state forbids writes, until an operator acts (Redis documentation: the
+# min-replicas-to-write, stop-writes-on-bgsave-error and maxmemory directives). OOM is what the broker's required
+# maxmemory-policy noeviction answers once its memory is full. redis-py has a class for OOM only; the other two are
+# given theirs below, so that they can be told from a bad command.
+WRITE_REFUSALS = (redis.exceptions.OutOfMemoryError, NoReplicasError, PersistenceFailedError)
+# redis-py picks an error's class by its first word from this table (redis._parsers.base.BaseParser), for its
+# pure-Python parser and hiredis's alike.
+BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", PersistenceFailedError)
 
 
 def failover_retry() -> Retry:

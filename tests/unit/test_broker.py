@@ -179,6 +179,24 @@ def test_an_error_reply_to_the_bookkeeping_leaves_the_connection_in_step(spare_r
             assert client.echo("next") == b"next"
 
 
+def test_a_job_whose_record_is_refused_is_still_handed_over(spare_redis, caplog):
+    # The job is off its queue before it is recorded as unacknowledged. When the record was refused (here the
+    # broker's memory is full, under its required noeviction: the pop frees memory and is allowed, the record is
+    # not; a failover between the two answers READONLY alike), kombu raised and the job was in neither place.
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "refused-record")
+        server.config_set("maxmemory", "1")
+        try:
+            message = _job_taken(connection, "refused-record")
+        finally:
+            server.config_set("maxmemory", "0")
+        assert message.payload == {"n": 1} and server.llen("refused-record") == 0
+        assert not server.hexists(connection.default_channel.qos.unacked_key, message.delivery_tag)
+        assert "not recorded as unacknowledged" in caplog.text
+        message.ack()
+
+
 def test_a_failed_bookkeeping_write_disconnects_and_the_next_one_succeeds(spare_redis, monkeypatch):
     from core import broker
 

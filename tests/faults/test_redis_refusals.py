@@ -1,0 +1,111 @@
+"""A Redis that takes no writes because of its own state, until an operator acts: its memory full under the broker's
+required maxmemory-policy noeviction (OOM), a primary run with min-replicas-to-write and no replica keeping up
+(NOREPLICAS), a failed snapshot with stop-writes-on-bgsave-error, as a full disk leaves it (MISCONF: one of the
+errors users of Redis-backed queues report most). The throttles' Redis then answered 500; a worker whose broker
+refused stopped with "Unrecoverable error", and under OOM lost the job it had just taken."""
+import signal
+from collections.abc import Callable
+
+import pytest
+import redis
+import requests
+
+from tests.support.processes import celery_worker
+from tests.support.redis_state import RedisServer
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REFUSALS = ["oom", "noreplicas", "misconf"]
+# What each refusal's error says, as a worker logs it.
+REFUSAL_TEXT = {"oom": "maxmemory", "noreplicas": "Not enough good replicas", "misconf": "unable to persist"}
+
+
+def writes_refused(server: RedisServer, refusal: str) -> Callable[[], None]:
+    """Make `server` refuse writes as `refusal` says; returns what lifts it."""
+    client = redis.Redis(port=server.port)
+    if refusal == "oom":
+        client.config_set("maxmemory", "1")  # the server's policy is Redis's default, noeviction
+        return lambda: client.config_set("maxmemory", "0")
+    if refusal == "noreplicas":
+        client.config_set("min-replicas-to-write", "1")  # it has none
+        return lambda: client.config_set("min-replicas-to-write", "0")
+    # A snapshot that cannot be written: its folder is gone (root writes anywhere else).
+    client.config_set("save", "3600 1")
+    for path in sorted(server.data_dir.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    server.data_dir.rmdir()
+    client.bgsave()
+    wait_for(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err", timeout=10,
+             message="the snapshot to fail")
+
+    def lift():
+        client.config_set("stop-writes-on-bgsave-error", "no")
+        client.config_set("save", "")
+        server.data_dir.mkdir(parents=True, exist_ok=True)  # for its shutdown
+
+    return lift
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_throttles_redis_refusing_writes_is_a_503_naming_the_cache(base_env, stacks, private_redis, refusal):
+    stack = stacks({**base_env, "REDIS_URL": private_redis.url}).start_api()
+    assert stack.post("/register/", {"email": "before@example.com"}).status_code == 202
+    lift = writes_refused(private_redis, refusal)
+    try:
+        response = stack.post("/register/", {"email": "during@example.com"})
+        assert response.status_code == 503 and "cache" in response.json()["detail"], response.text
+        assert response.headers["Retry-After"]
+        ready = requests.get(f"{stack.url}/readyz", timeout=15)
+        assert ready.status_code == 503 and ready.json()["failed"] == "cache", ready.text
+    finally:
+        lift()
+    assert stack.post("/register/", {"email": "during@example.com"}).status_code == 202  # nothing kept
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_worker_whose_broker_refuses_writes_stays_up_and_loses_no_job(base_env, stacks, private_redis, inbox,
+                                                                        refusal):
+    stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
+    worker = stack.start_worker()
+    # A job queued while the worker is paused, so that it takes it while the broker refuses (under OOM the pop
+    # itself is allowed: it frees memory; the record as unacknowledged that follows is not).
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        assert stack.post("/register/", {"email": "queued@example.com"}).status_code == 202
+        lift = writes_refused(private_redis, refusal)
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+    try:
+        wait_for(lambda: REFUSAL_TEXT[refusal] in worker.log(), timeout=20, message="the worker to meet the refusal")
+        assert worker.process.poll() is None, worker.log()[-3000:]
+    finally:
+        lift()
+    wait_for(lambda: any(message["To"] == "queued@example.com" for message in inbox.messages), timeout=30,
+             message="the job queued before the refusal to be delivered")
+    assert worker.process.poll() is None, worker.log()[-3000:]
+    broker = redis.Redis(port=private_redis.port, db=1)
+    wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=10,
+             message="no job left behind")
+    assert stack.post("/register/", {"email": "after@example.com"}).status_code == 202
+    wait_for(lambda: any(message["To"] == "after@example.com" for message in inbox.messages), timeout=30,
+             message="a job queued after the refusal to be delivered")
+
+
+def test_a_worker_started_while_its_broker_refuses_writes_waits_for_it(base_env, stacks, private_redis, inbox):
+    # kombu restores overdue jobs as the worker starts, a write: refused, the worker exited at once.
+    stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
+    assert stack.post("/register/", {"email": "queued@example.com"}).status_code == 202
+    lift = writes_refused(private_redis, "noreplicas")
+    worker = celery_worker("worker-refused-broker", stack.env, pool="threads", concurrency=4).start()
+    stack.workers.append(worker)
+    try:
+        wait_for(lambda: REFUSAL_TEXT["noreplicas"] in worker.log(), timeout=30,
+                 message="the worker to meet the refusal")
+        assert worker.process.poll() is None, worker.log()[-3000:]
+    finally:
+        lift()
+    worker.wait_for_log("ready.")
+    wait_for(lambda: any(message["To"] == "queued@example.com" for message in inbox.messages), timeout=30,
+             message="the queued job to be delivered")
+    assert worker.process.poll() is None, worker.log()[-3000:]
