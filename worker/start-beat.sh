@@ -3,4 +3,4 @@
 # (the stacks pass --schedule to keep beat's state file where they keep their other files).
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/../backend"
-exec celery -A config beat --loglevel INFO "$@"
+exec celery -A config --quiet beat --loglevel INFO "$@"

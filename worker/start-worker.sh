@@ -6,5 +6,5 @@ set -o errexit -o nounset -o pipefail
 queues="${1:?usage: start-worker.sh QUEUES [celery options]}"
 shift
 cd "$(dirname "$0")/../backend"
-exec celery -A config worker --queues "$queues" --hostname "${queues//,/-}@%h" \
+exec celery -A config --quiet worker --queues "$queues" --hostname "${queues//,/-}@%h" \
   --without-gossip --without-mingle --loglevel INFO "$@"

@@ -1,8 +1,10 @@
 """gunicorn settings for the API; the port comes from the same settings module as everything else."""
 import json
+import logging.config
 import multiprocessing
 import os
 
+import gunicorn.glogging
 import gunicorn.util
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -24,6 +26,22 @@ keepalive = 30  # nginx keeps its upstream connections open
 control_socket_disable = True  # else gunicorn writes a socket under ~/.gunicorn, outside the checkout
 # The API writes its own JSON access line (core.observability), with the request id.
 accesslog = None
+
+
+class AppFormatLogger(gunicorn.glogging.Logger):
+    """gunicorn's logger with its own lines (its start, workers booted or timed out, requests it refuses) handed to
+    the app's logging (settings.LOGGING): every line of the API's log one JSON object with DEBUG off, plain text
+    with it on. gunicorn's `logconfig_dict` would do this too, but it also turns on gunicorn's access line, which
+    the app's replaces (above), at a cost on every request."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        logging.config.dictConfig(settings.LOGGING)  # as django.setup() will again
+        self.error_log.handlers.clear()
+        self.error_log.propagate = True
+
+
+logger_class = AppFormatLogger
 
 
 def on_starting(server) -> None:
