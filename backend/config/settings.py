@@ -435,9 +435,11 @@ OTP_SMS_DEVICE_SHARE = env_int("OTP_SMS_DEVICE_SHARE", 20, maximum=100)
 # Share of a budget spent (percent) past which /metrics says so (otp_send_budget_soft_exceeded), before the hard stop.
 OTP_SEND_BUDGET_SOFT_PERCENT = env_int("OTP_SEND_BUDGET_SOFT_PERCENT", 80, minimum=1, maximum=100)
 # Email volume budgets, against mail bombing of random or role addresses from many clients: all code emails, and
-# per recipient domain, an hour; 0 for OTP_EMAIL_PER_HOUR turns email off.
+# per recipient domain, an hour; 0 for OTP_EMAIL_PER_HOUR turns email off. OTP_EMAIL_DEVICE_SHARE percent of each
+# is kept for requests with a valid device token, as for SMS.
 OTP_EMAIL_PER_HOUR = env_int("OTP_EMAIL_PER_HOUR", 5000)
 OTP_EMAIL_PER_DOMAIN_PER_HOUR = env_int("OTP_EMAIL_PER_DOMAIN_PER_HOUR", 500, minimum=1)
+OTP_EMAIL_DEVICE_SHARE = env_int("OTP_EMAIL_DEVICE_SHARE", 20, maximum=100)
 # How long an address whose server refused it permanently (5xx at RCPT) gets no email (requests still answer 202).
 OTP_EMAIL_SUPPRESSION_SECONDS = env_int("OTP_EMAIL_SUPPRESSION_SECONDS", 86400, minimum=1)
 # The console backends print every message, code included, into the worker's log. That is a development choice:

@@ -58,7 +58,8 @@ METRICS = {
 # label name).
 GAUGES = {
     "otp_send_budget_used_ratio": ("Share (0 to 1) of each channel-wide send budget spent now, by budget (sms, "
-                                   "sms_shared: the part requests without a device token may spend, email).", "budget"),
+                                   "email; sms_shared, email_shared: the part requests without a device token may "
+                                   "spend).", "budget"),
     "otp_send_budget_soft_exceeded": ("1 while a channel-wide send budget is spent past OTP_SEND_BUDGET_SOFT_PERCENT "
                                       "(a warning before requests are refused), else 0, by budget.", "budget"),
 }

@@ -37,7 +37,7 @@ def sms_segment_check() -> None:
 
 def send_budget_gauges() -> dict[str, dict[str, float]]:
     """/metrics' gauges of the channel-wide send budgets (otp.throttles.send_budget_usage): the share spent, and
-    whether it is past OTP_SEND_BUDGET_SOFT_PERCENT, by budget (sms, sms_shared, email)."""
+    whether it is past OTP_SEND_BUDGET_SOFT_PERCENT, by budget (sms, sms_shared, email, email_shared)."""
     from otp.throttles import send_budget_usage
 
     usage = send_budget_usage()

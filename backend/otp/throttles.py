@@ -227,17 +227,19 @@ class SendBudget:
     """At most `limit_setting` messages an hour on one channel, for every address together, or per `scope`
     (a function of the address: its destination prefix, its domain).
 
-    With `device_share`, OTP_SMS_DEVICE_SHARE percent of the budget is reserved for requests carrying a valid
-    device token: requests without one count on a second rate, `key:shared`, capped at the rest, so they can
-    never spend the reserve, while device requests count only on the whole budget (and so may use what the
-    others left). `name` is the `reason` label of the refusal metrics.
+    `share_setting` names the percent of the budget reserved for requests carrying a valid device token
+    (OTP_SMS_DEVICE_SHARE, OTP_EMAIL_DEVICE_SHARE): requests without one count on a second rate, `key:shared`,
+    capped at the rest, so they can never spend the reserve, while device requests count only on the whole budget
+    (and so may use what the others left). Without a reserve, requests without a token could spend a budget to
+    the last message and lock out every user of a domain or a channel, device-token holders too (contract: device
+    tokens; OWASP's device cookies). `name` is the `reason` label of the refusal metrics.
     """
 
     name: str
     key_prefix: str
     limit_setting: str
+    share_setting: str
     scope: Callable[[Address], str] | None = None
-    device_share: bool = False
 
     @property
     def limit(self) -> int:
@@ -245,10 +247,8 @@ class SendBudget:
 
     @property
     def shared_limit(self) -> int:
-        """The part of the budget requests without a device token may spend (the whole of it without a share)."""
-        if not self.device_share:
-            return self.limit
-        return self.limit - self.limit * settings.OTP_SMS_DEVICE_SHARE // 100
+        """The part of the budget requests without a device token may spend."""
+        return self.limit - self.limit * getattr(settings, self.share_setting) // 100
 
     def key(self, address: Address | None = None) -> str:
         return f"{self.key_prefix}:{self.scope(address)}" if self.scope else self.key_prefix
@@ -257,20 +257,22 @@ class SendBudget:
         """The rates one message to `address` counts on, or None when this class of request has no budget at
         all (the channel is off, or the reserve is the whole budget)."""
         whole = Rate(self.key(address), self.limit, HOUR) if self.limit else None
-        if device or not self.device_share:
+        if device:
             return [whole] if whole else None
         shared = self.shared_limit
         return [whole, Rate(f"{self.key(address)}:shared", shared, HOUR)] if whole and shared else None
 
 
 SMS_PER_PREFIX = SendBudget(name="budget_prefix", key_prefix="otp:budget:sms:prefix",
-                            limit_setting="OTP_SMS_PER_PREFIX_PER_HOUR", scope=sms_destination_prefix,
-                            device_share=True)
+                            limit_setting="OTP_SMS_PER_PREFIX_PER_HOUR", share_setting="OTP_SMS_DEVICE_SHARE",
+                            scope=sms_destination_prefix)
 SMS_PER_HOUR = SendBudget(name="budget_global", key_prefix="otp:budget:sms", limit_setting="OTP_SMS_PER_HOUR",
-                          device_share=True)
+                          share_setting="OTP_SMS_DEVICE_SHARE")
 EMAIL_PER_DOMAIN = SendBudget(name="budget_domain", key_prefix="otp:budget:email:domain",
-                              limit_setting="OTP_EMAIL_PER_DOMAIN_PER_HOUR", scope=email_domain)
-EMAIL_PER_HOUR = SendBudget(name="budget_global", key_prefix="otp:budget:email", limit_setting="OTP_EMAIL_PER_HOUR")
+                              limit_setting="OTP_EMAIL_PER_DOMAIN_PER_HOUR", share_setting="OTP_EMAIL_DEVICE_SHARE",
+                              scope=email_domain)
+EMAIL_PER_HOUR = SendBudget(name="budget_global", key_prefix="otp:budget:email", limit_setting="OTP_EMAIL_PER_HOUR",
+                            share_setting="OTP_EMAIL_DEVICE_SHARE")
 SEND_BUDGETS: dict[Channel, tuple[SendBudget, ...]] = {
     Channel.SMS: (SMS_PER_PREFIX, SMS_PER_HOUR),
     Channel.EMAIL: (EMAIL_PER_DOMAIN, EMAIL_PER_HOUR),
@@ -350,13 +352,15 @@ def send_budget_give_back(*, address: Address, device: bool = False) -> None:
 
 
 def send_budget_usage() -> dict[str, float]:
-    """The share (0 to 1) of each channel-wide budget spent now, by name: `sms` (the whole SMS budget),
-    `sms_shared` (the part requests without a device token may spend), `email`. A budget of 0 reads 1 (spent)."""
+    """The share (0 to 1) of each channel-wide budget spent now, by name: `sms` and `email` (the whole budget),
+    `sms_shared` and `email_shared` (the part requests without a device token may spend). A budget of 0 reads 1
+    (spent)."""
     usage = {}
-    for name, budget, limit, key in (
-        ("sms", SMS_PER_HOUR, SMS_PER_HOUR.limit, SMS_PER_HOUR.key()),
-        ("sms_shared", SMS_PER_HOUR, SMS_PER_HOUR.shared_limit, f"{SMS_PER_HOUR.key()}:shared"),
-        ("email", EMAIL_PER_HOUR, EMAIL_PER_HOUR.limit, EMAIL_PER_HOUR.key()),
+    for name, limit, key in (
+        ("sms", SMS_PER_HOUR.limit, SMS_PER_HOUR.key()),
+        ("sms_shared", SMS_PER_HOUR.shared_limit, f"{SMS_PER_HOUR.key()}:shared"),
+        ("email", EMAIL_PER_HOUR.limit, EMAIL_PER_HOUR.key()),
+        ("email_shared", EMAIL_PER_HOUR.shared_limit, f"{EMAIL_PER_HOUR.key()}:shared"),
     ):
         usage[name] = min(1.0, rate_count(key=key, limit=limit, period=HOUR) / limit) if limit else 1.0
     return usage

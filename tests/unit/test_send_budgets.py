@@ -242,6 +242,28 @@ def test_a_spent_domain_budget_answers_429_email_budget_and_leaves_other_domains
     assert len(smtp.messages) == 4
 
 
+@pytest.mark.parametrize("budget", ["domain", "global"])
+def test_device_token_requests_draw_on_a_reserve_of_each_email_budget(smtp, settings, fixed_code, budget):
+    # An attack pass filled a domain's email budget with /register/s for random addresses: every user of the domain,
+    # device-token holders too, got 429 email_budget, and one request every 7.2 s kept it so. The SMS budgets had
+    # a reserve for the device class; the email budgets had none.
+    settings.OTP_EMAIL_DEVICE_SHARE = 20
+    if budget == "domain":
+        settings.OTP_EMAIL_PER_DOMAIN_PER_HOUR = 5
+        addresses = [f"random{n}@bombed.example" for n in range(6)]
+    else:
+        settings.OTP_EMAIL_PER_HOUR = 5
+        addresses = [f"random@bombed{n}.example" for n in range(6)]
+    for address in addresses[:4]:
+        assert send(address, fixed_code=fixed_code).status == "sent"
+    with pytest.raises(EmailBudgetSpent):  # 4 of 5: the rest is the device class's
+        services.code_request(address=email_normalize(addresses[4]), purpose=Purpose.REGISTER)
+    assert send(addresses[5], device=True, fixed_code=fixed_code).status == "sent"
+    assert len(smtp.messages) == 5
+    with pytest.raises(EmailBudgetSpent):
+        services.code_request(address=email_normalize(addresses[5]), purpose=Purpose.REGISTER, device=True)
+
+
 def test_the_global_email_budget_and_its_switch(smtp, settings, fixed_code):
     settings.OTP_EMAIL_PER_HOUR = 2
     send("a@one.example", fixed_code=fixed_code)

@@ -34,6 +34,7 @@ def start(**overrides):
     ("OTP_SMS_PER_HOUR", "-1"),
     ("OTP_SMS_PER_PREFIX_PER_HOUR", "0"),
     ("OTP_SMS_DEVICE_SHARE", "120"),
+    ("OTP_EMAIL_DEVICE_SHARE", "101"),
     ("OTP_SMS_PREFIX_DIGITS", "three"),
     ("OTP_EMAIL_PER_DOMAIN_PER_HOUR", "many"),
     ("OTP_EMAIL_SUPPRESSION_SECONDS", "0"),
