@@ -84,6 +84,12 @@ MALFORMED = [
     ("HTTP/2.0 on the HTTP/1 port", b"GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n", 505, "http_version_not_supported"),
     ("a body over 64 KiB", b"POST /register/ HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
      b"Content-Length: 200000\r\nConnection: close\r\n\r\n", 413, "request_too_large"),
+    # nginx resolves dot-segments to pick a location, Django does not: /admin/../x reached the admin past nginx.
+    ("a dot-segment past the admin's location", b"GET /admin/../x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+     400, "bad_request"),
+    ("percent-encoded dot-segments", b"GET /admin/users/user/%2e%2E/%2E./1/change/ HTTP/1.1\r\nHost: a\r\n"
+     b"Connection: close\r\n\r\n", 400, "bad_request"),
+    ("a single-dot segment", b"GET /admin/./ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 400, "bad_request"),
     ("nginx's own error location asked for directly", b"GET /_nginx_error HTTP/1.1\r\nHost: a\r\nConnection: close"
      b"\r\n\r\n", 404, "not_found"),
 ]
@@ -92,6 +98,15 @@ MALFORMED = [
 @pytest.mark.parametrize("name, data, status, code", MALFORMED, ids=[case[0] for case in MALFORMED])
 def test_nginx_answers_malformed_requests_in_json(stack, name, data, status, code):
     assert_nginx_json_error(raw_request(stack.http_port, data), status, code)
+
+
+def test_dots_that_are_not_dot_segments_pass(stack):
+    def status(target: bytes) -> int:
+        return raw_request(stack.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
+                                                              b"Connection: close\r\n\r\n").status
+
+    assert status(b"/healthz?next=/../x") == 200 and status(b"/healthz?next=/./") == 200
+    assert status(b"/static/otp/..css") == 404  # a name with dots: the API's own 404
 
 
 def test_nginx_edge_429_is_json_with_retry_after_and_the_security_headers(stack):
