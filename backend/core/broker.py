@@ -40,6 +40,10 @@ class QoS(kombu_redis.QoS):
     and a failure handled as the pipeline handles it.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._unrecorded: set[str] = set()  # tags of jobs in hand whose record was refused (append)
+
     def append(self, message, delivery_tag) -> None:
         """Record a job just taken as unacknowledged (kombu_redis.QoS.append's two commands, in one write) and keep
         it in hand for the worker to run.
@@ -47,8 +51,9 @@ class QoS(kombu_redis.QoS):
         The job is already off its queue. kombu let a refused record raise, and the consumer dropped the job with
         it (a worker whose broker's memory was full, or a failover between the pop and the record, lost the job and
         stopped: "Unrecoverable error"). Here a record refused by an outage (_RECORD_OUTAGES) is logged and the job
-        runs all the same: only a crash before it ends would lose it now. The consumer's next command meets the
-        outage and reconnects. Any other error is raised as it comes.
+        runs all the same; if it is to go back to its queue before it ends (the channel closes, a reconnect, a
+        shutdown, a reject with requeue), restore_by_tag puts it back from memory. Only a crash of the worker while
+        it holds the job loses it now. Any other error is raised as it comes.
         """
         try:
             if self.channel.global_keyprefix:  # kombu's prefixing client adds it; a raw write would not
@@ -60,10 +65,37 @@ class QoS(kombu_redis.QoS):
         except _RECORD_OUTAGES as exc:
             logger.warning("job %s taken from the broker but not recorded as unacknowledged (%s): it runs now, and "
                            "a worker crash before it ends would lose it", delivery_tag, exc)
+            self._unrecorded.add(delivery_tag)
         kombu_virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_by_tag(self, tag, client=None, leftmost=False) -> None:
+        """Put a job in hand back on its queue: kombu's restore, which reads the job from its record, or, for a job
+        whose record was refused (append), from the worker's memory; kombu's found no record and dropped it (found
+        by a review). Raises the broker's connection errors as kombu's does."""
+        if tag not in self._unrecorded:
+            return super().restore_by_tag(tag, client=client, leftmost=leftmost)
+        message = self._delivered.get(tag)
+        if message is not None:
+            delivery = message.delivery_info
+            with self.channel.conn_or_acquire(client) as client, client.pipeline() as pipe:
+                self.channel._do_restore_message(message._raw, delivery["exchange"], delivery["routing_key"], pipe,
+                                                 leftmost)
+                pipe.execute()
+        self._unrecorded.discard(tag)
+
+    def restore_visible(self, start=0, num=10, interval=10) -> None:
+        """kombu's scan that puts jobs whose visibility timeout passed back on their queues; skipped, with a
+        warning, while the broker refuses writes for its own state (WRITE_REFUSALS): kombu's scan takes a lock (a
+        write) first, and a worker that started or reconnected while its broker's memory was full looped on that
+        refusal and never took a job, not even to drain the backlog that filled it (found by a review)."""
+        try:
+            super().restore_visible(start=start, num=num, interval=interval)
+        except WRITE_REFUSALS as exc:
+            logger.warning("overdue jobs not restored while the broker refuses writes: %s", exc)
 
     def ack(self, delivery_tag) -> None:
         """Forget an acknowledged job: kombu_redis.QoS.ack's two commands, in one write."""
+        self._unrecorded.discard(delivery_tag)
         if self.channel.global_keyprefix:
             return super().ack(delivery_tag)
         self._bookkeeping_write(("ZREM", self.unacked_index_key, delivery_tag),
@@ -100,6 +132,8 @@ class QoS(kombu_redis.QoS):
 
 # The broker's Redis gone or refusing writes: connection errors, a failover's refusals, a server's own refusals.
 _RECORD_OUTAGES = (redis.ConnectionError, redis.TimeoutError, *FAILOVER_ERRORS, *WRITE_REFUSALS)
+# Seconds a worker's consumer waits after its BRPOP is refused by WRITE_REFUSALS, before it reconnects.
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 def _commands_exchange(connection: redis.Connection, commands: tuple[tuple, ...]) -> list:
@@ -131,11 +165,35 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
+        except WRITE_REFUSALS:
+            # BRPOP is a write: refused until an operator acts. A pause before the reconnect, or the worker spins
+            # through Celery's restarts (five a second, a critical line each second; found by a review).
+            time.sleep(REFUSAL_PAUSE_SECONDS)
+            raise
         except redis.ResponseError as exc:
             if not str(exc).startswith(UNBLOCKED_PREFIX):  # failover's other answers are connection_errors
                 raise
             self.client.connection.disconnect()
             raise redis.ConnectionError(str(exc)) from exc
+
+    def _queue_bind(self, exchange, routing_key, pattern, queue) -> None:
+        """kombu's binding of a queue, written as a worker starts (its task queues, whose bindings the first
+        worker or publish wrote, and its own remote-control queue); skipped, with a warning, while the broker
+        refuses writes for its own state, so the worker still takes jobs and drains what filled the memory. A
+        new worker's remote-control queue stays unbound until it reconnects: `celery inspect` misses it."""
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except WRITE_REFUSALS as exc:
+            logger.warning("queue %s not bound while the broker refuses writes: %s", queue, exc)
+
+    def _size(self, queue) -> int:
+        """The jobs waiting in `queue` (kombu's sum over its priority lists), read without MULTI/EXEC: Redis refuses
+        every command queued in a transaction while its memory is full, reads included, and kombu reads a queue's
+        size as a worker declares it at start-up, so a worker started then never took a job (found by a review)."""
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for priority in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, priority))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
 
     def _create_client(self, asynchronous=False):
         if asynchronous:  # the event loop's own client, which kombu already keeps

@@ -87,9 +87,26 @@ def test_a_worker_whose_broker_refuses_writes_stays_up_and_loses_no_job(base_env
     broker = redis.Redis(port=private_redis.port, db=1)
     wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=10,
              message="no job left behind")
+    assert [message["To"] for message in inbox.messages].count("queued@example.com") == 1
     assert stack.post("/register/", {"email": "after@example.com"}).status_code == 202
     wait_for(lambda: any(message["To"] == "after@example.com" for message in inbox.messages), timeout=30,
              message="a job queued after the refusal to be delivered")
+
+
+def test_a_worker_started_while_its_broker_is_full_drains_the_backlog(base_env, stacks, private_redis, inbox):
+    # A broker full of queued jobs (OOM under noeviction) is drained by its workers, and starting more workers is
+    # what an operator does. A worker started then wrote its queues' bindings and took kombu's restore lock, both
+    # writes: refused, it looped through restarts and never took a job (found by a review).
+    stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
+    assert stack.post("/register/", {"email": "backlog@example.com"}).status_code == 202
+    lift = writes_refused(private_redis, "oom")
+    worker = celery_worker("worker-full-broker", stack.env, pool="threads", concurrency=4).start()
+    stack.workers.append(worker)
+    try:
+        wait_for(lambda: any(message["To"] == "backlog@example.com" for message in inbox.messages), timeout=30,
+                 message="the job queued before the broker filled to be delivered while it is full")
+    finally:
+        lift()
 
 
 def test_a_worker_started_while_its_broker_refuses_writes_waits_for_it(base_env, stacks, private_redis, inbox):

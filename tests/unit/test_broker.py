@@ -1,7 +1,9 @@
 """The broker transport: kombu's Redis channel, keeping one redis-py client where kombu made one per message, and
 its unacknowledged-job bookkeeping without MULTI/EXEC or redis-py's pipeline."""
+import base64
 import json
 import threading
+import time
 
 import kombu
 import pytest
@@ -12,6 +14,7 @@ from django.core.cache import cache
 
 from config.celery import app
 from core.broker import BrokerUnfit, BrokerUnreachable, Transport, broker_redis_check
+from core.redis_failover import NoReplicasError
 from otp import services
 from otp.models import Purpose
 from tests.support.redis_state import RedisServer
@@ -195,6 +198,50 @@ def test_a_job_whose_record_is_refused_is_still_handed_over(spare_redis, caplog)
         assert not server.hexists(connection.default_channel.qos.unacked_key, message.delivery_tag)
         assert "not recorded as unacknowledged" in caplog.text
         message.ack()
+
+
+def test_a_refused_brpop_pauses_before_the_worker_reconnects(spare_redis):
+    # BRPOP is a write: while the broker refuses writes for its own state, each reconnect met the refusal at once
+    # and the worker spun through Celery's restarts, five a second with a critical line each second (a review).
+    from core import broker
+
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "paused")
+        channel = connection.default_channel
+        channel.basic_consume("paused", False, lambda message: None, "paused-consumer")
+        channel.client.connection = channel.client.connection_pool.get_connection()  # as kombu's poller does
+        server.config_set("min-replicas-to-write", "1")
+        try:
+            channel._brpop_start(timeout=1)
+            started = time.monotonic()
+            with pytest.raises(NoReplicasError):
+                channel._brpop_read()
+            assert time.monotonic() - started >= broker.REFUSAL_PAUSE_SECONDS
+        finally:
+            server.config_set("min-replicas-to-write", "0")
+
+
+@pytest.mark.parametrize("put_back", ["reject", "close"])
+def test_a_job_whose_record_was_refused_goes_back_to_its_queue_from_memory(spare_redis, put_back):
+    # kombu restores a job in hand from its record, at a reject with requeue and when the channel closes (a
+    # reconnect, a shutdown): without a record it restored nothing and the job was gone (found by a review).
+    server = redis.Redis(port=spare_redis.port, db=1)
+    with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
+        _job_published(connection, "put-back")
+        server.config_set("maxmemory", "1")
+        try:
+            message = _job_taken(connection, "put-back")
+        finally:
+            server.config_set("maxmemory", "0")
+        assert server.llen("put-back") == 0
+        if put_back == "reject":
+            message.reject(requeue=True)
+        else:
+            connection.default_channel.close()
+        assert server.llen("put-back") == 1
+        restored = json.loads(server.lindex("put-back", 0))
+        assert json.loads(base64.b64decode(restored["body"])) == {"n": 1} and restored["headers"]["redelivered"]
 
 
 def test_a_failed_bookkeeping_write_disconnects_and_the_next_one_succeeds(spare_redis, monkeypatch):
