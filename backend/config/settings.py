@@ -527,10 +527,16 @@ SPECTACULAR_SETTINGS = {
 API_PORT = env_int("API_PORT", 8000, minimum=1, maximum=65535)
 HTTP_PORT = env_int("HTTP_PORT", 8080, minimum=1, maximum=65535)
 # nginx's flood guard on /register/ and /login/ (see nginx/templates/default.conf.template).
-EDGE_SEND_RATE = env_str("EDGE_SEND_RATE", "10r/s").replace(" ", "")
-if not re.match(r"^[1-9]\d*r/[sm]$", EDGE_SEND_RATE):
-    _fail("EDGE_SEND_RATE", EDGE_SEND_RATE, "an nginx rate like 10r/s or 600r/m")
-EDGE_SEND_BURST = env_int("EDGE_SEND_BURST", 20, minimum=1)  # nginx refuses burst=0 and would not start
+# Checked as nginx reads them (compose hands the raw values to nginx's image, not these): ASCII digits only
+# (Python's int() and \d take other scripts' digits, "+5" and "5_0", which nginx refuses), no spaces, and bounds
+# nginx takes; anything else stopped nginx at start-up (found by a review).
+EDGE_SEND_RATE = env_str("EDGE_SEND_RATE", "10r/s")
+if not re.fullmatch(r"[1-9][0-9]{0,5}r/[sm]", EDGE_SEND_RATE):
+    _fail("EDGE_SEND_RATE", EDGE_SEND_RATE, "an nginx rate like 10r/s or 600r/m (at most 999999)")
+_edge_burst = env_str("EDGE_SEND_BURST", "20")
+if not re.fullmatch(r"[1-9][0-9]{0,5}", _edge_burst):  # nginx refuses burst=0
+    _fail("EDGE_SEND_BURST", _edge_burst, "an integer from 1 to 999999")
+EDGE_SEND_BURST = int(_edge_burst)
 CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
 # Unset: a worker's threads follow the connections it may open to its provider (EMAIL_MAX_CONNECTIONS for a worker
 # of the email queue, SMS_MAX_CONNECTIONS for the sms queue), else 8 (config.celery). Set, it applies to every worker.

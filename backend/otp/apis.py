@@ -238,9 +238,10 @@ class TokenRefreshApi(APIView):
 
 
 def _bearer_token(request) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; None without one (or with another scheme)."""
+    """The token of an `Authorization: Bearer <token>` header, the scheme in any case (RFC 9110 section 11.1: with
+    `bearer`, logout skipped its check of another account's access token); None without one, or another scheme."""
     parts = request.headers.get("Authorization", "").split()
-    if not parts or parts[0] != "Bearer":
+    if not parts or parts[0].lower() != "bearer":
         return None
     return parts[1] if len(parts) == 2 else ""
 

@@ -17,6 +17,15 @@ class JWTAuthentication(SimpleJWTAuthentication):
     Raises AuthenticationFailed (401, codes user_not_found, user_inactive, token_not_valid).
     """
 
+    def get_raw_token(self, header: bytes) -> bytes | None:
+        """simplejwt's, with the scheme (`Bearer`) matched without regard to case, as RFC 9110 section 11.1 has it:
+        `bearer <token>` was taken for no token at all (a 401 at /profile/; found by an attack pass). Returns the
+        token, or None for another scheme; raises AuthenticationFailed for a header that is not two words."""
+        parts = header.split()
+        if parts and parts[0].lower() == b"bearer":
+            parts[0] = b"Bearer"
+        return super().get_raw_token(b" ".join(parts))
+
     def get_user(self, validated_token) -> User:
         try:
             user_id = validated_token[api_settings.USER_ID_CLAIM]

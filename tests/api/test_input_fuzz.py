@@ -148,6 +148,19 @@ CODEC_NAMES = sorted(set(encodings.aliases.aliases) | set(encodings.aliases.alia
                      {"rot13", "undefined", "idna", "punycode", "unicode_escape", "raw_unicode_escape", "utf-8-sig"})
 
 
+@pytest.mark.parametrize("charset, status", [
+    ("utf-8", 202), ("UTF8", 202), ("us-ascii", 202), ("latin-1", 202), ("iso-8859-1", 202),
+    ("x-bogus", 415), ("", 415), ("utf-16", 415), ("rot13", 415),
+])
+def test_a_body_declared_in_a_charset_is_read_only_in_the_readable_ones(client, charset, status):
+    # Latin-1 was refused (listed under a name codecs.lookup never gives); an unknown name was read as UTF-8.
+    response = client.generic("POST", "/register/", b'{"email": "alice@example.com"}',
+                              content_type=f"application/json; charset={charset}")
+    assert response.status_code == status, (charset, response.content)
+    if status == 415:
+        assert response.json()["code"] == "unsupported_media_type"
+
+
 @pytest.mark.parametrize("path, content_type, body", [
     ("/register/", "application/json", b'{"email": "alice@example.com"}'),
     (WEBHOOK, "application/x-www-form-urlencoded", b"MessageSid=SM1&MessageStatus=sent"),

@@ -202,6 +202,19 @@ def test_logout_with_a_forged_or_another_accounts_access_token_is_401_and_revoke
     assert logout(renewed.json()["refresh"], access=renewed.json()["access"]).status_code == 205
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_read_in_any_case(fixed_code, scheme):
+    # RFC 9110 section 11.1: the scheme is case-insensitive. `bearer <token>` was taken for no token: a 401 at
+    # /profile/, and at /logout/ another account's access token went unchecked (found by an attack pass).
+    alice = sign_in(fixed_code, "alice@example.com")
+    bob = sign_in(fixed_code, "bob@example.com")
+    assert APIClient().get("/profile/", HTTP_AUTHORIZATION=f"{scheme} {alice['access']}").status_code == 200
+    response = post(APIClient(), "/logout/", {"refresh": alice["refresh"]},
+                    HTTP_AUTHORIZATION=f"{scheme} {bob['access']}")
+    assert response.status_code == 401 and response.json()["code"] == "token_not_valid"
+    assert refresh(alice["refresh"]).status_code == 200
+
+
 def test_logout_again_with_a_revoked_token_is_205_but_a_token_not_genuine_is_401(fixed_code):
     tokens = sign_in(fixed_code)
     assert logout(tokens["refresh"]).status_code == 205

@@ -42,6 +42,13 @@ def start(**overrides):
     # Values nginx's template takes and nginx then refuses, so it would not start: burst=0, and a quote, a $ (a
     # variable) or a backslash in the quoted public URL.
     ("EDGE_SEND_BURST", "0"),
+    ("EDGE_SEND_BURST", "+5"),
+    ("EDGE_SEND_BURST", "5_0"),
+    ("EDGE_SEND_BURST", "\u0665"),  # an Arabic-Indic 5: int() takes it, nginx does not
+    ("EDGE_SEND_BURST", "99999999999999999999"),
+    ("EDGE_SEND_RATE", "1\u0660r/s"),
+    ("EDGE_SEND_RATE", "10 r/s"),
+    ("EDGE_SEND_RATE", "99999999999999999999r/s"),
     ("PUBLIC_BASE_URL", 'https://login.example.com/"x'),
     ("PUBLIC_BASE_URL", "https://login.example.com/$x"),
     ("PUBLIC_BASE_URL", "https://login.example.com\\"),
