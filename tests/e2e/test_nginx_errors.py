@@ -2,6 +2,7 @@
 where it applies), and untrusted input through nginx gets the API's 4xx, never a 500 (contract: HTTP API)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def assert_nginx_json_error(answer: RawAnswer | None, status: int, code: str, re
     for name, value in SECURITY_HEADERS.items():
         assert answer.headers.get(name) == [value], (name, answer.headers)  # present, and once
     assert answer.headers.get("retry-after") == ([retry_after] if retry_after else None), answer.headers
+    assert len(answer.headers.get("x-request-id", [])) == 1, answer.headers  # as on the API's answers
+    assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"][0]), answer.headers
 
 
 MALFORMED = [
