@@ -3,6 +3,7 @@ import json
 from datetime import timedelta
 
 import pytest
+import redis
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -358,6 +359,19 @@ def test_unknown_path_and_wrong_method_are_json(client):
 def test_healthz_and_readyz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_reuses_its_broker_connection(client):
+    # Each probe opened a new connection to the broker's Redis (an attack pass: 21 connections for 20 probes, and
+    # hundreds of sockets in TIME-WAIT), and /readyz is public.
+    from django.conf import settings
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    assert client.get("/readyz").status_code == 200
+    before = broker.info("stats")["total_connections_received"]
+    for _ in range(20):
+        assert client.get("/readyz").status_code == 200
+    assert broker.info("stats")["total_connections_received"] - before <= 3
 
 
 def test_readyz_names_the_dependency_that_fails(client, monkeypatch):

@@ -115,3 +115,7 @@ def test_readiness_fails_while_the_brokers_redis_is_a_replica(base_env, stacks, 
     assert ready.status_code == 503 and ready.json()["failed"] == "broker", ready.text
     response = stack.post("/register/", {"email": "during@example.com"})
     assert response.status_code == 503 and "broker" in response.json()["detail"], response.text
+    # Promoted, it is ready again: the probe's pooled connection that met the replica was not lent again as is.
+    redis.Redis(port=replica.port).replicaof("NO", "ONE")
+    wait_for(lambda: requests.get(f"{stack.url}/readyz", timeout=15).status_code == 200, timeout=20,
+             message="/readyz to answer 200 once the broker's Redis takes writes")
