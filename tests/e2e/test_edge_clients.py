@@ -2,14 +2,13 @@
 the /64 network of an IPv6 address, and an IPv4-mapped IPv6 address as its IPv4 one; as the API's throttles do
 (core.throttling.client_key). The clients are named through a trusted balancer's X-Forwarded-For, as real IPv6
 clients reach most deployments; no API runs behind this nginx, so a request it lets through is its JSON 502."""
-import http.client
 import select
 import socket
 
 import pytest
 
 from tests.e2e.test_nginx_errors import assert_nginx_json_error, raw_answer_parse
-from tests.support.edge import LoneNginx
+from tests.support.edge import LoneNginx, register_from
 from tests.support.waiting import free_port, wait_for
 
 BALANCER = "127.0.0.40"
@@ -26,15 +25,7 @@ def edge(tmp_path):
 
 
 def _send_status(nginx: LoneNginx, client: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(BALANCER, 0))
-    try:
-        connection.request("POST", "/register/", body='{"email": "a@example.com"}',
-                           headers={"Content-Type": "application/json", "X-Forwarded-For": client})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
+    return register_from(nginx, BALANCER, client, "a@example.com")
 
 
 def test_the_send_flood_guard_counts_an_ipv6_client_by_its_64(edge):

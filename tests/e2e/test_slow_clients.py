@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.e2e.test_nginx_errors import assert_nginx_json_error, raw_answer_parse
-from tests.support.edge import LoneNginx
+from tests.support.edge import LoneNginx, register_from
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,28 +216,16 @@ def behind_a_balancer(stack, tmp_path):
     nginx.stop()
 
 
-def _register_from(nginx: LoneNginx, peer: str, forwarded_for: str, email: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(peer, 0))
-    try:
-        connection.request("POST", "/register/", body=f'{{"email": "{email}"}}',
-                           headers={"Content-Type": "application/json", "X-Forwarded-For": forwarded_for})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
-
-
 def test_behind_a_trusted_balancer_every_limit_keys_on_the_client(behind_a_balancer):
     # OTP_IP_SEND_RATE is 5/min in this stack. Six clients through the balancer are six clients, not one.
-    assert [_register_from(behind_a_balancer, "127.0.0.30", f"203.0.113.{n}", f"lb{n}@example.com")
+    assert [register_from(behind_a_balancer, "127.0.0.30", f"203.0.113.{n}", f"lb{n}@example.com")
             for n in range(6)] == [202] * 6
     # One client through the balancer is still one, whatever it writes into the header the balancer extends.
-    statuses = [_register_from(behind_a_balancer, "127.0.0.30", f"198.51.100.{n}, 203.0.113.99",
+    statuses = [register_from(behind_a_balancer, "127.0.0.30", f"198.51.100.{n}, 203.0.113.99",
                                f"one{n}@example.com") for n in range(6)]
     assert statuses == [202] * 5 + [429]
     # A peer that is not the balancer cannot name its client: it is the client.
-    assert _register_from(behind_a_balancer, "127.0.0.31", "203.0.113.77", "direct@example.com") == 202
+    assert register_from(behind_a_balancer, "127.0.0.31", "203.0.113.77", "direct@example.com") == 202
 
     def clients_logged():  # nginx writes a request's access line just after its answer
         log = (behind_a_balancer.stack_dir / "log" / "nginx-access.log").read_text()

@@ -93,15 +93,22 @@ def test_a_worker_whose_broker_refuses_writes_stays_up_and_loses_no_job(base_env
              message="a job queued after the refusal to be delivered")
 
 
+def _worker_started_during(refusal: str, *, stack, private_redis, address: str):
+    """A code asked for `address` on `stack`, then the broker refusing writes as `refusal` says, then a worker
+    started (not waited for); returns (the worker, what lifts the refusal)."""
+    assert stack.post("/register/", {"email": address}).status_code == 202
+    lift = writes_refused(private_redis, refusal)
+    worker = celery_worker(f"worker-{refusal}-broker", stack.env, pool="threads", concurrency=4).start()
+    stack.workers.append(worker)
+    return worker, lift
+
+
 def test_a_worker_started_while_its_broker_is_full_drains_the_backlog(base_env, stacks, private_redis, inbox):
     # A broker full of queued jobs (OOM under noeviction) is drained by its workers, and starting more workers is
     # what an operator does. A worker started then wrote its queues' bindings and took kombu's restore lock, both
     # writes: refused, it looped through restarts and never took a job (found by a review).
     stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
-    assert stack.post("/register/", {"email": "backlog@example.com"}).status_code == 202
-    lift = writes_refused(private_redis, "oom")
-    worker = celery_worker("worker-full-broker", stack.env, pool="threads", concurrency=4).start()
-    stack.workers.append(worker)
+    _, lift = _worker_started_during("oom", stack=stack, private_redis=private_redis, address="backlog@example.com")
     try:
         wait_for(lambda: any(message["To"] == "backlog@example.com" for message in inbox.messages), timeout=30,
                  message="the job queued before the broker filled to be delivered while it is full")
@@ -112,10 +119,8 @@ def test_a_worker_started_while_its_broker_is_full_drains_the_backlog(base_env, 
 def test_a_worker_started_while_its_broker_refuses_writes_waits_for_it(base_env, stacks, private_redis, inbox):
     # kombu restores overdue jobs as the worker starts, a write: refused, the worker exited at once.
     stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
-    assert stack.post("/register/", {"email": "queued@example.com"}).status_code == 202
-    lift = writes_refused(private_redis, "noreplicas")
-    worker = celery_worker("worker-refused-broker", stack.env, pool="threads", concurrency=4).start()
-    stack.workers.append(worker)
+    worker, lift = _worker_started_during("noreplicas", stack=stack, private_redis=private_redis,
+                                          address="queued@example.com")
     try:
         wait_for(lambda: REFUSAL_TEXT["noreplicas"] in worker.log(), timeout=30,
                  message="the worker to meet the refusal")

@@ -1,6 +1,7 @@
 """An nginx of its own in front of a running API, rendered by `manage.py nginx_config` from the same templates as
 the stacks' with settings of the test's choosing (ADMIN_PUBLIC on, say), and clients that connect from a given
 loopback address, so nginx sees them as different clients."""
+import http.client
 import os
 import re
 import socket
@@ -94,3 +95,17 @@ def admin_sign_in(session: requests.Session, base_url: str, username: str, passw
     return session.post(f"{base_url}/admin/login/?next=/admin/", timeout=15, allow_redirects=False,
                         data={"csrfmiddlewaretoken": token, "username": username, "password": password,
                               "next": "/admin/"})
+
+
+def register_from(nginx: LoneNginx, peer: str, forwarded_for: str, email: str) -> int:
+    """The status of a /register/ for `email` sent to `nginx` from the loopback address `peer`, with
+    X-Forwarded-For `forwarded_for` (as a load balancer in front would write it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(peer, 0))
+    try:
+        connection.request("POST", "/register/", body=f'{{"email": "{email}"}}',
+                           headers={"Content-Type": "application/json", "X-Forwarded-For": forwarded_for})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()

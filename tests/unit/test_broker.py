@@ -182,18 +182,24 @@ def test_an_error_reply_to_the_bookkeeping_leaves_the_connection_in_step(spare_r
             assert client.echo("next") == b"next"
 
 
+def _job_taken_while_full(server: redis.Redis, connection, queue_name: str):
+    """A job published, then taken while the broker's memory is full (maxmemory 1, under Redis's default
+    noeviction): the pop frees memory and is allowed, the record as unacknowledged is refused."""
+    _job_published(connection, queue_name)
+    server.config_set("maxmemory", "1")
+    try:
+        return _job_taken(connection, queue_name)
+    finally:
+        server.config_set("maxmemory", "0")
+
+
 def test_a_job_whose_record_is_refused_is_still_handed_over(spare_redis, caplog):
     # The job is off its queue before it is recorded as unacknowledged. When the record was refused (here the
     # broker's memory is full, under its required noeviction: the pop frees memory and is allowed, the record is
     # not; a failover between the two answers READONLY alike), kombu raised and the job was in neither place.
     server = redis.Redis(port=spare_redis.port, db=1)
     with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
-        _job_published(connection, "refused-record")
-        server.config_set("maxmemory", "1")
-        try:
-            message = _job_taken(connection, "refused-record")
-        finally:
-            server.config_set("maxmemory", "0")
+        message = _job_taken_while_full(server, connection, "refused-record")
         assert message.payload == {"n": 1} and server.llen("refused-record") == 0
         assert not server.hexists(connection.default_channel.qos.unacked_key, message.delivery_tag)
         assert "not recorded as unacknowledged" in caplog.text
@@ -228,12 +234,7 @@ def test_a_job_whose_record_was_refused_goes_back_to_its_queue_from_memory(spare
     # reconnect, a shutdown): without a record it restored nothing and the job was gone (found by a review).
     server = redis.Redis(port=spare_redis.port, db=1)
     with Celery(broker=redis_url_of(spare_redis, 1)).connection_for_write() as connection:
-        _job_published(connection, "put-back")
-        server.config_set("maxmemory", "1")
-        try:
-            message = _job_taken(connection, "put-back")
-        finally:
-            server.config_set("maxmemory", "0")
+        message = _job_taken_while_full(server, connection, "put-back")
         assert server.llen("put-back") == 0
         if put_back == "reject":
             message.reject(requeue=True)
