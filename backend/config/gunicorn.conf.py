@@ -24,15 +24,16 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 30  # nginx keeps its upstream connections open
 control_socket_disable = True  # else gunicorn writes a socket under ~/.gunicorn, outside the checkout
-# The API writes its own JSON access line (core.observability), with the request id.
+# Requests are logged by nginx (its access log, with the request id) and, at LOG_LEVEL=debug, by the API itself
+# (core.observability); gunicorn's own access line would repeat them.
 accesslog = None
 
 
 class AppFormatLogger(gunicorn.glogging.Logger):
     """gunicorn's logger with its own lines (its start, workers booted or timed out, requests it refuses) handed to
     the app's logging (settings.LOGGING): every line of the API's log one JSON object with DEBUG off, plain text
-    with it on. gunicorn's `logconfig_dict` would do this too, but it also turns on gunicorn's access line, which
-    the app's replaces (above), at a cost on every request."""
+    with it on. gunicorn's `logconfig_dict` would do this too, but it also turns on gunicorn's access line (see
+    accesslog above), at a cost on every request."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)

@@ -1,5 +1,7 @@
-"""Celery's Redis transport, with one redis-py client per channel instead of one per message, and the
-bookkeeping of unacknowledged jobs sent without a MULTI/EXEC transaction around it.
+"""Celery's Redis transport, with one redis-py client per channel instead of one per message, the bookkeeping
+of unacknowledged jobs sent without a MULTI/EXEC transaction around it, and a broker that refuses writes (a
+failover's replica, full memory, too few replicas, a failed snapshot) met as an outage: the worker reconnects and
+keeps every job it took.
 
 kombu's Redis channel builds a new redis-py client for every publish and every acknowledgement, and building
 one copies all of redis-py's response callbacks (its cost: docs/performance.md).

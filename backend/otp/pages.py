@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import cache_control
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from core.exception_handler import error_body
 from otp.codes import code_input_attributes, code_length
@@ -32,7 +32,7 @@ def home_asset_version() -> str:
     return digest.hexdigest()[:12]
 
 
-@require_GET
+@require_safe  # GET and HEAD: HEAD got a 405 (a new-user pass; RFC 9110 section 9.3.2)
 @cache_control(public=True, max_age=300)
 def home(request):
     # The page holds nothing per user (tokens live in the browser), so any cache may keep it.

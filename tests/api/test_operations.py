@@ -118,6 +118,8 @@ def test_home_page_is_served_and_cacheable():
     response = APIClient().get("/home/")
     assert response.status_code == 200 and b'id="send-code"' in response.content
     assert "public" in response["Cache-Control"] and "max-age=300" in response["Cache-Control"]
+    head = APIClient().head("/home/")  # a 405 before (a new-user pass)
+    assert head.status_code == 200 and head["Content-Type"].startswith("text/html") and not head.content
 
 
 def test_schema_validates_against_openapi_3():
