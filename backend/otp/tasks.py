@@ -7,9 +7,13 @@ so there is no import cycle.
 import logging
 import time
 
+import kombu.exceptions
 from celery import shared_task
+from celery.exceptions import Reject, Retry
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+
+from core.broker import REFUSAL_PAUSE_SECONDS
 
 from core.observability import REQUEST_ID_HEADER, request_id_bound, request_id_current
 from otp import codes
@@ -128,9 +132,34 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
                            exc.__class__.__name__, countdown)
         else:
             return
-        raise task.retry(countdown=countdown, max_retries=_retries_allowed(task),
-                         kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at),
-                         headers={REQUEST_ID_HEADER: request_id_current()})
+        raise _delivery_retry_published(task, delivery_id=delivery_id, expires_at=expires_at, countdown=countdown,
+                                        kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at))
+
+
+def _delivery_retry_published(task, *, delivery_id: int, expires_at: float | None, countdown: float,
+                              kwargs: dict | None) -> Retry:
+    """Publish the retry of the delivery job `task` runs, `countdown` seconds on, and return Celery's Retry for
+    the task to raise (which acknowledges the job taken). `kwargs` are the retry's arguments (None: the job's own);
+    `expires_at` is the code's expiry (Unix seconds), or None for a job older than the payload.
+
+    While the broker cannot take the publish (kombu.exceptions.OperationalError: unreachable, or refusing writes
+    for its own state: full memory under noeviction, too few replicas, a failed snapshot), it is tried again every
+    core.broker.REFUSAL_PAUSE_SECONDS until the code expires; the job stays taken and unacknowledged meanwhile.
+    Celery's own retry rejects the job without requeue when the publish fails, and under OOM that reject (a delete,
+    which a full Redis allows) went through: the code was never sent. Raises celery.exceptions.Reject (the job
+    dropped) once the code has expired; in-process (CELERY_TASK_ALWAYS_EAGER) nothing is published.
+    """
+    deadline = expires_at if expires_at is not None else time.time() + settings.OTP_TTL_SECONDS
+    while True:
+        try:
+            return task.retry(countdown=countdown, max_retries=_retries_allowed(task), kwargs=kwargs, throw=False,
+                              headers={REQUEST_ID_HEADER: request_id_current()})
+        except Reject as exc:
+            if not isinstance(exc.reason, kombu.exceptions.OperationalError) or time.time() >= deadline:
+                raise
+            logger.warning("delivery %s: the broker did not take its retry (%s): waiting for the broker",
+                           delivery_id, exc.reason)
+            time.sleep(REFUSAL_PAUSE_SECONDS)
 
 
 @shared_task(name=DELIVERY_SEND, **_DELIVERY_OPTIONS)

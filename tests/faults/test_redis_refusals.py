@@ -131,3 +131,30 @@ def test_a_worker_started_while_its_broker_refuses_writes_waits_for_it(base_env,
     wait_for(lambda: any(message["To"] == "queued@example.com" for message in inbox.messages), timeout=30,
              message="the queued job to be delivered")
     assert worker.process.poll() is None, worker.log()[-3000:]
+
+
+@pytest.mark.parametrize("refusal", ["oom", "noreplicas"])
+def test_a_delivery_retry_the_broker_refuses_is_published_once_it_takes_writes(base_env, stacks, private_redis,
+                                                                                inbox, refusal):
+    # A delivery the relay refuses for now is retried by publishing a new job, then acknowledging the one taken.
+    # Celery rejects the job without requeue when that publish fails; under OOM the reject (a delete, which a full
+    # Redis allows) went through and the code was never sent (found reading the code).
+    stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
+    worker = stack.start_worker()
+    inbox.refuse_next = 1
+    inbox.hold_next_refusal_seconds = 1.0  # the job is taken and recorded before the broker refuses
+    assert stack.post("/register/", {"email": "retried@example.com"}).status_code == 202
+    wait_for(lambda: inbox.data_attempts, timeout=20, message="the first try to reach the relay")
+    lift = writes_refused(private_redis, refusal)
+    try:
+        wait_for(lambda: "waiting for the broker" in worker.log(), timeout=20,
+                 message="the worker to meet the refusal as it publishes the retry")
+        assert not inbox.to("retried@example.com")
+    finally:
+        lift()
+    inbox.wait_for_message("retried@example.com", timeout=30)
+    broker = redis.Redis(port=private_redis.port, db=1)
+    wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=10,
+             message="no job left behind")
+    assert len(inbox.to("retried@example.com")) == 1
+    assert worker.process.poll() is None, worker.log()[-3000:]
