@@ -587,6 +587,9 @@ CELERY_TASK_DEFAULT_QUEUE = queues.MAINTENANCE
 # The queues /metrics reports the depth of.
 OTP_QUEUE_NAMES = queues.ALL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker tries to reconnect to its broker for as long as the broker is away. Celery's default, 100 tries (about
+# 47 minutes of its backoff), then stopped the worker, and natively nothing starts it again.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
     # Sweep for jobs a dead worker left unacknowledged every fifth of the timeout (kombu's default is

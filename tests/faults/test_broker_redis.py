@@ -77,3 +77,44 @@ def test_an_api_started_while_redis_is_down_is_not_ready_until_the_broker_keeps_
                  message="the API to be ready once its broker keeps every job")
     finally:
         redis_server.stop()
+
+
+# Celery's consumer waits 2, 4, ... up to 30 s between its tries to reconnect (kombu's ensure_connection), so its
+# limit of 100 tries is about 47 minutes of outage. This shortens the waits, in the worker's process only, so the
+# test sees the same count of tries in seconds.
+FAST_RECONNECTS = '''
+import functools
+import kombu.connection
+
+_ensure_connection = kombu.connection.Connection.ensure_connection
+
+
+@functools.wraps(_ensure_connection)
+def ensure_connection(self, *args, **kwargs):
+    kwargs.update(interval_start=0.01, interval_step=0.01, interval_max=0.02)
+    return _ensure_connection(self, *args, **kwargs)
+
+
+kombu.connection.Connection.ensure_connection = ensure_connection
+'''
+
+
+def test_a_worker_outlives_a_broker_outage_of_more_tries_than_celerys_default_limit(base_env, stacks, private_redis,
+                                                                                    inbox, tmp_path):
+    # Past broker_connection_max_retries (Celery's default: 100), the consumer logged "Unrecoverable error" and the
+    # worker exited with status 0: natively nothing started it again, and a supervisor restarting only failures
+    # would not either (found reading Celery's consumer after an outage test).
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(FAST_RECONNECTS)
+    stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
+    worker = stack.start_worker(PYTHONPATH=str(shim))
+    private_redis.stop()
+    try:
+        wait_for(lambda: worker.log().count("Cannot connect to redis") > 120 or worker.process.poll() is not None,
+                 timeout=60, message="more tries to reconnect than Celery's default limit")
+        assert worker.process.poll() is None, worker.log()[-3000:]
+    finally:
+        private_redis.start()
+    assert stack.post("/register/", {"email": "after-the-outage@example.com"}).status_code == 202
+    inbox.wait_for_message("after-the-outage@example.com", timeout=30)
