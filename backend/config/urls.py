@@ -1,7 +1,6 @@
 """URL map of the whole service."""
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularSwaggerView
 
 from core import views as core_views
 from otp import pages as otp_pages
@@ -14,8 +13,7 @@ urlpatterns = [
     path("home/", otp_pages.home, name="home"),
     path("", otp_pages.root, name="root"),
     path("api/schema/", core_views.SchemaApi.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
-         name="docs"),
+    path("api/docs/", core_views.DocsPage.as_view(), name="docs"),
     path("admin/", admin.site.urls),
     # Last: any other path is a JSON 404, even with DEBUG on (Django's debug 404 page is HTML).
     re_path(r"", core_views.not_found),

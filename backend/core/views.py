@@ -9,7 +9,7 @@ from django.urls import Resolver404, resolve, reverse
 from django.views import csrf
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, inline_serializer
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
@@ -93,21 +93,37 @@ class ReadyzApi(APIView):
         return Response({"status": "ok"})
 
 
-class SchemaApi(SpectacularAPIView):
-    """/api/schema/: the OpenAPI schema, YAML by default and JSON with `?format=json`; its errors are JSON.
+class _ErrorsInJson:
+    """For views whose answers are not JSON: their errors are JSON all the same (contract: every error response).
 
-    drf-spectacular renders every answer with the schema's renderers, so an unknown `?format=` (404) or an
-    `Accept` it cannot serve (406) came back as YAML.
+    drf-spectacular renders every answer with its view's own renderers, so an error of the schema (an unknown
+    `?format=`: 404; an `Accept` it cannot serve: 406) came back as YAML, and one of the docs page as text/html.
     """
-
-    authentication_classes = []
-    permission_classes = []
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if response.status_code >= 400:
             response.accepted_renderer, response.accepted_media_type = JSONRenderer(), "application/json"
         return response
+
+
+class SchemaApi(_ErrorsInJson, SpectacularAPIView):
+    """/api/schema/: the OpenAPI schema, YAML by default and JSON with `?format=json`; its errors are JSON."""
+
+    authentication_classes = []
+    permission_classes = []
+
+
+class DocsPage(_ErrorsInJson, SpectacularSwaggerView):
+    """/api/docs/: Swagger UI on /api/schema/, for GET and HEAD; any other method gets the API's JSON 405.
+
+    OPTIONS was a 500: DRF's metadata answer went to the page's HTML renderer, which has no template for it.
+    """
+
+    http_method_names = ["get", "head"]
+    url_name = "schema"
+    authentication_classes = []
+    permission_classes = []
 
 
 @csrf_exempt  # an unknown path has nothing to protect: its answer is a 404 whatever the method, not a CSRF page

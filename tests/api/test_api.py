@@ -405,6 +405,26 @@ def test_schema_covers_every_route_and_docs_render(client):
     assert b"cdn" not in docs.content.lower()  # assets come from the sidecar, so it works offline
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE"])
+@pytest.mark.parametrize("accept", ["*/*", "text/html"])
+def test_the_docs_page_answers_other_methods_with_a_json_405(client, method, accept):
+    # OPTIONS was a 500: DRF's metadata answer went to the page's HTML renderer, which has no template for it.
+    # The others were text/html "405 Method Not Allowed".
+    response = client.generic(method, "/api/docs/", HTTP_ACCEPT=accept)
+    assert response.status_code == 405, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "method_not_allowed"
+    assert response["Allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "POST"])
+def test_the_docs_page_answers_an_accept_it_cannot_serve_with_a_json_406(client, method):
+    # As every API endpoint does (DRF negotiates before it looks at the method); it was text/html.
+    response = client.generic(method, "/api/docs/", HTTP_ACCEPT="application/xml")
+    assert response.status_code == 406, response.content[:200]
+    assert response.json()["code"] == "not_acceptable"
+
+
 # --- Twilio status webhook ------------------------------------------------------------------------
 
 
