@@ -8,6 +8,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, DependencyUnavailable, RateLimited, ServiceError
@@ -46,6 +47,18 @@ def unavailable_headers(exc: DependencyUnavailable) -> dict[str, str]:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: `exc` raised in a view as the contract's JSON answer (`context` is DRF's: the view
+    and the request). Every 401 names the bearer scheme in WWW-Authenticate (RFC 9110 section 15.5.2): DRF adds it
+    only to its own authentication's 401s, and /token/refresh/ and /logout/ judge their tokens themselves."""
+    response = _error_response(exc, context)
+    if response is not None and response.status_code == status.HTTP_401_UNAUTHORIZED \
+            and not response.has_header("WWW-Authenticate"):
+        authentication = api_settings.DEFAULT_AUTHENTICATION_CLASSES[0]()
+        response["WWW-Authenticate"] = authentication.authenticate_header(context.get("request"))
+    return response
+
+
+def _error_response(exc: Exception, context: dict) -> Response | None:
     exc = outage_as_error(exc)
     if isinstance(exc, ServiceError):
         response = Response(error_body(exc.detail, exc.default_code), status=exc.status_code)

@@ -307,6 +307,21 @@ def test_profile_without_a_valid_token_is_401(client, header):
     assert response["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("path, body, header", [
+    ("/token/refresh/", {"refresh": "x.y.z"}, None),
+    ("/logout/", {"refresh": "x.y.z"}, None),
+    ("/logout/", {"refresh": "x.y.z"}, "Bearer a b"),
+    ("/logout/", {"refresh": "x.y.z"}, "Bearer x.y.z"),
+])
+def test_every_401_names_the_bearer_scheme(client, path, body, header):
+    # RFC 9110 section 15.5.2: a 401 MUST carry WWW-Authenticate. /token/refresh/ and /logout/ judge their tokens
+    # themselves, outside DRF's authentication, which is what adds the header (found by an attack pass).
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = post(client, path, body, **extra)
+    assert response.status_code == 401, response.content
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
 def test_expired_access_token_is_401(client, fixed_code, settings):
     from rest_framework_simplejwt.tokens import AccessToken
 
