@@ -8,8 +8,9 @@ import logging
 import time
 
 import kombu.exceptions
-from celery import shared_task
+from celery import shared_task, signals
 from celery.exceptions import Reject, Retry
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -28,6 +29,9 @@ DELIVERY_SEND_OLD_NAME = "otp.tasks.delivery_send_task"
 MAINTENANCE_RUN_OLD_NAME = "otp.tasks.maintenance_run"
 
 DATABASE_RETRY_MAX_SECONDS = 5
+# How long before its visibility timeout a job whose retry the broker does not take is given back (seconds):
+# _delivery_retry_published holds it no longer, so no other worker is handed it while this one still holds it.
+RETRY_HOLD_MARGIN_SECONDS = 5
 
 # max_retries=None: no limit of Celery's own (its default is 3 retries). The tries are bounded by the service
 # (OTP_SEND_MAX_RETRIES, the code's life) and by this module's rules for outages and unknown payload versions;
@@ -95,9 +99,26 @@ def _request_id_of(request) -> str | None:
     return getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(REQUEST_ID_HEADER)
 
 
+@signals.task_prerun.connect
+def _request_id_bind(task=None, **kwargs) -> None:
+    """Every line a job's run writes carries the id of the request that enqueued it (the message header
+    REQUEST_ID_HEADER), Celery's own lines included: a failure, a retry, a reject (they carried "-" when only the
+    service's call was bound). Bound for the task's run, from Celery's task_prerun to its task_postrun."""
+    task.request.otp_request_id_binding = binding = request_id_bound(_request_id_of(task.request))
+    binding.__enter__()
+
+
+@signals.task_postrun.connect
+def _request_id_unbind(task=None, **kwargs) -> None:
+    binding = getattr(task.request, "otp_request_id_binding", None)
+    if binding is not None:
+        binding.__exit__(None, None, None)
+
+
 def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = None, payload: dict | None = None) -> None:
     from otp import services
 
+    started = time.monotonic()  # about when the job was taken: its visibility timeout counts from then
     try:
         delivery_id, code, expires_at = _delivery_arguments(delivery_id, code, payload)
     except PayloadVersionUnknown as exc:
@@ -106,60 +127,80 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
             logger.warning("delivery %s: %s, and its code has expired: job dropped", payload.get("delivery_id"), exc)
             return
         logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
-        raise task.retry(countdown=UNKNOWN_VERSION_RETRY_SECONDS, max_retries=_retries_allowed(task))
+        raise _delivery_retry_published(task, delivery_id=payload.get("delivery_id"),
+                                        expires_at=float(payload["expires_at"]), started=started,
+                                        countdown=UNKNOWN_VERSION_RETRY_SECONDS, kwargs=None)
     except codes.CodeSealInvalid as exc:
         # Never sent, and recorded, so support can tell the user why no code came.
         logger.warning("delivery %s: job refused, its sealed code did not open (%s)", payload.get("delivery_id"), exc)
         services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.PAYLOAD_REFUSED_ERROR)
         return
-    # The id of the request that issued the code travels as a message header, so this job's lines carry it.
-    with request_id_bound(_request_id_of(task.request)):
-        try:
-            services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries,
-                                   device=bool((payload or {}).get("device", False)))
-        except services.DeliveryRetry as exc:
-            # The service bounds the number of tries and keeps them inside the code's life.
-            countdown = exc.countdown
-        except (OperationalError, InterfaceError) as exc:
-            if expires_at is not None and time.time() >= expires_at:
-                # The code is dead: no try can deliver it, and no record can be written while the database is down.
-                logger.warning("delivery %s: database unavailable (%s) and the code has expired: job dropped",
-                               delivery_id, exc.__class__.__name__)
-                return
-            # The database is down: the job would be lost if it failed now. Try again soon.
-            countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(task.request.retries, 4))
-            logger.warning("delivery %s: database unavailable (%s), trying again in %.1fs", delivery_id,
-                           exc.__class__.__name__, countdown)
-        else:
+    try:
+        services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries,
+                               device=bool((payload or {}).get("device", False)))
+    except services.DeliveryRetry as exc:
+        # The service bounds the number of tries and keeps them inside the code's life.
+        countdown = exc.countdown
+    except (OperationalError, InterfaceError) as exc:
+        if expires_at is not None and time.time() >= expires_at:
+            # The code is dead: no try can deliver it, and no record can be written while the database is down.
+            logger.warning("delivery %s: database unavailable (%s) and the code has expired: job dropped",
+                           delivery_id, exc.__class__.__name__)
             return
-        raise _delivery_retry_published(task, delivery_id=delivery_id, expires_at=expires_at, countdown=countdown,
-                                        kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at))
+        # The database is down: the job would be lost if it failed now. Try again soon.
+        countdown = min(DATABASE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(task.request.retries, 4))
+        logger.warning("delivery %s: database unavailable (%s), trying again in %.1fs", delivery_id,
+                       exc.__class__.__name__, countdown)
+    else:
+        return
+    raise _delivery_retry_published(task, delivery_id=delivery_id, expires_at=expires_at, started=started,
+                                    countdown=countdown,
+                                    kwargs=_kwargs_to_republish(payload, delivery_id, code, expires_at))
 
 
-def _delivery_retry_published(task, *, delivery_id: int, expires_at: float | None, countdown: float,
-                              kwargs: dict | None) -> Retry:
+def _delivery_retry_published(task, *, delivery_id: int | None, expires_at: float | None, started: float,
+                              countdown: float, kwargs: dict | None) -> Retry:
     """Publish the retry of the delivery job `task` runs, `countdown` seconds on, and return Celery's Retry for
     the task to raise (which acknowledges the job taken). `kwargs` are the retry's arguments (None: the job's own);
-    `expires_at` is the code's expiry (Unix seconds), or None for a job older than the payload.
+    `expires_at` is the code's expiry (Unix seconds), or None for a job older than the payload; `started` is when
+    the run began (time.monotonic() seconds).
 
-    While the broker cannot take the publish (kombu.exceptions.OperationalError: unreachable, or refusing writes
-    for its own state: full memory under noeviction, too few replicas, a failed snapshot), it is tried again every
-    core.broker.REFUSAL_PAUSE_SECONDS until the code expires; the job stays taken and unacknowledged meanwhile.
-    Celery's own retry rejects the job without requeue when the publish fails, and under OOM that reject (a delete,
-    which a full Redis allows) went through: the code was never sent. Raises celery.exceptions.Reject (the job
-    dropped) once the code has expired; in-process (CELERY_TASK_ALWAYS_EAGER) nothing is published.
+    Celery's own retry rejects the job without requeue when the publish fails: under OOM that reject (a delete,
+    which a full Redis allows) went through and the code was never sent (a broker refusing the delete too kept the
+    job for its visibility timeout). While the broker cannot take the publish (kombu.exceptions.OperationalError:
+    unreachable, or refusing writes for its own state), it is tried again every core.broker.REFUSAL_PAUSE_SECONDS,
+    the job held unacknowledged, for as long as its visibility timeout (CELERY_VISIBILITY_TIMEOUT_SECONDS, less
+    RETRY_HOLD_MARGIN_SECONDS, from `started`) and the worker's run allow: held longer, the broker would hand it to
+    another worker as well. Then the job is rejected with requeue (celery.exceptions.Reject): back on its queue
+    if the broker takes it, else still recorded, for the visibility timeout to restore. Raises Celery's Reject
+    without requeue (the job dropped) once the code has expired, or for any other publish failure. In-process
+    (CELERY_TASK_ALWAYS_EAGER) nothing is published.
     """
-    deadline = expires_at if expires_at is not None else time.time() + settings.OTP_TTL_SECONDS
+    code_deadline = expires_at if expires_at is not None else time.time() + settings.OTP_TTL_SECONDS
+    hold_deadline = started + settings.CELERY_VISIBILITY_TIMEOUT_SECONDS - RETRY_HOLD_MARGIN_SECONDS
+    waiting_since = None
     while True:
         try:
-            return task.retry(countdown=countdown, max_retries=_retries_allowed(task), kwargs=kwargs, throw=False,
-                              headers={REQUEST_ID_HEADER: request_id_current()})
+            retry = task.retry(countdown=countdown, max_retries=_retries_allowed(task), kwargs=kwargs, throw=False,
+                               headers={REQUEST_ID_HEADER: request_id_current()})
         except Reject as exc:
-            if not isinstance(exc.reason, kombu.exceptions.OperationalError) or time.time() >= deadline:
+            if not isinstance(exc.reason, kombu.exceptions.OperationalError) or time.time() >= code_deadline:
                 raise
-            logger.warning("delivery %s: the broker did not take its retry (%s): waiting for the broker",
-                           delivery_id, exc.reason)
+            if time.monotonic() >= hold_deadline or worker_state.should_stop is not None \
+                    or worker_state.should_terminate is not None:
+                logger.warning("delivery %s: the broker did not take its retry (%s): job put back", delivery_id,
+                               exc.reason)
+                raise Reject(exc.reason, requeue=True) from exc
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                logger.warning("delivery %s: the broker did not take its retry (%s): waiting for the broker",
+                               delivery_id, exc.reason)
             time.sleep(REFUSAL_PAUSE_SECONDS)
+            continue
+        if waiting_since is not None:
+            logger.warning("delivery %s: retry published after %.1f s waiting for the broker", delivery_id,
+                           time.monotonic() - waiting_since)
+        return retry
 
 
 @shared_task(name=DELIVERY_SEND, **_DELIVERY_OPTIONS)

@@ -133,18 +133,21 @@ def test_a_worker_started_while_its_broker_refuses_writes_waits_for_it(base_env,
     assert worker.process.poll() is None, worker.log()[-3000:]
 
 
-@pytest.mark.parametrize("refusal", ["oom", "noreplicas"])
+@pytest.mark.parametrize("refusal", REFUSALS)
 def test_a_delivery_retry_the_broker_refuses_is_published_once_it_takes_writes(base_env, stacks, private_redis,
                                                                                 inbox, refusal):
     # A delivery the relay refuses for now is retried by publishing a new job, then acknowledging the one taken.
-    # Celery rejects the job without requeue when that publish fails; under OOM the reject (a delete, which a full
-    # Redis allows) went through and the code was never sent (found reading the code).
+    # Celery rejects the job without requeue when that publish fails: under OOM the reject (a delete, which a full
+    # Redis allows) went through and the code was never sent; refused too (NOREPLICAS, MISCONF), it left the job
+    # recorded for its visibility timeout (60 s here) to bring back (found reading the code).
     stack = stacks({**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}).start_api()
     worker = stack.start_worker()
     inbox.refuse_next = 1
-    inbox.hold_next_refusal_seconds = 1.0  # the job is taken and recorded before the broker refuses
+    # The relay holds its answer to RCPT (the client waits 10 s for one), so the broker refuses while the job is
+    # taken and recorded; then it refuses the message for now (451).
+    inbox.hold_next_rcpt_seconds = 3.0
     assert stack.post("/register/", {"email": "retried@example.com"}).status_code == 202
-    wait_for(lambda: inbox.data_attempts, timeout=20, message="the first try to reach the relay")
+    wait_for(lambda: inbox.rcpts_seen, timeout=20, message="the first try to reach the relay")
     lift = writes_refused(private_redis, refusal)
     try:
         wait_for(lambda: "waiting for the broker" in worker.log(), timeout=20,
@@ -157,4 +160,33 @@ def test_a_delivery_retry_the_broker_refuses_is_published_once_it_takes_writes(b
     wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=10,
              message="no job left behind")
     assert len(inbox.to("retried@example.com")) == 1
+    assert worker.process.poll() is None, worker.log()[-3000:]
+
+
+def test_a_delivery_retry_refused_past_the_visibility_timeout_is_put_back_not_held(base_env, stacks,
+                                                                                  private_redis, inbox):
+    # Held past its visibility timeout, the job would also be handed to another worker by the broker's restore:
+    # the worker gives it back (a reject with requeue; refused too, its record stays for the restore) 5 s before.
+    # 51 s is the shortest visibility timeout the settings accept here (test_faults.py says why).
+    env = {**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1",
+           "CELERY_VISIBILITY_TIMEOUT_SECONDS": "51"}
+    stack = stacks(env).start_api()
+    worker = stack.start_worker()
+    inbox.refuse_next = 1
+    inbox.hold_next_rcpt_seconds = 1.0
+    assert stack.post("/register/", {"email": "put-back@example.com"}).status_code == 202
+    wait_for(lambda: inbox.rcpts_seen, timeout=20, message="the first try to reach the relay")
+    lift = writes_refused(private_redis, "oom")
+    try:
+        wait_for(lambda: "waiting for the broker" in worker.log(), timeout=20, message="the worker to hold the job")
+        wait_for(lambda: "job put back" in worker.log(), timeout=60,
+                 message="the worker to give the job back before its visibility timeout")
+        assert not inbox.to("put-back@example.com")
+    finally:
+        lift()
+    inbox.wait_for_message("put-back@example.com", timeout=40)  # restored once its record is 51 s old
+    broker = redis.Redis(port=private_redis.port, db=1)
+    wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=15,
+             message="no job left behind")
+    assert len(inbox.to("put-back@example.com")) == 1
     assert worker.process.poll() is None, worker.log()[-3000:]

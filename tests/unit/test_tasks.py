@@ -75,6 +75,28 @@ def test_a_job_run_in_process_keeps_the_request_id_of_the_request_that_enqueued_
     assert seen == ["req-42"]
 
 
+def test_celerys_own_line_for_a_failed_job_carries_the_request_id():
+    # Only the service's call was bound to the request's id: Celery's line for a job that raised, the one an
+    # operator looks for first, carried "-" (noticed in an earlier session's logs).
+    import logging
+
+    from core.observability import REQUEST_ID_HEADER, RequestIdFilter
+
+    records = []
+    handler = logging.Handler()
+    handler.addFilter(RequestIdFilter())
+    handler.emit = records.append
+    trace_logger = logging.getLogger("celery.app.trace")
+    trace_logger.addHandler(handler)
+    try:
+        # A payload without its delivery id: the job raises KeyError, which nothing of ours catches.
+        tasks.delivery_send.apply(kwargs={"payload": {"v": 2}}, headers={REQUEST_ID_HEADER: "req-43"})
+    finally:
+        trace_logger.removeHandler(handler)
+    failures = [record for record in records if "KeyError" in record.getMessage()]
+    assert failures and all(record.request_id == "req-43" for record in failures), records
+
+
 def test_delivery_tasks_have_no_retry_limit_of_celerys_own():
     # Celery's default of 3 retries dropped a job meeting a longer database outage, a delivery's fourth transient
     # failure (OTP_SEND_MAX_RETRIES is 5), or a newer release's job waiting for a newer worker: the service bounds
