@@ -51,10 +51,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     and the request). Every 401 names the bearer scheme in WWW-Authenticate (RFC 9110 section 15.5.2): DRF adds it
     only to its own authentication's 401s, and /token/refresh/ and /logout/ judge their tokens themselves."""
     response = _error_response(exc, context)
-    if response is not None and response.status_code == status.HTTP_401_UNAUTHORIZED \
-            and not response.has_header("WWW-Authenticate"):
-        authentication = api_settings.DEFAULT_AUTHENTICATION_CLASSES[0]()
-        response["WWW-Authenticate"] = authentication.authenticate_header(context.get("request"))
+    if (response is not None and response.status_code == status.HTTP_401_UNAUTHORIZED
+            and not response.has_header("WWW-Authenticate") and api_settings.DEFAULT_AUTHENTICATION_CLASSES):
+        challenge = api_settings.DEFAULT_AUTHENTICATION_CLASSES[0]().authenticate_header(context.get("request"))
+        if challenge:
+            response["WWW-Authenticate"] = challenge
     return response
 
 
