@@ -12,9 +12,12 @@ from users.device_tokens import device_token_hashes, device_token_well_formed
 from users.models import DeviceToken, User
 
 
-def user_get_by_address(*, address: Address, active_only: bool = True) -> User | None:
-    """The account whose email or mobile is `address` (only if active, unless `active_only` is false), or None."""
+def user_get_by_address(*, address: Address, active_only: bool = True, locked: bool = False) -> User | None:
+    """The account whose email or mobile is `address` (only if active, unless `active_only` is false), or None.
+    `locked`: its row locked for the caller's transaction (SELECT ... FOR UPDATE), which must be open."""
     accounts = User.objects.filter(**{address.user_field: address.value})
+    if locked:
+        accounts = accounts.select_for_update()
     return (accounts.filter(is_active=True) if active_only else accounts).first()
 
 

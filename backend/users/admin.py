@@ -4,7 +4,7 @@ from django.contrib import admin
 
 from otp.addresses import email_normalize, mobile_normalize
 from users.models import DeviceToken, TokenFamily, User
-from users.services import device_tokens_revoke, token_families_revoke
+from users.services import device_tokens_revoke, token_families_revoke, users_delete
 
 
 class UserAdminForm(forms.ModelForm):
@@ -33,6 +33,12 @@ class UserAdmin(admin.ModelAdmin):
     search_fields = ("email", "mobile")
     readonly_fields = ("date_joined", "last_login")
     exclude = ("password",)
+
+    def delete_model(self, request, obj) -> None:
+        users_delete(ids=[obj.pk])
+
+    def delete_queryset(self, request, queryset) -> None:
+        users_delete(ids=list(queryset.values_list("pk", flat=True)))
 
 
 @admin.register(TokenFamily)

@@ -106,7 +106,9 @@ def _code_compared(*, otp: OneTimeCode | None, address: Address, code: str) -> U
     otp.used_at = now
     otp.save(update_fields=["status", "used_at"])
 
-    user = user_get_by_address(address=address, active_only=False)
+    # Locked before the sign-in's rows are written, the order users.services.users_delete (the admin's delete)
+    # takes them in too: an account deleted meanwhile is None here rather than a deadlock.
+    user = user_get_by_address(address=address, active_only=False, locked=True)
     if user is None:
         if otp.purpose != Purpose.REGISTER:
             return None  # the account went away after the login code was sent
