@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from core.broker import REFUSAL_PAUSE_SECONDS
-
 from core.observability import REQUEST_ID_HEADER, request_id_bound, request_id_current
 from otp import codes
 
