@@ -31,15 +31,18 @@ class PersistenceFailedError(redis.exceptions.ResponseError):
     default stop-writes-on-bgsave-error."""
 
 
-# What a server answers when its own state forbids writes, until an operator acts (Redis documentation: the
-# min-replicas-to-write, stop-writes-on-bgsave-error and maxmemory directives). OOM is what the broker's required
-# maxmemory-policy noeviction answers once its memory is full. redis-py has a class for OOM only; the other two are
-# given theirs below, so that they can be told from a bad command.
-WRITE_REFUSALS = (redis.exceptions.OutOfMemoryError, NoReplicasError, PersistenceFailedError)
 # redis-py picks an error's class by its first word from this table (redis._parsers.base.BaseParser), for its
-# pure-Python parser and hiredis's alike.
+# pure-Python parser and hiredis's alike. It has a class for OOM only; the other two get theirs here, so that they
+# can be told from a bad command, unless a redis-py release brings its own, which is then the one counted below.
 BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", PersistenceFailedError)
+# What a server answers when its own state forbids writes, until an operator acts (Redis documentation: the
+# min-replicas-to-write, stop-writes-on-bgsave-error and maxmemory directives). OOM is what the broker's required
+# maxmemory-policy noeviction answers once its memory is full. The classes are read back from the table: with
+# NoReplicasError and PersistenceFailedError listed here and a redis-py of the future raising its own, NOREPLICAS
+# and MISCONF would have been 500s again.
+WRITE_REFUSALS = (redis.exceptions.OutOfMemoryError, BaseParser.EXCEPTION_CLASSES["NOREPLICAS"],
+                  BaseParser.EXCEPTION_CLASSES["MISCONF"])
 
 
 def failover_retry() -> Retry:

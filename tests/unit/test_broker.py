@@ -2,6 +2,8 @@
 its unacknowledged-job bookkeeping without MULTI/EXEC or redis-py's pipeline."""
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +19,7 @@ from core.broker import BrokerUnfit, BrokerUnreachable, Transport, broker_redis_
 from core.redis_failover import NoReplicasError
 from otp import services
 from otp.models import Purpose
+from tests.support.processes import BACKEND_DIR
 from tests.support.redis_state import RedisServer
 from tests.support.waiting import free_port
 
@@ -348,3 +351,21 @@ def test_the_brokers_connections_retry_no_refusal_themselves(spare_redis):
         finally:
             pool.release(lent)
     assert set(FAILOVER_ERRORS) <= set(broker.Transport.connection_errors)
+
+
+def test_a_redis_py_with_its_own_classes_for_the_write_refusals_still_has_them_counted():
+    # NOREPLICAS and MISCONF get classes of ours only where redis-py has none (setdefault); a release bringing its
+    # own would have made them 500s again, WRITE_REFUSALS naming only ours (noticed in an earlier session).
+    script = """
+import redis
+from redis._parsers.base import BaseParser
+
+class TheirNoReplicas(redis.exceptions.ResponseError): pass
+class TheirMisconf(redis.exceptions.ResponseError): pass
+BaseParser.EXCEPTION_CLASSES["NOREPLICAS"] = TheirNoReplicas
+BaseParser.EXCEPTION_CLASSES["MISCONF"] = TheirMisconf
+from core import errors, redis_failover
+assert {TheirNoReplicas, TheirMisconf} <= set(redis_failover.WRITE_REFUSALS), redis_failover.WRITE_REFUSALS
+assert {TheirNoReplicas, TheirMisconf} <= set(errors.CACHE_OUTAGES)
+"""
+    subprocess.run([sys.executable, "-c", script], cwd=BACKEND_DIR, check=True, timeout=60)
