@@ -159,6 +159,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.middleware.HeadBodyMiddleware",
     "core.observability.RequestObservabilityMiddleware",
     "core.middleware.SecurityHeadersMiddleware",
     "core.middleware.BodyCharsetMiddleware",

@@ -4,6 +4,8 @@ import codecs
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.urls import Resolver404, resolve
+from rest_framework.views import APIView
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from core.errors import DependencyUnavailable
@@ -29,6 +31,25 @@ class SecurityHeadersMiddleware:
             response["Cache-Control"] = "no-store"
         if settings.PUBLIC_HTTPS:
             response["Strict-Transport-Security"] = f"max-age={settings.HSTS_SECONDS}; includeSubDomains"
+        return response
+
+
+class HeadBodyMiddleware:
+    """A HEAD answer without its content (RFC 9110 section 9.3.2), its Content-Length the GET's.
+
+    Django answers HEAD with GET's body, and gunicorn dropped it with a warning line per request ("WSGI app sent body
+    bytes on a no-body response", with no request id): a balancer checking health with HEAD filled the API's log
+    (found by a new-user pass). Outermost, so it sees the final answer; a streamed one is left to the server.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.method == "HEAD" and not response.streaming and response.content:
+            response["Content-Length"] = str(len(response.content))
+            response.content = b""
         return response
 
 
@@ -60,9 +81,25 @@ class BodyCharsetMiddleware:
     def __call__(self, request):
         declared = request.content_params.get("charset")
         if declared is not None and not _charset_readable(declared):
-            return JsonResponse(error_body(f'Unsupported charset "{declared}": send UTF-8.',
-                                           "unsupported_media_type"), status=415)
+            response = JsonResponse(error_body(f'Unsupported charset "{declared}": send UTF-8.',
+                                               "unsupported_media_type"), status=415)
+            allowed = _api_view_allowed_methods(request.path_info)
+            if allowed:  # as on every other answer of an API endpoint (DRF's finalize_response adds it there)
+                response["Allow"] = allowed
+            return response
         return self.get_response(request)
+
+
+def _api_view_allowed_methods(path: str) -> str | None:
+    """The `Allow` value of the DRF view that `path` routes to ("POST, OPTIONS"), or None when it routes to none."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    view_class = getattr(match.func, "cls", None)
+    if view_class is None or not issubclass(view_class, APIView):
+        return None
+    return ", ".join(view_class(**getattr(match.func, "view_initkwargs", {})).allowed_methods)
 
 
 class StaticFilesMiddleware(WhiteNoiseMiddleware):

@@ -540,3 +540,14 @@ def test_wrong_guesses_at_a_plus_tag_do_not_spend_the_mailbox_owners_budget(clie
     assert post(client, "/register/", {"email": "victim@example.com"}).status_code == 202
     verified = post(client, "/verify-otp/", {"email": "victim@example.com", "code": fixed_code[-1]})
     assert verified.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/register/", "/login/", "/verify-otp/", "/token/refresh/", "/logout/",
+                                  "/webhooks/twilio/status/"])
+def test_a_415_for_the_bodys_charset_carries_allow_as_every_api_answer_does(client, path):
+    # api.md: `Allow` on every answer of an API endpoint. The charset's 415 is answered before the view (by
+    # core.middleware.BodyCharsetMiddleware) and had none (found by a new-user pass).
+    other_type = client.generic("POST", path, b"x", content_type="text/plain")
+    charset = client.generic("POST", path, b"{}", content_type="application/json; charset=utf-16")
+    assert other_type.status_code == charset.status_code == 415
+    assert charset["Allow"] == other_type["Allow"]

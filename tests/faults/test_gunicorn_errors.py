@@ -42,3 +42,17 @@ def test_requests_gunicorn_refuses_get_a_json_400(base_env, stacks, private_redi
     answer = json.loads(body)
     assert answer["code"] == "bad_request" and isinstance(answer["detail"], str) and answer["detail"], answer
     assert headers["cache-control"] == "no-store"
+
+
+def test_head_answers_carry_no_body_and_leave_no_warning_in_the_log(base_env, stacks, private_redis):
+    # Django writes GET's body for HEAD; gunicorn dropped it with a warning line per request ("WSGI app sent body
+    # bytes on a no-body response", request id "-"): a balancer checking health with HEAD filled the log (found by
+    # a new-user pass). RFC 9110 section 9.3.2: no content, the GET's headers, Content-Length among them.
+    api = stacks({**base_env, "REDIS_URL": private_redis.url}, api_workers=1).start_api()
+    for path in ("/healthz", "/home/", "/api/docs/", "/api/schema/", "/nowhere/"):
+        status, headers, body = raw_answer(api.api_port, f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\n"
+                                                         "Connection: close\r\n\r\n".encode())
+        got = raw_answer(api.api_port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        assert (status, body) == (got[0], b""), (path, status, body[:100])
+        assert headers.get("content-length") == str(len(got[2])), (path, headers)
+    assert "no-body response" not in api.api.log(), api.api.log()[-2000:]
