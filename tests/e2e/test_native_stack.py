@@ -158,6 +158,14 @@ def test_a_second_checkout_runs_beside_and_make_down_stops_exactly_its_own(stack
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200  # the first is untouched
 
 
+def test_make_up_asks_nginx_only_once_the_api_answers(stack):
+    # make up polled /readyz through nginx before gunicorn listened: each poll was a 502 in nginx's access log and a
+    # "connect() failed" in its error log, the first errors a newcomer met there (found by a new-user pass).
+    polls = [line for line in stack.log("nginx-access").splitlines()
+             if '"GET /readyz ' in line and 'ua="curl/' in line]
+    assert polls and not [line for line in polls if '" 502 ' in line], polls
+
+
 def test_make_up_refuses_a_port_in_use(stack):
     from tests.e2e.conftest import Stack, stack_env
 
