@@ -110,6 +110,12 @@ def test_user_create_and_address_status_commands(fixed_code):
     assert "Account: user" in text and "login" in text and "active" in text and "queued" in text
     assert re.search(r"cooldown (2\d|30)s left, 1 sends", text)
     assert fixed_code[0] not in text
+    # Only a code that can still be used shows the time it has left (a superseded one showed a countdown).
+    OneTimeCode.objects.filter(address="bob@example.com").update(status=OneTimeCode.Status.SUPERSEDED)
+    out = io.StringIO()
+    call_command("address_status", "bob@example.com", stdout=out)
+    superseded = [line for line in out.getvalue().splitlines() if " superseded " in line]
+    assert superseded and not any("left" in line for line in superseded), out.getvalue()
     with pytest.raises(Exception, match="already exists"):
         call_command("user_create", "--email", "bob@example.com", stdout=io.StringIO())
 

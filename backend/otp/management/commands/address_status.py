@@ -27,7 +27,14 @@ class Command(BaseCommand):
         out("Throttles: " + ", ".join(limit.describe(state.throttles[limit.name]) for limit in ADDRESS_LIMITS))
         out("Codes (newest first):")
         for code in state.codes:
-            life = "expired" if code.expires_at <= now else f"{int((code.expires_at - now).total_seconds())}s left"
+            # A countdown only for a code that can still be used: "92s left" beside a used or superseded code read
+            # as if it still worked (found by a new-user pass).
+            if code.status != code.Status.ACTIVE:
+                life = ""
+            elif code.expires_at <= now:
+                life = "expired"
+            else:
+                life = f"{int((code.expires_at - now).total_seconds())}s left"
             out(f"  {code.created_at:%Y-%m-%d %H:%M:%S}  {code.purpose:<8} {code.status:<10} "
                 f"attempts {code.attempts}  {life}")
         if not state.codes:
