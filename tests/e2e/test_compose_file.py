@@ -152,7 +152,7 @@ def test_nginx_keeps_its_pid_file_out_of_the_files_bin_stack_owns(tmp_path):
     from django.core.management import call_command
 
     call_command("nginx_config", str(tmp_path), stdout=io.StringIO())
-    pid_file = re.search(r"^pid (\S+);", (tmp_path / "nginx" / "nginx.conf").read_text(), re.MULTILINE)[1]
+    pid_file = re.search(r"^pid \"([^\"]+)\";", (tmp_path / "nginx" / "nginx.conf").read_text(), re.MULTILINE)[1]
     assert Path(pid_file).parent == tmp_path / "nginx"
 
 
