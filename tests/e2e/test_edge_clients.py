@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from tests.e2e.test_nginx_errors import assert_nginx_json_error, raw_answer_parse
-from tests.support.edge import LoneNginx, register_from
-from tests.support.waiting import free_port, wait_for
+from tests.support.edge import LoneNginx, register_from, sockets_answered
+from tests.support.waiting import free_port
 
 BALANCER = "127.0.0.40"
 PER_CLIENT_REQUESTS = 100  # the template's limit_conn
@@ -57,11 +57,7 @@ def test_requests_in_progress_are_counted_per_ipv6_64(edge):
     extra = 5
     held = [_slow_body(edge, f"2001:db8:7:7::{n:x}") for n in range(PER_CLIENT_REQUESTS + extra)]
     try:
-        def refused():
-            readable, _, _ = select.select(held, [], [], 0.1)
-            return readable if len(readable) >= extra else None
-
-        answered = wait_for(refused, timeout=5, message=f"{extra} of the /64's requests to be refused")
+        answered = sockets_answered(held, extra, message=f"{extra} of the /64's requests to be refused")
         assert len(answered) == extra
         received = answered[0].recv(65536)
         assert_nginx_json_error(raw_answer_parse(received), 429, "throttled", retry_after="1")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.e2e.test_nginx_errors import assert_nginx_json_error, raw_answer_parse
-from tests.support.edge import LoneNginx, register_from
+from tests.support.edge import LoneNginx, register_from, sockets_answered
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -183,11 +183,7 @@ def test_one_address_holds_at_most_its_share_of_requests_in_progress(stack):
     extra = 10
     held = [_slow_body(stack.http_port, "127.0.0.53") for _ in range(PER_CLIENT_REQUESTS + extra)]
     try:
-        def answered():
-            readable, _, _ = select.select(held, [], [], 0.1)
-            return readable if len(readable) >= extra else None
-
-        refused = wait_for(answered, timeout=5, message=f"{extra} of the address's requests to be refused")
+        refused = sockets_answered(held, extra, message=f"{extra} of the address's requests to be refused")
         assert len(refused) == extra
         for sock in refused:
             received = b""

@@ -4,6 +4,7 @@ loopback address, so nginx sees them as different clients."""
 import http.client
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -109,3 +110,13 @@ def register_from(nginx: LoneNginx, peer: str, forwarded_for: str, email: str) -
         return response.status
     finally:
         connection.close()
+
+
+def sockets_answered(held: list[socket.socket], count: int, *, message: str, timeout: float = 5) -> list[socket.socket]:
+    """Wait until at least `count` of the sockets `held` (requests nginx holds open, or refuses) have an answer to
+    read; return those sockets. Fails with `message` after `timeout` seconds."""
+    def answered():
+        readable, _, _ = select.select(held, [], [], 0.1)
+        return readable if len(readable) >= count else None
+
+    return wait_for(answered, timeout=timeout, message=message)
