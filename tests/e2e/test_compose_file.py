@@ -156,6 +156,20 @@ def test_nginx_keeps_its_pid_file_out_of_the_files_bin_stack_owns(tmp_path):
     assert Path(pid_file).parent == tmp_path / "nginx"
 
 
+def test_the_native_config_holds_a_stack_dir_with_a_space(tmp_path):
+    # The paths nginx writes to were unquoted in the templates: a checkout (or STACK_DIR) whose path holds a space
+    # rendered a configuration nginx refused, and `make up` stopped (noticed in an earlier session).
+    stack_dir = tmp_path / "my stack"
+    for folder in ("log", "run", "nginx/tmp"):
+        (stack_dir / folder).mkdir(parents=True)
+    from django.core.management import call_command
+
+    call_command("nginx_config", str(stack_dir), stdout=io.StringIO())
+    checked = subprocess.run(["nginx", "-t", "-q", "-c", str(stack_dir / "nginx" / "nginx.conf"),
+                              "-e", str(stack_dir / "log" / "nginx-error.log")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_environment_names_are_the_contracts(compose, services):
     text = (REPO_DIR / "docker-compose.yml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)", text))  # $${NAME} is the container's own, not compose's

@@ -83,14 +83,3 @@ def test_ranges_with_host_bits_start_and_are_read_as_their_networks():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['10.0.0.0/8', '192.0.2.7/32', '2001:db8::/32']"
 
-
-def test_the_native_config_holds_a_stack_dir_with_a_space(tmp_path):
-    # The paths nginx writes to were unquoted in the templates: a checkout (or STACK_DIR) whose path holds a space
-    # rendered a configuration nginx refused, and `make up` stopped (noticed in an earlier session).
-    stack_dir = tmp_path / "my stack"
-    for folder in ("log", "run", "nginx/tmp"):
-        (stack_dir / folder).mkdir(parents=True)
-    call_command("nginx_config", str(stack_dir), stdout=io.StringIO())
-    checked = subprocess.run(["nginx", "-t", "-q", "-c", str(stack_dir / "nginx" / "nginx.conf"),
-                              "-e", str(stack_dir / "log" / "nginx-error.log")], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
