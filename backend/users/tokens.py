@@ -5,6 +5,7 @@ simplejwt reads one key, once, into a module-level backend (`rest_framework_simp
 find their backend through `get_token_backend()`, which the classes here override (simplejwt's documented way to
 customise tokens is to subclass them: `AUTH_TOKEN_CLASSES` names the access token class below).
 """
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +17,8 @@ from rest_framework_simplejwt.exceptions import TokenBackendError, TokenBackendE
 from rest_framework_simplejwt.settings import api_settings
 
 FAMILY_CLAIM = "fam"
+# The largest account id PostgreSQL's bigint holds (the accounts' BigAutoField).
+_USER_ID_MAX = 2**63 - 1
 
 
 class KeyRotatingTokenBackend(TokenBackend):
@@ -45,9 +48,9 @@ class KeyRotatingTokenBackend(TokenBackend):
             return super().decode(token, verify=False)
         for key in self._verifying_keys():
             try:
-                return jwt.decode(token, key, algorithms=[self.algorithm], audience=self.audience,
-                                  issuer=self.issuer, leeway=self.get_leeway(),
-                                  options={"verify_aud": self.audience is not None, "verify_exp": verify_exp})
+                claims = jwt.decode(token, key, algorithms=[self.algorithm], audience=self.audience,
+                                    issuer=self.issuer, leeway=self.get_leeway(),
+                                    options={"verify_aud": self.audience is not None, "verify_exp": verify_exp})
             except jwt.InvalidSignatureError:
                 continue
             except jwt.InvalidAlgorithmError as exc:
@@ -56,7 +59,44 @@ class KeyRotatingTokenBackend(TokenBackend):
                 raise TokenBackendExpiredToken("Token is expired") from exc
             except jwt.InvalidTokenError as exc:
                 raise TokenBackendError("Token is invalid") from exc
+            claims_shape_check(claims)
+            return claims
         raise TokenBackendError("Token is invalid")
+
+
+def claims_shape_check(claims: dict[str, Any]) -> None:
+    """Refuse a signed token whose claims are not of the shapes this service issues, before anything reads them.
+
+    The signature proves only that a key we hold signed the claims, not that our code wrote them: a leaked or
+    misused key, or another service sharing it, can sign `exp: 1e20` (past what a datetime holds) or
+    `user_id: "abc"` (not an account id), which simplejwt and Django turned into 500s at /profile/,
+    /token/refresh/ and /logout/ (OWASP ASVS 4.0 V3.5.3: verify a token's integrity and its claims).
+
+    `claims`: the decoded payload. The shapes: `exp`, `iat` and `nbf`, when present, are numbers of seconds
+    since the epoch within what a datetime holds (years 1 to 9999, RFC 7519 section 2 "NumericDate"); the
+    account id (`user_id`) is a string of ASCII digits within PostgreSQL's bigint, as simplejwt writes it;
+    `jti`, and the sign-in's `fam` when present, are strings. Returns None; raises TokenBackendError.
+    """
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _numeric_date(claims[name]):
+            raise TokenBackendError("Token is invalid")
+    user_id = claims.get(api_settings.USER_ID_CLAIM)
+    if user_id is not None and not (isinstance(user_id, str) and user_id.isascii() and user_id.isdigit()
+                                    and int(user_id) <= _USER_ID_MAX):
+        raise TokenBackendError("Token is invalid")
+    for name in (api_settings.JTI_CLAIM, FAMILY_CLAIM):
+        if name in claims and not isinstance(claims[name], str):
+            raise TokenBackendError("Token is invalid")
+
+
+def _numeric_date(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        datetime.fromtimestamp(value, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def jwt_keys() -> tuple[str, tuple[str, ...]]:

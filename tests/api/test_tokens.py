@@ -312,6 +312,31 @@ def test_refresh_token_for_an_account_id_that_never_existed_is_401(fixed_code):
     assert logout(no_user).status_code == 401
 
 
+# Claims that a key we hold signed but our code never writes: a leaked or shared key can sign anything. Each was a
+# 500 at /token/refresh/ and /logout/ (the first two) or a 401 by luck; each is a 401 at every route now.
+ODD_CLAIMS = [
+    {"exp": 1e20},  # beyond a datetime: OverflowError in simplejwt's expiry check
+    {"user_id": "abc", "fam": None},  # not an account id: ValueError in the account lookup
+    {"user_id": "9" * 30},  # beyond PostgreSQL's bigint
+    {"user_id": "１２"},  # digits, but not ASCII ones
+    {"user_id": 12},  # a number: simplejwt writes the id as a string
+    {"iat": -1e20}, {"nbf": "soon"},
+    {"jti": 5}, {"fam": ["x"]},
+]
+
+
+@pytest.mark.parametrize("claims", ODD_CLAIMS, ids=[",".join(f"{k}={v!r}" for k, v in c.items()) for c in ODD_CLAIMS])
+def test_a_token_signed_with_our_key_but_claims_we_never_write_is_401_everywhere(fixed_code, claims):
+    tokens = sign_in(fixed_code)
+    access = resigned(tokens["access"], key=django_settings.SECRET_KEY, **claims)
+    odd_refresh = resigned(tokens["refresh"], key=django_settings.SECRET_KEY, **claims)
+    answers = {"profile": profile(access), "refresh": refresh(odd_refresh), "logout": logout(odd_refresh),
+               "logout with the odd access": logout(tokens["refresh"], access=access)}
+    assert {route: r.status_code for route, r in answers.items()} == dict.fromkeys(answers, 401)
+    assert all(r.json()["code"] for r in answers.values())
+    assert refresh(tokens["refresh"]).status_code == 200  # the genuine sign-in was not touched
+
+
 # --- item 9: rotating the signing key signs nobody out ------------------------------------------
 
 
