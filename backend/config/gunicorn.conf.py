@@ -1,6 +1,5 @@
 """gunicorn settings for the API; the port comes from the same settings module as everything else."""
 import json
-import logging.config
 import multiprocessing
 import os
 
@@ -9,6 +8,8 @@ import gunicorn.util
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 from django.conf import settings  # noqa: E402  (reading settings validates them: a bad one stops start-up here)
+
+from core.observability import logging_configure  # noqa: E402
 
 # Behind nginx on the same host; compose overrides this with --bind 0.0.0.0:8000.
 bind = f"127.0.0.1:{settings.API_PORT}"
@@ -37,7 +38,7 @@ class AppFormatLogger(gunicorn.glogging.Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        logging.config.dictConfig(settings.LOGGING)  # as django.setup() will again
+        logging_configure(settings.LOGGING)  # as django.setup() will again
         self.error_log.handlers.clear()
         self.error_log.propagate = True
 

@@ -6,6 +6,7 @@ the request runs, returned to the client, and handed to the delivery job so the 
 import contextvars
 import json
 import logging
+import logging.config
 import re
 import time
 import uuid
@@ -36,6 +37,16 @@ class request_id_bound:
 
     def __exit__(self, *exc):
         request_id_var.reset(self.token)
+
+
+def logging_configure(config: dict) -> None:
+    """Apply `config` (settings.LOGGING, a `logging.config.dictConfig` dict) and send Python's warnings through
+    it, as records of the `py.warnings` logger (`logging.captureWarnings`), so that a warning is one line in the
+    log's format too: Celery's SecurityWarning for a worker run as root was five plain-text lines among the JSON.
+    Django calls this once at set-up (`LOGGING_CONFIG`); gunicorn's logger calls it before Django is set up.
+    Returns None; raises ValueError for a config dictConfig refuses."""
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)
 
 
 class RequestIdFilter(logging.Filter):

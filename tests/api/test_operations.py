@@ -2,7 +2,10 @@
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from django.core.management import call_command
@@ -12,6 +15,7 @@ from rest_framework.test import APIClient
 from core.observability import JsonFormatter, RequestIdFilter, request_id_bound
 from otp.models import Delivery, OneTimeCode
 from tests.support.http import post
+from tests.support.processes import BACKEND_DIR
 from users.models import User
 
 
@@ -77,6 +81,20 @@ def test_log_lines_are_json_with_the_request_id():
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "delivery 7 failed" and first["request_id"] == "req-42" and first["level"] == "warning"
     assert second["request_id"] == "-"
+
+
+def test_a_python_warning_is_one_json_line_in_the_log():
+    # Celery's SecurityWarning for a worker run as root was five plain-text lines among the JSON (a new-user pass).
+    script = ("import django, warnings; django.setup(); "
+              "warnings.warn('run me as\\nanother user', RuntimeWarning)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=BACKEND_DIR, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "DEBUG": "off", "DJANGO_SETTINGS_MODULE": "config.settings"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    entry = json.loads(lines[0])
+    assert entry["logger"] == "py.warnings" and entry["level"] == "warning"
+    assert "RuntimeWarning: run me as\nanother user" in entry["message"]
 
 
 @pytest.mark.django_db

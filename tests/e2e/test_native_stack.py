@@ -59,7 +59,7 @@ def test_the_request_id_follows_the_code_into_the_worker(stack, inbox):
     assert wait_for(sent_line, message="the worker's log line for this request")
 
 
-def test_the_api_and_beat_log_one_json_object_a_line(stack):
+def test_the_api_workers_and_beat_log_one_json_object_a_line(stack):
     # gunicorn wrote its own lines (its start, its workers, the requests it refuses) in plain text, and Celery's
     # beat and workers a banner, between the JSON lines a log pipeline parses (found reading the stack's logs).
     refused = socket.create_connection(("127.0.0.1", stack.api_port), timeout=10)
@@ -71,13 +71,12 @@ def test_the_api_and_beat_log_one_json_object_a_line(stack):
         return [line for line in stack.log("api").splitlines() if "Invalid request" in line]
 
     assert wait_for(logged_refusal, message="gunicorn's line for the request it refused")
-    for name in ("api", "beat"):
+    for name in ("api", "beat", "worker-email", "worker-sms"):
+        # The workers' Python warnings (Celery's SecurityWarning when run as root, as CI is) were plain text.
         lines = [line for line in stack.log(name).splitlines() if line.strip()]
-        assert any('"gunicorn.error"' in line or '"celery.beat"' in line for line in lines), name
+        assert any('"gunicorn.error"' in line or '"celery.' in line for line in lines), name
         for line in lines:
             assert isinstance(json.loads(line), dict), (name, line)
-    for name in ("worker-email", "worker-sms"):
-        assert "-------------- " not in stack.log(name), "Celery's banner"
 
 
 def test_sms_round_trip_through_nginx(stack, sms):
