@@ -17,6 +17,9 @@ class OneTimeCode(models.Model):
         USED = "used", "Used"
         SUPERSEDED = "superseded", "Superseded"
         BURNED = "burned", "Burned"
+        # Its delivery ended without a provider taking it (no account for a login, a budget spent, a refusal, the
+        # broker down): the code that it superseded, if still live, is active again (otp.services.code_withdraw).
+        UNSENT = "unsent", "Unsent"
 
     address = models.CharField(max_length=254)
     channel = models.CharField(max_length=8, choices=Channel.choices)

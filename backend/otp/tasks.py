@@ -132,7 +132,8 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
     except codes.CodeSealInvalid as exc:
         # Never sent, and recorded, so support can tell the user why no code came.
         logger.warning("delivery %s: job refused, its sealed code did not open (%s)", payload.get("delivery_id"), exc)
-        services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.PAYLOAD_REFUSED_ERROR)
+        services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.PAYLOAD_REFUSED_ERROR,
+                                 device=bool(payload.get("device", False)))
         return
     try:
         services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries,

@@ -3,6 +3,8 @@ import re
 from datetime import timedelta
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -13,6 +15,7 @@ from tests.support import factories
 from tests.support.database_state import backends_end
 from tests.support.http import post
 from tests.support.parallel import run_in_parallel
+from tests.support.redis_state import redis_flush
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import wait_for
@@ -75,6 +78,18 @@ def test_login_sends_only_to_existing_accounts(inbox):
     unknown = delivery_in_state("unknown@example.com", "failed")
     assert unknown.last_error == "No account for this address: not sent." and unknown.attempts == 1
     assert inbox.to("unknown@example.com") == []
+
+
+def test_a_login_during_a_sign_up_leaves_the_mailed_code_working(inbox):
+    # The known-failures pass's input: someone's /login/ for an address still signing up (no account) sent
+    # nothing but superseded the code just mailed; the user typed it and got "invalid code", and no new code came.
+    assert post(APIClient(), "/register/", {"email": "signup@example.com"}).status_code == 202
+    mailed = code_from_email(inbox.wait_for_message("signup@example.com"))
+    redis_flush(redis.Redis.from_url(settings.REDIS_URL), "*otp:cooldown:*")  # the attacker waited it out
+    assert post(APIClient(), "/login/", {"email": "signup@example.com"}).status_code == 202
+    delivery_in_state("signup@example.com", "failed")  # the login's: no account, not sent
+    assert post(APIClient(), "/verify-otp/", {"email": "signup@example.com", "code": mailed}).status_code == 200
+    assert len(inbox.to("signup@example.com")) == 1
 
 
 def test_twilio_429_and_500_are_retried_until_delivered_once(sms):

@@ -7,7 +7,7 @@
   access logs).
 Accounts and tokens are users.services'.
 """
-from otp.services.delivering import (CODE_EXPIRED_ERROR, DeliveryRetry, delivery_retry_countdown, delivery_send,
+from otp.services.delivering import (CODE_EXPIRED_ERROR, DeliveryRetry, code_withdraw, delivery_retry_countdown, delivery_send,
                                      delivery_status_callback_record, delivery_status_record)
 from otp.services.housekeeping import (admin_access_log_purge, code_purge, delivery_expire_stale, delivery_purge,
                                        device_token_purge, maintenance_run, session_purge, token_blacklist_flush)
@@ -18,6 +18,7 @@ from users.services import TokenPair, token_pair_issue, token_revoke
 
 __all__ = [
     "CODE_EXPIRED_ERROR", "DELIVERY_PAYLOAD_VERSION", "DeliveryRetry", "TokenPair", "code_issue", "code_purge",
+    "code_withdraw",
     "code_request", "code_verify", "delivery_enqueue", "delivery_expire_stale", "delivery_retry_countdown",
     "delivery_send", "delivery_status_callback_record", "delivery_status_record", "maintenance_run",
     "token_blacklist_flush", "token_pair_issue", "token_revoke",

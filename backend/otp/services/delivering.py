@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Mapping
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
 from django.utils import timezone
 
@@ -17,7 +17,7 @@ from core.metrics import metric_count, metric_observe
 from otp import providers, queries, throttles
 from otp.addresses import Address, Channel
 from otp.messages import email_message_render, sms_message_render
-from otp.models import Delivery, Purpose
+from otp.models import Delivery, OneTimeCode, Purpose
 
 logger = logging.getLogger("otp.services")
 
@@ -86,15 +86,62 @@ def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", pr
                            channel=delivery.channel)
 
 
-def delivery_refuse(*, delivery_id: int, reason: str) -> None:
+def code_withdraw(*, address: str, device: bool, expires_at: datetime) -> bool:
+    """Withdraw a code no provider took, and make the code it superseded active again if that one still lives.
+
+    A new code supersedes the older ones of its class at once, in the request, before anyone knows whether it
+    will be sent. When it is not (a login for an address without an account, a budget spent, a suppressed or
+    refused recipient, the provider's refusal, the broker down), the user still holds the code before it and
+    was told nothing: without this, an attacker's `/login/` for an address signing up (no account yet) sent
+    nothing but silently voided the code just mailed (a known-failures pass; OWASP Authentication Cheat Sheet,
+    "account lockout" as a denial of service).
+
+    `address`, `device` (the client class) and `expires_at` name the code as its delivery records it (they were
+    written together, with one timestamp). The code is marked `unsent` (unless guesses burned it), so that no
+    later withdrawal revives it; if it was still active, the newest code before it that was sent or may have
+    been (any status but `unsent`) is made active again when it is `superseded` and unexpired. Returns True when
+    a code was made active again. Raises django.db.DatabaseError.
+
+    One race is left: a code issued for the address in the same moment (its statement began before this commits,
+    and waited for the lock on the withdrawn code) does not supersede the code made active here, and the two are
+    active together. Verify compares the newer; the older, also mailed to the owner, works until it expires if
+    the newer is used first; guesses stay bounded by the address's failure budget. Through the API the resend
+    cooldown leaves this to a job run OTP_RESEND_COOLDOWN_SECONDS or more after its request (docs/reliability.md).
+    """
+    now = timezone.now()
+    codes = OneTimeCode.objects.filter(address=address, device=device)
+    with transaction.atomic():
+        rows = list(codes.select_for_update().exclude(status=OneTimeCode.Status.UNSENT)
+                    .order_by("-created_at", "-id").only("id", "status", "expires_at", "created_at"))
+        unsent = next((row for row in rows if row.expires_at == expires_at), None)
+        if unsent is None or unsent.status not in (OneTimeCode.Status.ACTIVE, OneTimeCode.Status.SUPERSEDED):
+            return False  # burned by guesses (kept as the record of them), or purged
+        OneTimeCode.objects.filter(id=unsent.id).update(status=OneTimeCode.Status.UNSENT)
+        if unsent.status == OneTimeCode.Status.SUPERSEDED:
+            return False  # a newer code superseded it meanwhile: that one is the user's
+        before = next((row for row in rows if row.created_at < unsent.created_at), None)
+        if (before is None or before.status != OneTimeCode.Status.SUPERSEDED or before.expires_at <= now):
+            return False
+        OneTimeCode.objects.filter(id=before.id).update(status=OneTimeCode.Status.ACTIVE)
+    return True
+
+
+def _delivery_fail_unsent(*, delivery: Delivery, device: bool, **finish) -> None:
+    # Withdrawn before the record: a run after a failed record finds the delivery unfinished and does both again.
+    code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
+    delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, **finish)
+
+
+def delivery_refuse(*, delivery_id: int, reason: str, device: bool = False) -> None:
     """Record that the job for `delivery_id` was refused unsent, with `reason` (the delivery ends `failed`,
-    unless it already ended). Nothing is recorded for a delivery that does not exist.
+    unless it already ended), and withdraw its code (code_withdraw; `device`: the job's client class). Nothing
+    is recorded for a delivery that does not exist.
 
     Raises django.db.DatabaseError when the database does.
     """
     delivery = Delivery.objects.filter(id=delivery_id).first()
-    if delivery is not None:
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=reason)
+    if delivery is not None and delivery.status not in _FINAL:
+        _delivery_fail_unsent(delivery=delivery, device=device, last_error=reason)
 def _database_try_seconds() -> float:
     """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
     statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""
@@ -162,8 +209,8 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
         raise DeliveryRetry(max(0.5, (delivery.lease_until - now).total_seconds() + 0.5))
 
     if delivery.purpose == Purpose.LOGIN and not delivery.account_exists:
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED,
-                        last_error="No account for this address: not sent.", outcome=NO_ACCOUNT_OUTCOME)
+        _delivery_fail_unsent(delivery=delivery, device=device, last_error="No account for this address: not sent.",
+                              outcome=NO_ACCOUNT_OUTCOME)
         return
 
     address = Address(value=delivery.address, channel=Channel(delivery.channel))
@@ -172,13 +219,13 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
     if spent == throttles.RECIPIENT_SUPPRESSED:
         # The answer to the request was 202 all the same: whether an address bounces is nobody's to learn.
         metric_count("otp_email_suppressed_total", event="skipped")
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=SUPPRESSED_OUTCOME,
-                        last_error=RECIPIENT_SUPPRESSED_ERROR)
+        _delivery_fail_unsent(delivery=delivery, device=device, outcome=SUPPRESSED_OUTCOME,
+                              last_error=RECIPIENT_SUPPRESSED_ERROR)
         return
     if spent is not None:
         metric_count(f"otp_{delivery.channel}_refused_total", reason=spent)
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, outcome=BUDGET_SPENT_OUTCOME,
-                        last_error=f"{BUDGET_SPENT_ERROR} ({spent}).")
+        _delivery_fail_unsent(delivery=delivery, device=device, outcome=BUDGET_SPENT_OUTCOME,
+                              last_error=f"{BUDGET_SPENT_ERROR} ({spent}).")
         return
 
     render = email_message_render if delivery.channel == "email" else sms_message_render
@@ -197,12 +244,11 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
             metric_count("otp_email_suppressed_total", event="added")
             logger.warning("delivery %s: recipient refused permanently, suppressed for %ss: %s", delivery_id,
                            settings.OTP_EMAIL_SUPPRESSION_SECONDS, exc)
-            delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, provider=provider_name,
-                            last_error=f"{RECIPIENT_REFUSED_ERROR}: {exc}"[:1000])
+            _delivery_fail_unsent(delivery=delivery, device=device, provider=provider_name,
+                                  last_error=f"{RECIPIENT_REFUSED_ERROR}: {exc}"[:1000])
             return
         logger.warning("delivery %s failed permanently: %s", delivery_id, exc)
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
-                        provider=provider_name)
+        _delivery_fail_unsent(delivery=delivery, device=device, last_error=str(exc)[:1000], provider=provider_name)
         return
     except providers.SendOutcomeUnknownError as exc:
         # The provider may have taken it: sending again could deliver the code twice. The user may ask for a
@@ -218,8 +264,8 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
                    or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
         logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
         if give_up:
-            delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=str(exc)[:1000],
-                            provider=provider_name)
+            _delivery_fail_unsent(delivery=delivery, device=device, last_error=str(exc)[:1000],
+                                  provider=provider_name)
             return
         _delivery_put_back(delivery_id, lease_until=lease_until, last_error=str(exc)[:1000])
         metric_count("otp_delivery_retries_total", channel=delivery.channel)

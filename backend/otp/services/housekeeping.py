@@ -29,12 +29,15 @@ def _batched_delete(queryset, batch_size: int) -> int:
 
 
 def code_purge(*, batch_size: int | None = None) -> int:
-    """Delete expired and no-longer-active codes in batches of `batch_size` rows (default
-    OTP_PURGE_BATCH_SIZE), so no long lock ever blocks the API; return how many were deleted."""
+    """Delete expired codes, and used, burned and unsent ones, in batches of `batch_size` rows (default
+    OTP_PURGE_BATCH_SIZE), so no long lock ever blocks the API; return how many were deleted. A superseded code
+    stays until it expires: if the code that superseded it is never sent, it is the user's again
+    (otp.services.code_withdraw)."""
     batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
     now = timezone.now()
+    spent = OneTimeCode.objects.exclude(status__in=[OneTimeCode.Status.ACTIVE, OneTimeCode.Status.SUPERSEDED])
     return (_batched_delete(OneTimeCode.objects.filter(expires_at__lte=now), batch_size)
-            + _batched_delete(OneTimeCode.objects.exclude(status=OneTimeCode.Status.ACTIVE), batch_size))
+            + _batched_delete(spent, batch_size))
 
 
 def device_token_purge(*, batch_size: int | None = None) -> int:
