@@ -94,6 +94,18 @@ def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quic
     assert 1 <= int(again.headers["Retry-After"]) <= 60
 
 
+def test_sqlite_gives_the_mailed_code_back_when_a_login_sends_nothing(quick_run):
+    # code_withdraw through the ORM on SQLite (no SELECT ... FOR UPDATE): the register code is mailed (on the console,
+    # by the in-process job), the login for the address, which has no account yet, is not sent.
+    script = ("from otp.addresses import email_normalize; from otp.models import OneTimeCode; "
+              "from otp.services import code_issue; address = email_normalize('withdrawn@example.com'); "
+              "code_issue(address=address, purpose='register'); code_issue(address=address, purpose='login'); "
+              "print('statuses', sorted(OneTimeCode.objects.filter(address=address.value)"
+              ".values_list('purpose', 'status')))")
+    assert ("statuses [('login', 'unsent'), ('register', 'active')]"
+            in quick_shell(quick_run, "quick-withdraw", script))
+
+
 def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
     # The claim reads its row through a plain cursor; SQLite gives datetimes back as text, and the retry decision
     # compares the expiry with timezone.now().
