@@ -40,6 +40,14 @@ def key_derive(key: bytes, *, purpose: bytes, salt: bytes | None = None) -> byte
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=purpose).derive(key)
 
 
+@functools.lru_cache(maxsize=16)
+def key_id(key: bytes) -> str:
+    """A public name for `key`: the first 16 hex characters of HMAC-SHA256(key, "otp key id"), which tell nothing
+    of the key, so that a delivery job can say which code key sealed it and a worker can tell a key it does not
+    hold (a rotation not yet applied to it) from a job that was changed."""
+    return hmac.new(key, b"otp key id", hashlib.sha256).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=8)
 def _throttle_key(configured: str, current_code_key: bytes) -> bytes:
     return key_derive(configured.encode() if configured else current_code_key, purpose=b"otp throttle keys")

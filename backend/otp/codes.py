@@ -110,7 +110,12 @@ SEAL_NONCE_BYTES = 12
 
 class CodeSealInvalid(Exception):
     """A sealed code no configured key opens for this delivery: tampered with, moved from another delivery's job,
-    or sealed under a key this process does not have."""
+    or (for a job that does not name its key) sealed under a key this process does not have."""
+
+
+class CodeSealKeyUnknown(Exception):
+    """A sealed code whose job names a key (code_seal_key_id) this process does not hold: sealed by a process whose
+    keys were rotated and this one's not yet, or after this one's fallback was dropped."""
 
 
 def _seal_context(delivery_id: int, expires_at: float) -> bytes:
@@ -133,11 +138,18 @@ def code_seal(*, code: str, delivery_id: int, expires_at: float) -> str:
     return base64.urlsafe_b64encode(salt + nonce + sealed).decode()
 
 
-def code_unseal(*, sealed: str, delivery_id: int, expires_at: float) -> str:
-    """The code code_seal sealed for this delivery and expiry, opened with the current key or any fallback.
+def code_seal_key_id() -> str:
+    """The public name (core.keys.key_id) of the key code_seal seals with now: the current code key's."""
+    return keys.key_id(keys.code_keys()[0])
 
-    Raises CodeSealInvalid when `sealed` is malformed, was changed, belongs to another delivery or expiry, or was
-    sealed under a key no longer (or not yet) configured.
+
+def code_unseal(*, sealed: str, delivery_id: int, expires_at: float, key_id: str | None = None) -> str:
+    """The code code_seal sealed for this delivery and expiry, opened with the key `key_id` names (the job's
+    code_seal_key_id), or, for a job that names none (queued before jobs did), the current key or any fallback.
+
+    Raises CodeSealKeyUnknown when no configured key has the name `key_id`, and CodeSealInvalid when `sealed` is
+    malformed, was changed, belongs to another delivery or expiry, or (without `key_id`) was sealed under a key no
+    longer or not yet configured.
     """
     try:
         raw = base64.urlsafe_b64decode(sealed.encode())
@@ -148,7 +160,12 @@ def code_unseal(*, sealed: str, delivery_id: int, expires_at: float) -> str:
     nonce, body = rest[:SEAL_NONCE_BYTES], rest[SEAL_NONCE_BYTES:]
     if len(nonce) != SEAL_NONCE_BYTES or not body:
         raise CodeSealInvalid("malformed")
-    for key in keys.code_keys():
+    candidates = keys.code_keys()
+    if key_id is not None:
+        candidates = tuple(key for key in candidates if keys.key_id(key) == key_id)
+        if not candidates:
+            raise CodeSealKeyUnknown(f"sealed under key {str(key_id)[:16]!r}, which this process does not hold")
+    for key in candidates:
         try:
             return AESGCM(keys.key_derive(key, purpose=SEAL_PURPOSE, salt=salt)).decrypt(nonce, body, context).decode()
         except InvalidTag:

@@ -61,8 +61,9 @@ def _delivery_arguments(delivery_id: int | None, code: str | None, payload: dict
     versioned payload (2: the code sealed; 1: in plaintext), or the keyword arguments jobs were published with
     before it.
 
-    Raises PayloadVersionUnknown for a payload version newer than DELIVERY_PAYLOAD_VERSION_READ, and
-    otp.codes.CodeSealInvalid when a version 2 code does not open for its delivery and expiry.
+    Raises PayloadVersionUnknown for a payload version newer than DELIVERY_PAYLOAD_VERSION_READ,
+    otp.codes.CodeSealKeyUnknown when a version 2 code names a key this worker does not hold, and
+    otp.codes.CodeSealInvalid when it does not open for its delivery and expiry.
     """
     if payload is None:
         return delivery_id, code, None
@@ -72,7 +73,8 @@ def _delivery_arguments(delivery_id: int | None, code: str | None, payload: dict
     delivery_id, expires_at = payload["delivery_id"], payload.get("expires_at")
     if version == 1:
         return delivery_id, payload["code"], expires_at
-    code = codes.code_unseal(sealed=payload.get("code_sealed"), delivery_id=delivery_id, expires_at=expires_at)
+    code = codes.code_unseal(sealed=payload.get("code_sealed"), delivery_id=delivery_id, expires_at=expires_at,
+                             key_id=payload.get("key_id"))
     return delivery_id, code, expires_at
 
 
@@ -126,6 +128,18 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
             logger.warning("delivery %s: %s, and its code has expired: job dropped", payload.get("delivery_id"), exc)
             return
         logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
+        raise _delivery_retry_published(task, delivery_id=payload.get("delivery_id"),
+                                        expires_at=float(payload["expires_at"]), started=started,
+                                        countdown=UNKNOWN_VERSION_RETRY_SECONDS, kwargs=None)
+    except codes.CodeSealKeyUnknown as exc:
+        # Keys rotated on the process that sealed it and not yet here (or this one's fallback dropped too early): a
+        # worker that holds the key may run it, within its code's life; refused (recorded) once that has passed.
+        if time.time() >= float(payload.get("expires_at", 0)):
+            logger.warning("delivery %s: %s, and its code has expired: job refused", payload.get("delivery_id"), exc)
+            services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.KEY_UNKNOWN_ERROR,
+                                     device=bool(payload.get("device", False)))
+            return
+        logger.warning("delivery %s: %s: put back for a worker that holds it", payload.get("delivery_id"), exc)
         raise _delivery_retry_published(task, delivery_id=payload.get("delivery_id"),
                                         expires_at=float(payload["expires_at"]), started=started,
                                         countdown=UNKNOWN_VERSION_RETRY_SECONDS, kwargs=None)

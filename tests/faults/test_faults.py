@@ -100,6 +100,29 @@ def test_a_code_asked_for_during_a_broker_outage_leaves_the_code_before_it_worki
         broker.stop()
 
 
+def test_a_worker_not_yet_rotated_puts_jobs_sealed_under_the_new_key_back_for_one_that_is(base_env, stacks,
+                                                                                         private_redis, inbox):
+    # A careless-operator pass: an extra worker `make down` did not stop kept the old key after a rotation and
+    # refused, as if changed, every job sealed under the new one that it took: 15 of 30 codes were never sent.
+    old_key, new_key = "old-otp-hmac-key-" + "o" * 32, "new-otp-hmac-key-" + "n" * 32
+    rotated = {**base_env, "REDIS_URL": private_redis.url, "OTP_HMAC_KEY": new_key, "OTP_HMAC_KEY_FALLBACKS": old_key}
+    stack = stacks(rotated).start_api()
+    stale = stack.start_worker(OTP_HMAC_KEY=old_key, OTP_HMAC_KEY_FALLBACKS="")
+    addresses = [f"rotating{i}@example.com" for i in range(3)]
+    for address in addresses:
+        assert stack.post("/register/", {"email": address}).status_code == 202
+    ids = list(Delivery.objects.filter(address__in=addresses).values_list("id", flat=True))
+    wait_for(lambda: all(f"delivery {i}: sealed under key" in stale.log() for i in ids),
+             message="the stale worker to put each job back")
+    assert not Delivery.objects.filter(status="failed").exists()
+
+    stack.start_worker()  # a worker with the rotated keys
+    for address in addresses:
+        code = code_from_email(inbox.wait_for_message(address, timeout=30))
+        assert stack.post("/verify-otp/", {"email": address, "code": code}).status_code == 200
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+
+
 def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis, sms):
     # The shortest visibility timeout the settings accept: above the delivery lease plus 1 s (49 s: Twilio's whole
     # wait, its checks of a lost answer included, plus the time to record the outcome and a margin), and above

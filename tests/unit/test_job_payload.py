@@ -7,7 +7,7 @@ import pytest
 from django.core import mail
 
 from otp import codes, services, tasks
-from otp.codes import CodeSealInvalid, code_seal, code_unseal
+from otp.codes import CodeSealInvalid, CodeSealKeyUnknown, code_seal, code_seal_key_id, code_unseal
 from otp.models import Delivery, Purpose
 from tests.support import factories
 from tests.support.broker_messages import broker_blobs, delivery_payloads
@@ -57,6 +57,38 @@ def test_a_job_sealed_before_the_key_was_rotated_still_opens(settings):
     settings.OTP_HMAC_KEY_FALLBACKS = []
     with pytest.raises(CodeSealInvalid):
         code_unseal(sealed=sealed, delivery_id=7, expires_at=1_900_000_000.0)
+
+
+def test_a_job_names_the_key_that_sealed_it_and_a_worker_without_that_key_tells_it_from_tampering(settings):
+    # A worker whose keys were not yet rotated (an extra worker `make down` did not stop, a host not yet deployed)
+    # refused every job sealed under the new key as if it had been changed: half the codes of a careless-operator
+    # pass were never sent.
+    settings.OTP_HMAC_KEY, settings.OTP_HMAC_KEY_FALLBACKS = NEW_KEY, [OLD_KEY]
+    payload = services.delivery_payload(delivery_id=7, code="123456", expires_at=1_900_000_000.0)
+    assert payload["key_id"] == code_seal_key_id() and len(payload["key_id"]) == 16
+    assert NEW_KEY not in repr(payload) and OLD_KEY not in repr(payload)
+    assert code_unseal(sealed=payload["code_sealed"], delivery_id=7, expires_at=1_900_000_000.0,
+                       key_id=payload["key_id"]) == "123456"
+    settings.OTP_HMAC_KEY, settings.OTP_HMAC_KEY_FALLBACKS = OLD_KEY, []  # the worker not yet rotated
+    with pytest.raises(CodeSealKeyUnknown):
+        code_unseal(sealed=payload["code_sealed"], delivery_id=7, expires_at=1_900_000_000.0,
+                    key_id=payload["key_id"])
+    settings.OTP_HMAC_KEY, settings.OTP_HMAC_KEY_FALLBACKS = NEW_KEY, [OLD_KEY]
+    with pytest.raises(CodeSealInvalid):  # the key is held, so a code that does not open was changed
+        code_unseal(sealed=payload["code_sealed"], delivery_id=8, expires_at=1_900_000_000.0,
+                    key_id=payload["key_id"])
+
+
+@pytest.mark.django_db
+def test_a_job_sealed_under_a_key_no_worker_holds_is_refused_once_its_code_expired(email_address, settings):
+    settings.OTP_HMAC_KEY = NEW_KEY
+    delivery = factories.issued_code(email_address)
+    expired = services.delivery_payload(delivery_id=delivery.id, code="123456", expires_at=time.time() - 1)
+    settings.OTP_HMAC_KEY = OLD_KEY
+    tasks.delivery_send.apply(kwargs={"payload": expired})
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.last_error) == ("failed", services.KEY_UNKNOWN_ERROR)
+    assert mail.outbox == []
 
 
 @pytest.mark.django_db

@@ -12,7 +12,7 @@ from otp.services.delivering import (CODE_EXPIRED_ERROR, DeliveryRetry, code_wit
 from otp.services.housekeeping import (admin_access_log_purge, code_purge, delivery_expire_stale, delivery_purge,
                                        device_token_purge, maintenance_run, session_purge, token_blacklist_flush)
 from otp.services.issuing import DELIVERY_PAYLOAD_VERSION, code_issue, code_request, delivery_enqueue, delivery_payload
-from otp.services.delivering import PAYLOAD_REFUSED_ERROR, delivery_refuse
+from otp.services.delivering import KEY_UNKNOWN_ERROR, PAYLOAD_REFUSED_ERROR, delivery_refuse
 from otp.services.verifying import SignIn, code_verify
 from users.services import TokenPair, token_pair_issue, token_revoke
 
@@ -23,4 +23,5 @@ __all__ = [
     "delivery_send", "delivery_status_callback_record", "delivery_status_record", "maintenance_run",
     "token_blacklist_flush", "token_pair_issue", "token_revoke",
     "delivery_purge", "device_token_purge", "SignIn", "session_purge", "admin_access_log_purge", "PAYLOAD_REFUSED_ERROR", "delivery_payload", "delivery_refuse",
+    "KEY_UNKNOWN_ERROR",
 ]

@@ -28,6 +28,8 @@ RECIPIENT_SUPPRESSED_ERROR = ("Recipient suppressed (refused permanently at RCPT
                               "though the request was answered as usual.")
 PAYLOAD_REFUSED_ERROR = ("Job refused, not sent: its sealed code did not open for this delivery (changed, copied "
                          "from another delivery's job, or sealed under a key this worker does not have).")
+KEY_UNKNOWN_ERROR = ("Job refused, not sent: its code was sealed under a key no worker that took it holds, and it "
+                     "expired meanwhile (a key rotation not applied to every worker, or a fallback dropped too early).")
 # Metrics count a login for an address without an account apart from failures: it is the design, not a fault, and
 # an alert on failed deliveries must not fire when someone types unknown addresses.
 NO_ACCOUNT_OUTCOME = "no_account"

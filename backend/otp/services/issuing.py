@@ -136,10 +136,13 @@ def delivery_enqueue(*, delivery: Delivery, code: str, device: bool = False) -> 
 
 def delivery_payload(*, delivery_id: int, code: str, expires_at: float, device: bool = False) -> dict:
     """The delivery job's payload (version DELIVERY_PAYLOAD_VERSION): {"v": 2, "delivery_id": int, "expires_at":
-    the code's expiry in Unix seconds, "code_sealed": codes.code_seal(...), "device": bool}.
+    the code's expiry in Unix seconds, "code_sealed": codes.code_seal(...), "key_id": codes.code_seal_key_id(),
+    "device": bool}.
 
     `device` (added within version 2; absent reads False): the code was asked for with a valid device token, so
-    the worker counts it on that class's share of the send budgets.
+    the worker counts it on that class's share of the send budgets. `key_id` (added within version 2; absent:
+    every configured key is tried): the public name of the key that sealed the code, so a worker that does not
+    hold it yet (a rotation reaching hosts one by one) puts the job back for another instead of refusing it.
 
     The code is sealed with the delivery id and the expiry as associated data, so Redis (its memory, its
     append-only file, a backup) never holds it in plaintext, and a sealed code copied into another job is refused
@@ -147,4 +150,4 @@ def delivery_payload(*, delivery_id: int, code: str, expires_at: float, device: 
     """
     return {"v": DELIVERY_PAYLOAD_VERSION, "delivery_id": delivery_id, "expires_at": expires_at,
             "code_sealed": codes.code_seal(code=code, delivery_id=delivery_id, expires_at=expires_at),
-            "device": device}
+            "key_id": codes.code_seal_key_id(), "device": device}
