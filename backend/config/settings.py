@@ -665,9 +665,9 @@ LOGGING = {
         # warnings and errors still show.
         "celery.app.trace": {"level": "WARNING"}, "celery.worker.strategy": {"level": "WARNING"},
         "twilio.http_client": {"level": "WARNING"},
-        # Python's warnings, as the root's records (core.observability.logging_configure): Django's own handler for
-        # them would print each a second time with DEBUG on.
-        "py.warnings": {"handlers": [], "propagate": True},
+        # Python's warnings (core.observability.logging_configure), through the root's handler: at WARNING whatever
+        # LOG_LEVEL is, as they were when Python printed them itself.
+        "py.warnings": {"level": "WARNING"},
     },
 }
 LOGGING_CONFIG = "core.observability.logging_configure"

@@ -34,6 +34,10 @@ class OneTimeCode(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
+    # The id of the active code of its class this one superseded when it was issued (written by the issue
+    # statement), so that, if this one is never sent, exactly that one is the user's again. No foreign key: the
+    # purge deletes rows in any order, and a link to a deleted row just leads nowhere.
+    supersedes_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -75,6 +79,9 @@ class Delivery(models.Model):
     expires_at = models.DateTimeField()
     # While a worker holds the send; a redelivered job may take over once it lapses.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # A run took it over from a holder whose lease had lapsed: that holder may have handed the message to its
+    # provider before it died, so the code is never withdrawn as unsent (otp.services.code_withdraw).
+    taken_over = models.BooleanField(default=False, db_default=False)  # the database's too: old releases' inserts
 
     class Meta:
         verbose_name_plural = "deliveries"

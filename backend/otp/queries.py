@@ -51,12 +51,14 @@ CODE_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "device": "%(device)s",
     "code_hash": "%(code_hash)s", "status": _ACTIVE, "attempts": "0", "created_at": "%(now)s",
     "expires_at": "%(expires_at)s", "used_at": "NULL",
+    # The active code of the class it superseded in the same statement (at most one outside a race: the newest).
+    "supersedes_id": "(SELECT max(id) FROM superseded)",
 }
 DELIVERY_INSERT_COLUMNS: dict[str, str] = {
     "address": "%(address)s", "channel": "%(channel)s", "purpose": "%(purpose)s", "provider": "%(provider)s",
     "status": _QUEUED, "provider_id": "''", "provider_status": "''", "attempts": "0", "last_error": "''",
     "created_at": "%(now)s", "updated_at": "%(now)s", "sent_at": "NULL", "expires_at": "%(expires_at)s",
-    "lease_until": "NULL",
+    "lease_until": "NULL", "taken_over": "false",
 }
 
 
@@ -72,6 +74,7 @@ CODE_STORE_SQL = f"""
 WITH superseded AS (
     UPDATE {CODE_TABLE} SET status = {_SUPERSEDED}
     WHERE address = %(address)s AND status = {_ACTIVE} AND device = %(device)s
+    RETURNING id
 ), code AS (
     {_insert(CODE_TABLE, CODE_INSERT_COLUMNS)}
 )
@@ -90,8 +93,9 @@ def delivery_loaded(**fields) -> Delivery:
 def code_store(*, address: str, channel: str, purpose: str, provider: str, code_hash_hex: str, now: datetime,
                expires_at: datetime, device: bool = False) -> Delivery:
     """Supersede the address's active codes of the client class `device` (True: asked for with a live device
-    token), insert the new code's hash and its queued delivery; return the delivery (id, address, channel,
-    purpose, provider, status, timestamps loaded; the rest deferred).
+    token), insert the new code's hash (with the id of the code it superseded, `supersedes_id`) and its queued
+    delivery; return the delivery (id, address, channel, purpose, provider, status, timestamps loaded; the rest
+    deferred).
 
     PostgreSQL: CODE_STORE_SQL, one statement in autocommit (inside an outer transaction its failure aborts
     that transaction). SQLite (the quick local run) has no data-modifying CTEs: the same writes in one
@@ -105,12 +109,12 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
         return delivery_loaded(id=delivery_id, address=address, channel=channel, purpose=purpose, provider=provider,
                                status=Delivery.Status.QUEUED, created_at=now, updated_at=now, expires_at=expires_at)
     with transaction.atomic():
-        OneTimeCode.objects.filter(address=address, status=OneTimeCode.Status.ACTIVE, device=device).update(
-            status=OneTimeCode.Status.SUPERSEDED
-        )
+        active = OneTimeCode.objects.filter(address=address, status=OneTimeCode.Status.ACTIVE, device=device)
+        superseded = list(active.values_list("id", flat=True))
+        active.update(status=OneTimeCode.Status.SUPERSEDED)
         OneTimeCode.objects.create(address=address, channel=channel, purpose=purpose, device=device,
-                                   code_hash=code_hash_hex,
-                                   created_at=now, expires_at=expires_at)
+                                   code_hash=code_hash_hex, created_at=now, expires_at=expires_at,
+                                   supersedes_id=max(superseded, default=None))
         return Delivery.objects.create(address=address, channel=channel, purpose=purpose, provider=provider,
                                        created_at=now, expires_at=expires_at)
 
@@ -123,10 +127,10 @@ def code_store(*, address: str, channel: str, purpose: str, provider: str, code_
 # plan must not change result type"); prepared_execute then runs it unprepared, but that connection stops preparing.
 DELIVERY_CLAIM_SQL = f"""
 UPDATE {DELIVERY_TABLE} SET status = {_SENDING}, attempts = attempts + 1, updated_at = %(now)s,
-    lease_until = %(lease_until)s
+    lease_until = %(lease_until)s, taken_over = taken_over OR status = {_SENDING}
 WHERE id = %(id)s AND expires_at > %(now)s AND (status = {_QUEUED} OR (status = {_SENDING} AND lease_until < %(now)s))
     AND provider_status = ''
-RETURNING id, CAST(address AS text), CAST(channel AS text), CAST(purpose AS text), expires_at, EXISTS (
+RETURNING id, CAST(address AS text), CAST(channel AS text), CAST(purpose AS text), expires_at, taken_over, EXISTS (
     SELECT 1 FROM {USER_TABLE} AS account WHERE account.is_active
     AND (account.email = {DELIVERY_TABLE}.address OR account.mobile = {DELIVERY_TABLE}.address)
 ) AS account_exists
@@ -140,7 +144,9 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
     """Take a delivery for this run, if it is queued (or its holder's lease lapsed), its code still lives and
     its provider has not reported on it.
 
-    Returns the delivery (status `sending`, with `account_exists` set) or None when there was nothing to take.
+    Returns the delivery (status `sending`, with `account_exists` and `taken_over` set) or None when there was
+    nothing to take. `taken_over` is true once any run took the delivery over from a `sending` holder whose lease had
+    lapsed (the SET reads the row's status before the update): that holder may have handed it to the provider.
     One `UPDATE ... RETURNING` (PostgreSQL, and SQLite since 3.35) instead of a read and an update; Django's
     update() cannot return rows, hence the SQL.
     """
@@ -150,11 +156,11 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
         row = cursor.fetchone()
     if row is None:
         return None
-    id_, address, channel, purpose, expires_at, account_exists = row
+    id_, address, channel, purpose, expires_at, taken_over, account_exists = row
     for convert in connection.ops.get_db_converters(_EXPIRES_AT_COLUMN):  # SQLite returns text, psycopg a datetime
         expires_at = convert(expires_at, _EXPIRES_AT_COLUMN, connection)
     delivery = delivery_loaded(id=id_, address=address, channel=channel, purpose=purpose, expires_at=expires_at,
-                               status=Delivery.Status.SENDING)
+                               status=Delivery.Status.SENDING, taken_over=bool(taken_over))
     delivery.account_exists = bool(account_exists)
     return delivery
 

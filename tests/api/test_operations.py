@@ -83,12 +83,15 @@ def test_log_lines_are_json_with_the_request_id():
     assert second["request_id"] == "-"
 
 
-def test_a_python_warning_is_one_json_line_in_the_log():
-    # Celery's SecurityWarning for a worker run as root was five plain-text lines among the JSON (a new-user pass).
+@pytest.mark.parametrize("log_level", ["info", "error"])
+def test_a_python_warning_is_one_json_line_in_the_log(log_level):
+    # Celery's SecurityWarning for a worker run as root was five plain-text lines among the JSON (a new-user pass);
+    # a LOG_LEVEL above warning must not hide it (a review).
     script = ("import django, warnings; django.setup(); "
               "warnings.warn('run me as\\nanother user', RuntimeWarning)")
     result = subprocess.run([sys.executable, "-c", script], cwd=BACKEND_DIR, capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "DEBUG": "off", "DJANGO_SETTINGS_MODULE": "config.settings"})
+                            timeout=60, env={**os.environ, "DEBUG": "off", "DJANGO_SETTINGS_MODULE": "config.settings",
+                                             "LOG_LEVEL": log_level})
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -10,7 +10,7 @@ from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from core.errors import InvalidCode, RateLimited, TokenRejected
-from otp import codes, providers, services, throttles
+from otp import codes, providers, queries, services, throttles
 from otp.providers.twilio import TwilioSmsProvider
 from otp.services import delivering
 from otp.models import Delivery, OneTimeCode, Purpose
@@ -553,6 +553,73 @@ def test_a_code_withdrawn_after_it_was_superseded_is_never_revived(email_address
     services.code_verify(address=email_address, code=fixed_code[0])
 
 
+def test_a_code_superseded_by_a_code_that_was_used_never_comes_back(email_address, sender, fixed_code):
+    # A review's input: the purge deleted the used code that stood between, and a later unsent login revived the
+    # code before it, still in the user's mailbox, after a newer code had been used.
+    sender()
+    for code in ("123456", "654321"):  # A, then B, which supersedes it (fixed_code pins these two)
+        delivery = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+        services.delivery_send(delivery_id=delivery.id, code=code)
+    services.code_verify(address=email_address, code=fixed_code[1])  # B is used
+    services.code_purge()
+    login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
+    sender(SendPermanentError("SMTP 554"))
+    services.delivery_send(delivery_id=login.id, code=fixed_code[2])
+    assert not OneTimeCode.objects.filter(status="active").exists()
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+
+
+def test_a_code_a_crashed_run_may_have_sent_is_never_withdrawn(email_address, sender, fixed_code):
+    # A review's input: the run that took over a lapsed lease found the delivery unsendable (here the provider's
+    # refusal; a spent budget or a deleted account alike) and withdrew a code the first run had handed over.
+    sender()
+    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    handed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    now = timezone.now()
+    assert queries.delivery_claim(delivery_id=handed.id, now=now, lease_until=now - timedelta(seconds=1))  # then died
+    sender(SendPermanentError("SMTP 554"))
+    services.delivery_send(delivery_id=handed.id, code=fixed_code[1])
+    handed.refresh_from_db()
+    assert (handed.status, handed.taken_over, handed.attempts) == ("failed", True, 2)
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+    services.code_verify(address=email_address, code=fixed_code[1])  # the code the first run may have mailed
+
+
+def test_a_refused_job_of_a_delivery_a_run_holds_withdraws_nothing(email_address, sender, fixed_code):
+    sender()
+    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    held = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    now = timezone.now()
+    assert queries.delivery_claim(delivery_id=held.id, now=now, lease_until=now + timedelta(seconds=30))
+    services.delivery_refuse(delivery_id=held.id, reason=services.PAYLOAD_REFUSED_ERROR)  # a copy of its job
+    assert sorted(OneTimeCode.objects.values_list("status", flat=True)) == ["active", "superseded"]
+    assert not delivering.delivery_unqueued_record(delivery=held, last_error="broker")  # held: not the API's
+    held.refresh_from_db()
+    assert held.last_error == services.PAYLOAD_REFUSED_ERROR
+
+
+@pytest.mark.parametrize("end", ["used", "burned"])
+def test_spending_a_code_supersedes_any_other_active_code_of_its_class(email_address, fixed_code, settings, end):
+    # The race code_withdraw leaves: a code made active again beside a newer one must not work once the newer
+    # is spent.
+    older = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    services.code_issue(address=email_address, purpose=Purpose.REGISTER)
+    OneTimeCode.objects.filter(expires_at=older.expires_at).update(status="active")  # as the race leaves them
+    if end == "used":
+        services.code_verify(address=email_address, code=fixed_code[1])
+    else:
+        for _ in range(settings.OTP_MAX_ATTEMPTS):
+            with pytest.raises(InvalidCode):
+                services.code_verify(address=email_address, code="000000")
+    assert sorted(OneTimeCode.objects.values_list("status", flat=True)) == sorted([end, "superseded"])
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+
+
 def test_an_unsent_code_gives_way_only_within_its_client_class(email_address, sender, fixed_code):
     sender()
     tokenless = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
@@ -653,10 +720,11 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
     OneTimeCode.objects.bulk_create(
         [factories.code_row(f"u{i}@example.com", expires_at=past, save=False) for i in range(25)]
         + [factories.code_row("used@example.com", status="used", expires_at=now + timedelta(minutes=1), save=False)]
-        + [factories.code_row("unsent@example.com", status="unsent", expires_at=now + timedelta(minutes=1), save=False)]
-        # Kept until it expires: it is the user's again if the code that superseded it is never sent.
-        + [factories.code_row("superseded@example.com", status="superseded", expires_at=now + timedelta(minutes=1),
-                              save=False)]
+        + [factories.code_row("burned@example.com", status="burned", expires_at=now + timedelta(minutes=1), save=False)]
+        # Kept until they expire: a superseded code is the user's again if the code that superseded it is never
+        # sent, found through links that may pass an unsent one.
+        + [factories.code_row(f"{status}@example.com", status=status, expires_at=now + timedelta(minutes=1),
+                              save=False) for status in ("superseded", "unsent")]
     )
     live = factories.issued_code(email_address)
     stale = factories.delivery_row("u1@example.com", expires_at=past)
@@ -665,8 +733,8 @@ def test_maintenance_purges_codes_in_batches_expires_stale_deliveries_and_flushe
     OutstandingToken.objects.update(expires_at=past)
 
     assert services.code_purge(batch_size=10) == 27
-    assert sorted(OneTimeCode.objects.values_list("address", flat=True)) == ["alice@example.com",
-                                                                             "superseded@example.com"]
+    assert sorted(OneTimeCode.objects.values_list("address", flat=True)) == [
+        "alice@example.com", "superseded@example.com", "unsent@example.com"]
     assert services.delivery_expire_stale() == 1
     stale.refresh_from_db()
     live.refresh_from_db()

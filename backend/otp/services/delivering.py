@@ -88,62 +88,90 @@ def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", pr
                            channel=delivery.channel)
 
 
+def delivery_unqueued_record(*, delivery: Delivery, last_error: str) -> bool:
+    """Record `delivery` failed with `last_error` if it is still queued (no run took it), and count it; returns
+    whether it was. A delivery a worker already holds is that worker's to record. Raises django.db.DatabaseError."""
+    recorded = Delivery.objects.filter(id=delivery.id, status=Delivery.Status.QUEUED).update(
+        status=Delivery.Status.FAILED, last_error=last_error, updated_at=timezone.now())
+    if recorded:
+        metric_count("otp_deliveries_total", channel=delivery.channel, status=Delivery.Status.FAILED)
+    return bool(recorded)
+
+
+# How many codes that were never sent code_withdraw follows back, at most, to the one the user holds: the resend
+# cooldown and hourly cap allow only a few codes of a class to live at once.
+WITHDRAW_CHAIN_MAX = 20
+
+
 def code_withdraw(*, address: str, device: bool, expires_at: datetime) -> bool:
     """Withdraw a code no provider took, and make the code it superseded active again if that one still lives.
 
     A new code supersedes the older ones of its class at once, in the request, before anyone knows whether it
     will be sent. When it is not (a login for an address without an account, a budget spent, a suppressed or
-    refused recipient, the provider's refusal, the broker down), the user still holds the code before it and
-    was told nothing: without this, an attacker's `/login/` for an address signing up (no account yet) sent
-    nothing but silently voided the code just mailed (a known-failures pass; OWASP Authentication Cheat Sheet,
-    "account lockout" as a denial of service).
+    refused recipient, the provider's refusal, retries given up, the broker down at enqueue), the user still
+    holds the code before it and was told nothing: without this, an attacker's `/login/` for an address signing
+    up (no account yet) sent nothing but silently voided the code just mailed (a known-failures pass; OWASP
+    Authentication Cheat Sheet, "account lockout" as a denial of service).
 
     `address`, `device` (the client class) and `expires_at` name the code as its delivery records it (they were
-    written together, with one timestamp). The code is marked `unsent` (unless guesses burned it), so that no
-    later withdrawal revives it; if it was still active, the newest code before it that was sent or may have
-    been (any status but `unsent`) is made active again when it is `superseded` and unexpired. Returns True when
-    a code was made active again. Raises django.db.DatabaseError.
+    written together, with one timestamp). The code is marked `unsent` (unless guesses burned it), so it is never
+    made active again. If it was still active, the code it superseded when issued (`supersedes_id`) is made active
+    again when that one is `superseded` and unexpired; one that was itself never sent is passed over for the code
+    it superseded in turn. A used, burned or expired code, or a link that leads to a purged row, ends the search:
+    nothing is made active. Callers withdraw only codes no earlier run can have handed to a provider (a delivery
+    not taken over: Delivery.taken_over). Returns True when a code was made active again. Raises
+    django.db.DatabaseError.
 
-    One race is left: a code issued for the address in the same moment (its statement began before this commits,
-    and waited for the lock on the withdrawn code) does not supersede the code made active here, and the two are
-    active together. Verify compares the newer; the older, also mailed to the owner, works until it expires if
-    the newer is used first; guesses stay bounded by the address's failure budget. Through the API the resend
-    cooldown leaves this to a job run OTP_RESEND_COOLDOWN_SECONDS or more after its request (docs/reliability.md).
+    One race is left: a code issued in the moment of the withdrawal (its statement began before this commits and
+    waited for the lock on the withdrawn code) does not supersede the code made active here. Verify compares the
+    newer, and using or burning it supersedes the other (otp.services.verifying), so the older never works after
+    it; until then the database holds two active codes of the class.
     """
     now = timezone.now()
-    codes = OneTimeCode.objects.filter(address=address, device=device)
+    live = OneTimeCode.objects.select_for_update().filter(expires_at__gt=now)
     with transaction.atomic():
-        rows = list(codes.select_for_update().exclude(status=OneTimeCode.Status.UNSENT)
-                    .order_by("-created_at", "-id").only("id", "status", "expires_at", "created_at"))
-        unsent = next((row for row in rows if row.expires_at == expires_at), None)
+        unsent = (live.filter(address=address, device=device, expires_at=expires_at)
+                  .exclude(status=OneTimeCode.Status.UNSENT).order_by("-created_at", "-id").first())
         if unsent is None or unsent.status not in (OneTimeCode.Status.ACTIVE, OneTimeCode.Status.SUPERSEDED):
-            return False  # burned by guesses (kept as the record of them), or purged
+            return False  # expired, burned by guesses (kept as the record of them), or purged
         OneTimeCode.objects.filter(id=unsent.id).update(status=OneTimeCode.Status.UNSENT)
         if unsent.status == OneTimeCode.Status.SUPERSEDED:
             return False  # a newer code superseded it meanwhile: that one is the user's
-        before = next((row for row in rows if row.created_at < unsent.created_at), None)
-        if (before is None or before.status != OneTimeCode.Status.SUPERSEDED or before.expires_at <= now):
-            return False
-        OneTimeCode.objects.filter(id=before.id).update(status=OneTimeCode.Status.ACTIVE)
-    return True
+        previous_id = unsent.supersedes_id
+        for _ in range(WITHDRAW_CHAIN_MAX):
+            previous = live.filter(id=previous_id, address=address, device=device).first() if previous_id else None
+            if previous is None or previous.status not in (OneTimeCode.Status.SUPERSEDED, OneTimeCode.Status.UNSENT):
+                return False
+            if previous.status == OneTimeCode.Status.SUPERSEDED:
+                OneTimeCode.objects.filter(id=previous.id).update(status=OneTimeCode.Status.ACTIVE)
+                return True
+            previous_id = previous.supersedes_id
+    return False
 
 
 def _delivery_fail_unsent(*, delivery: Delivery, device: bool, **finish) -> None:
     # Withdrawn before the record: a run after a failed record finds the delivery unfinished and does both again.
-    code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
+    # Not after a takeover: the run whose lease lapsed may have handed the code to the provider before it died.
+    if not delivery.taken_over:
+        code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
     delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, **finish)
 
 
 def delivery_refuse(*, delivery_id: int, reason: str, device: bool = False) -> None:
     """Record that the job for `delivery_id` was refused unsent, with `reason` (the delivery ends `failed`,
-    unless it already ended), and withdraw its code (code_withdraw; `device`: the job's client class). Nothing
-    is recorded for a delivery that does not exist.
+    unless it already ended), and withdraw its code (code_withdraw; `device`: the job's client class) if the
+    delivery was still queued: one that a run holds or held may have reached its provider. Nothing is recorded
+    for a delivery that does not exist.
 
     Raises django.db.DatabaseError when the database does.
     """
     delivery = Delivery.objects.filter(id=delivery_id).first()
-    if delivery is not None and delivery.status not in _FINAL:
+    if delivery is None or delivery.status in _FINAL:
+        return
+    if delivery.status == Delivery.Status.QUEUED:  # no run holds it, or may have sent it: its code is withdrawn
         _delivery_fail_unsent(delivery=delivery, device=device, last_error=reason)
+    else:
+        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=reason)
 def _database_try_seconds() -> float:
     """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
     statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""

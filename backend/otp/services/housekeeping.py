@@ -29,13 +29,13 @@ def _batched_delete(queryset, batch_size: int) -> int:
 
 
 def code_purge(*, batch_size: int | None = None) -> int:
-    """Delete expired codes, and used, burned and unsent ones, in batches of `batch_size` rows (default
-    OTP_PURGE_BATCH_SIZE), so no long lock ever blocks the API; return how many were deleted. A superseded code
-    stays until it expires: if the code that superseded it is never sent, it is the user's again
-    (otp.services.code_withdraw)."""
+    """Delete expired codes, and used and burned ones, in batches of `batch_size` rows (default
+    OTP_PURGE_BATCH_SIZE), so no long lock ever blocks the API; return how many were deleted. Superseded and unsent
+    codes stay until they expire: if the code that superseded one is never sent, it is the user's again, found
+    through the codes' `supersedes_id` links (otp.services.code_withdraw)."""
     batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
     now = timezone.now()
-    spent = OneTimeCode.objects.exclude(status__in=[OneTimeCode.Status.ACTIVE, OneTimeCode.Status.SUPERSEDED])
+    spent = OneTimeCode.objects.filter(status__in=[OneTimeCode.Status.USED, OneTimeCode.Status.BURNED])
     return (_batched_delete(OneTimeCode.objects.filter(expires_at__lte=now), batch_size)
             + _batched_delete(spent, batch_size))
 

@@ -13,7 +13,7 @@ from core.observability import REQUEST_ID_HEADER, request_id_current
 from otp import codes, providers, queries, queues, tasks, throttles
 from otp.addresses import Address, Channel, sms_destination_refusal
 from otp.models import Delivery, Purpose
-from otp.services.delivering import code_withdraw, delivery_finish
+from otp.services.delivering import code_withdraw, delivery_unqueued_record
 
 # The delivery job's payload format. Fields may be added within a version (workers ignore fields they do not
 # know); the version changes only when a field changes meaning. 2: the code travels sealed (`code_sealed`)
@@ -127,10 +127,11 @@ def delivery_enqueue(*, delivery: Delivery, code: str, device: bool = False) -> 
         )
     except kombu.exceptions.OperationalError as exc:
         _producer_drop()
-        # The code exists only in this process now: withdraw it (the user keeps the code before it), record that it
-        # was never sent, and tell the caller.
-        code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error="Broker unavailable: not enqueued.")
+        # The code exists only in this process now: record that it was never sent, withdraw it (the user keeps the
+        # code before it), and tell the caller. Unless a worker took the job already (the broker had it after all):
+        # then the delivery is that worker's to record, and the code may reach the user.
+        if delivery_unqueued_record(delivery=delivery, last_error="Broker unavailable: not enqueued."):
+            code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
         raise DependencyUnavailable("broker") from exc
 
 

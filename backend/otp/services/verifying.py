@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, DependencyUnavailable, InvalidCode
@@ -98,13 +99,13 @@ def _code_compared(*, otp: OneTimeCode | None, address: Address, code: str) -> U
         return None
     if not codes.code_matches(code_hash_hex=otp.code_hash, address=address.value, code=code):
         otp.attempts += 1
-        if otp.attempts >= settings.OTP_MAX_ATTEMPTS:
-            otp.status = OneTimeCode.Status.BURNED
-        otp.save(update_fields=["attempts", "status"])
+        if otp.attempts < settings.OTP_MAX_ATTEMPTS:
+            otp.save(update_fields=["attempts"])
+        else:
+            _code_end(otp=otp, status=OneTimeCode.Status.BURNED)
         return None
-    otp.status = OneTimeCode.Status.USED
     otp.used_at = now
-    otp.save(update_fields=["status", "used_at"])
+    _code_end(otp=otp, status=OneTimeCode.Status.USED)
 
     # Locked before the sign-in's rows are written, the order users.services.users_delete (the admin's delete)
     # takes them in too: an account deleted meanwhile is None here rather than a deadlock.
@@ -121,3 +122,20 @@ def _code_compared(*, otp: OneTimeCode | None, address: Address, code: str) -> U
     user.last_login = now
     user.save(update_fields=["last_login"])
     return user
+
+
+def _code_end(*, otp: OneTimeCode, status: str) -> None:
+    """Record `otp` used or burned (`status`, with its attempts and used_at), and supersede, in the same statement,
+    any other active code of its address and class. There is one only after the race otp.services.code_withdraw
+    documents (a code made active again while a newer one was issued): it must not work once the newer is spent.
+    Raises django.db.DatabaseError."""
+    this = Q(id=otp.id)
+    (OneTimeCode.objects
+     .filter(this | Q(address=otp.address, device=otp.device, status=OneTimeCode.Status.ACTIVE))
+     .update(status=Case(When(this, then=Value(status)), default=Value(OneTimeCode.Status.SUPERSEDED.value),
+                         output_field=OneTimeCode._meta.get_field("status")),
+             attempts=Case(When(this, then=Value(otp.attempts)), default=F("attempts"),
+                           output_field=OneTimeCode._meta.get_field("attempts")),
+             used_at=Case(When(this, then=Value(otp.used_at)), default=F("used_at"),
+                          output_field=OneTimeCode._meta.get_field("used_at"))))
+    otp.status = status
