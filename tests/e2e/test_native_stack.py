@@ -1,13 +1,18 @@
 """A user's round trips through nginx on the native stack, reading codes from the SMTP server and the SMS stand-in."""
+import fcntl
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 import requests
 
 from tests.support.http import post, post_from
+from tests.support.processes import REPO_DIR
 from tests.support.smtp import code_from_email
 from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import free_port, wait_for
@@ -140,6 +145,12 @@ def test_a_second_checkout_runs_beside_and_make_down_stops_exactly_its_own(stack
 
     again = other.make("up")
     assert again.returncode != 0 and "already running" in again.stderr
+    # A process that died is named, and how to restart (natively nothing restarts it; a careless-operator pass
+    # met only "already running").
+    os.killpg(pids["worker-sms"], signal.SIGKILL)
+    wait_for(lambda: not _alive(pids["worker-sms"]), message="the killed worker to go")
+    again = other.make("up")
+    assert again.returncode != 0 and "without worker-sms" in again.stderr and "make down && make up" in again.stderr
 
     stopped = other.make("down")
     assert stopped.returncode == 0
@@ -155,6 +166,68 @@ def test_a_second_checkout_runs_beside_and_make_down_stops_exactly_its_own(stack
 
     wait_for(all_gone, timeout=30, message="the second stack's processes to exit")
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200  # the first is untouched
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_two_make_ups_at_once_start_one_stack(stack):
+    # A careless-operator pass: `(make up &); make up` both said "Stack up", and `make down` then stopped only one.
+    from tests.e2e.conftest import Stack, stack_env
+
+    http_port, api_port = free_port(), free_port()
+    twice_dir = stack.stack_dir.parent / f"test-stack-{http_port}"
+    twice = Stack(f"http://127.0.0.1:{http_port}", http_port, api_port, twice_dir,
+                  stack_env(stack.env, http_port=http_port, api_port=api_port, stack_dir=twice_dir))
+    first = subprocess.Popen(["make", "up"], cwd=REPO_DIR, env=twice.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        def lock_held() -> bool:
+            lock_file = twice_dir / ".lock"
+            if not lock_file.exists():
+                return False
+            with open(lock_file) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return False
+
+        wait_for(lock_held, message="the first make up to take the stack's lock")
+        second = twice.make("up")
+        assert second.returncode != 0 and "Another 'make up' or 'make down' is running" in second.stderr
+        assert first.wait(timeout=240) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        twice.make("down")
+
+
+def test_make_down_leaves_alone_a_process_that_took_over_a_stale_pid(stack, tmp_path):
+    # A pid file from a stack that died (a reboot, a kill) may name someone else's process since; run as root,
+    # `make down` killed its whole process group (a careless-operator pass).
+    from tests.e2e.conftest import Stack, stack_env
+
+    stale_dir = tmp_path / "stale-stack"
+    (stale_dir / "run").mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        pid_file = stale_dir / "run" / "api.pid"
+        pid_file.write_text(f"{stranger.pid}\n")
+        written = time.time() - 3600  # written an hour before the process that now has the pid started
+        os.utime(pid_file, (written, written))
+        stale = Stack("", free_port(), free_port(), stale_dir,
+                      stack_env(stack.env, http_port=free_port(), api_port=free_port(), stack_dir=stale_dir))
+        assert stale.make("down").returncode == 0
+        assert stranger.poll() is None, "make down killed a process that was not its own"
+    finally:
+        stranger.kill()
 
 
 def test_make_up_asks_nginx_only_once_the_api_answers(stack):
