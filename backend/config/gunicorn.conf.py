@@ -18,7 +18,7 @@ bind = f"127.0.0.1:{settings.API_PORT}"
 # on a large host (or in a container, which sees every core of its host) 2 x cores + 1 alone would take more
 # than PostgreSQL's default max_connections (100). docs/operations.md has the connection arithmetic.
 MAX_DEFAULT_WORKERS = 8
-workers = int(os.environ.get("WEB_CONCURRENCY") or min(multiprocessing.cpu_count() * 2 + 1, MAX_DEFAULT_WORKERS))
+workers = settings.WEB_CONCURRENCY or min(multiprocessing.cpu_count() * 2 + 1, MAX_DEFAULT_WORKERS)
 worker_class = "sync"
 preload_app = True
 timeout = 30

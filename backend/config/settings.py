@@ -1,5 +1,6 @@
 """The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
 import importlib.util
+import io
 import ipaddress
 import os
 import re
@@ -19,23 +20,58 @@ from otp.providers.registry import EMAIL_PROVIDERS, SMS_PROVIDERS
 BASE_DIR = Path(__file__).resolve().parent.parent  # backend/
 REPO_DIR = BASE_DIR.parent
 
-# The process environment wins over `.env` (overwrite=False). ENV_FILE names another file; empty reads none
-# (the test suite sets it empty so a developer's own `.env` cannot change what the tests see).
-_env_file = os.environ.get("ENV_FILE", str(REPO_DIR / ".env"))
-if _env_file and Path(_env_file).is_file():
-    environ.Env.read_env(_env_file, overwrite=False)
-env = environ.Env()
-
-
 def _fail(name: str, raw: object, expected: str) -> None:
     # One line naming the variable, no traceback: SystemExit prints its message and stops start-up.
     # Callers pass URLs with their credentials cut off, so the line never shows a password.
     raise SystemExit(f"Invalid setting {name}={raw!r}: expected {expected}.")
 
 
+_ENV_LINE = re.compile(r"(?:export )?([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def _env_file_read(path: str) -> dict[str, int]:
+    """Put the settings of the `.env` file at `path` into the environment, where the environment does not set them
+    already (django-environ's parser, overwrite=False), and return {name: line number}.
+
+    Its lines are checked first, since the parser passed over what it could not read: a line that is not
+    NAME=value (`OTP_TTL_SECONDS = 300`: the default was used, after a warning in plain text) or a name set twice
+    (the last silently won: a `DEBUG=true` appended to a production file) stops start-up with one line naming the
+    setting and the line, never showing the value (it may be a secret). A UTF-8 byte order mark is read as one
+    (it made the first line unreadable). Found by a careless-operator pass.
+    """
+    with open(path, encoding="utf-8-sig") as file:
+        content = file.read()
+    names: dict[str, int] = {}
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if match is None:
+            name = line.split("=", 1)[0].strip()[:64] if "=" in line else "<no =>"
+            raise SystemExit(f"Invalid line {number} of {path} ({name}): expected NAME=value, with nothing before "
+                             f"the name and no space around the =.")
+        if match.group(1) in names:
+            raise SystemExit(f"Invalid setting {match.group(1)}: set twice in {path}, on lines "
+                             f"{names[match.group(1)]} and {number}; keep one.")
+        names[match.group(1)] = number
+    environ.Env.read_env(io.StringIO(content), overwrite=False)
+    return names
+
+
+# The process environment wins over `.env`. ENV_FILE names another file; empty reads none (the test suite sets it
+# empty so a developer's own `.env` cannot change what the tests see).
+_env_file = os.environ.get("ENV_FILE", str(REPO_DIR / ".env"))
+_ENV_FILE_NAMES = _env_file_read(_env_file) if _env_file and Path(_env_file).is_file() else {}
+# Every name the settings read (env_str records it), for the check of `.env`'s names at the end of this module.
+_NAMES_READ: set[str] = set()
+
+
 def env_str(name: str, default: str = "") -> str:
-    # An empty value means "use the default", so `.env.example`'s blank lines are safe.
-    return env.str(name, default="").strip() or default
+    # An empty value means "use the default", so `.env.example`'s blank lines are safe. Read from os.environ as it is:
+    # django-environ's own reader takes a value starting with `$` for the name of another variable, and Django's
+    # generated keys may start with one (a careless-operator pass met "SECRET_KEY='<default>'").
+    _NAMES_READ.add(name)
+    return os.environ.get(name, "").strip() or default
 
 
 def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -93,6 +129,12 @@ def env_rate(name: str, default: str) -> str:
 
 # --- Django -----------------------------------------------------------------------------------
 
+# A key never holds white space: `SECRET_KEY_FALLBACKS=K0 K1` (a space, not a comma) was one key matching nothing,
+# and `SECRET_KEY=<key> # rotated` took the comment into the key (a careless-operator pass). The value is not shown.
+for _name in ("SECRET_KEY", "JWT_SIGNING_KEY", "OTP_HMAC_KEY", "OTP_THROTTLE_KEY", "SECRET_KEY_FALLBACKS",
+              "JWT_SIGNING_KEY_FALLBACKS", "OTP_HMAC_KEY_FALLBACKS"):
+    if any(re.search(r"\s", _key) for _key in env_list(_name)):
+        _fail(_name, "<hidden>", "a key without spaces or comments (several keys: separated by commas)")
 INSECURE_DEFAULT_SECRET_KEY = "insecure-dev-only-secret-key-do-not-use-in-production"
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", INSECURE_DEFAULT_SECRET_KEY)
@@ -102,6 +144,8 @@ if len(SECRET_KEY) < 32:
     _fail("SECRET_KEY", "<hidden>", "at least 32 characters")
 SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+if any(re.search(r"\s", _host) for _host in ALLOWED_HOSTS):  # `localhost 127.0.0.1` was one host matching nothing
+    _fail("ALLOWED_HOSTS", ",".join(ALLOWED_HOSTS), "host names separated by commas, without spaces")
 # Unset, it follows HTTP_PORT (nginx's), so moving the port does not break Twilio's callbacks and their signatures.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://localhost:{env_int('HTTP_PORT', 8080, minimum=1, maximum=65535)}").rstrip("/")
 # nginx's template quotes it ("...", where $ starts a variable and \ escapes): such a URL would stop nginx.
@@ -277,7 +321,8 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 # Compose cannot percent-encode: it passes REDIS_PASSWORD on its own, and it goes into REDIS_URL here (and into a
 # CELERY_BROKER_URL on the same Redis, below), percent-encoded (RFC 3986 section 3.2.1), so `/`, `@`, `#` or `:`
 # in it cannot break the URL. Only a URL without a password of its own takes it. Not stripped: spaces count.
-REDIS_PASSWORD = env.str("REDIS_PASSWORD", default="")
+_NAMES_READ.add("REDIS_PASSWORD")
+REDIS_PASSWORD = os.environ.get("REDIS_PASSWORD", "")
 
 
 def _url_with_password(url: str, password: str) -> str:
@@ -544,6 +589,9 @@ CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "pr
 CELERY_WORKER_CONCURRENCY = (env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
                              if env_str("CELERY_WORKER_CONCURRENCY").strip() else None)
 CELERY_WORKER_DEFAULT_CONCURRENCY = 8
+# gunicorn's own variable (config/gunicorn.conf.py): unset, 2 x cores + 1, at most 8. 0 started an API that took
+# connections and answered none; a word was a traceback.
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1, maximum=64) if env_str("WEB_CONCURRENCY") else None
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,
@@ -671,3 +719,20 @@ LOGGING = {
     },
 }
 LOGGING_CONFIG = "core.observability.logging_configure"
+
+# --- The names `.env` sets ----------------------------------------------------------------------
+# `.env` holds this service's settings: a name in it that nothing reads is a typo (`OTP_TTL=300`,
+# `otp_sends_per_hour=3`), or a variable read from the environment alone, and would be passed over in silence.
+# Read elsewhere: docker-compose.yml's own variable for its postgres service, and Compose's and Docker's.
+_ENV_FILE_NAMES_ELSEWHERE = {"POSTGRES_PASSWORD"}
+_ENVIRONMENT_ONLY = {"STACK_DIR": "make up and make down", "STACK_READY_TIMEOUT": "make up", "ENV_FILE": "the settings",
+                     "QUICK_RUN_DB": "make run"}
+for _name, _line in _ENV_FILE_NAMES.items():
+    if _name in _NAMES_READ or _name in _ENV_FILE_NAMES_ELSEWHERE or _name.startswith(("COMPOSE_", "DOCKER_")):
+        continue
+    if _name in _ENVIRONMENT_ONLY:
+        raise SystemExit(f"Invalid setting {_name} on line {_line} of {_env_file}: {_ENVIRONMENT_ONLY[_name]} read "
+                         f"it from the environment only (`{_name}=... make ...`), not from this file.")
+    _known = next((known for known in _NAMES_READ if known.lower() == _name.lower()), None)
+    raise SystemExit(f"Invalid setting {_name} on line {_line} of {_env_file}: no setting has this name"
+                     + (f" (did you mean {_known}?)" if _known else " (a typo? docs/operations.md lists them)") + ".")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.support.processes import BACKEND_DIR
+from tests.support.processes import BACKEND_DIR, REPO_DIR
 
 
 def start(**overrides):
@@ -190,7 +190,8 @@ def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
     repo = BACKEND_DIR.parent
     read = set(re.findall(r'env(?:_str|_int|_float|_bool|_list|_choice|_rate|\.str)\(\s*"([A-Z][A-Z0-9_]*)"',
                           (BACKEND_DIR / "config" / "settings.py").read_text()))
-    listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(), flags=re.MULTILINE))
+    # Listed as a setting, or as a commented-out example (WEB_CONCURRENCY: gunicorn reads it too, and refuses it empty).
+    listed = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(), flags=re.MULTILINE))
     readme = (repo / "README.md").read_text()
     assert {"OTP_DELIVERY_RETENTION_DAYS", "OTP_HMAC_KEY_FALLBACKS", "OTP_THROTTLE_KEY"} <= read
     assert read - listed == set()
@@ -319,3 +320,56 @@ def test_gunicorn_workers_are_bounded_whatever_the_host_cpu_count():
     result = subprocess.run([sys.executable, "-c", code], cwd=BACKEND_DIR, env=env, capture_output=True, text=True,
                             timeout=60)
     assert int(result.stdout.strip()) == 3
+
+
+# --- `.env` itself (a careless-operator pass: each of these was read silently, or skipped with a plain warning) ---
+
+KEY = "k" * 50
+
+
+@pytest.mark.parametrize("content, name, words", [
+    ("OTP_TTL_SECONDS = 300\n", "OTP_TTL_SECONDS", "Invalid line 1"),  # skipped: the default 120 was used
+    ("DEBUG=false\nOTP_LENGTH=6\nDEBUG=true\n", "DEBUG", "set twice"),  # the last won, silently
+    ("OTP_TTL=300\n", "OTP_TTL", "no setting has this name"),  # a typo, ignored
+    ("otp_sends_per_hour=3\n", "otp_sends_per_hour", "did you mean OTP_SENDS_PER_HOUR"),
+    ("STACK_DIR=/srv/stack\n", "STACK_DIR", "from the environment only"),  # bin/stack never read it there
+    (f"SECRET_KEY={KEY} # rotated on 1 December\n", "SECRET_KEY", "without spaces or comments"),  # in the key
+    (f"SECRET_KEY_FALLBACKS={'a' * 40} {'b' * 40}\n", "SECRET_KEY_FALLBACKS", "without spaces"),  # one key
+    ("ALLOWED_HOSTS=localhost 127.0.0.1\n", "ALLOWED_HOSTS", "without spaces"),  # one host: every request 400
+    ("WEB_CONCURRENCY=0\n", "WEB_CONCURRENCY", ">= 1"),  # gunicorn took connections and answered none
+    ("WEB_CONCURRENCY=four\n", "WEB_CONCURRENCY", "an integer"),  # gunicorn's traceback
+])
+def test_an_env_file_line_the_service_cannot_use_stops_start_up_with_one_line(tmp_path, content, name, words):
+    env_file = tmp_path / ".env"
+    env_file.write_text(content)
+    overrides = {key: value for key, value in os.environ.items() if key not in
+                 {"OTP_TTL_SECONDS", "DEBUG", "SECRET_KEY", "SECRET_KEY_FALLBACKS", "ALLOWED_HOSTS", "WEB_CONCURRENCY"}}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
+                            timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "true"}
+                            if name != "DEBUG" else {**overrides, "ENV_FILE": str(env_file)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert name in lines[0] and words in lines[0], lines[0]
+    assert KEY not in lines[0] and "a" * 40 not in lines[0]  # never the value of a key
+
+
+def test_an_env_file_with_a_byte_order_mark_and_a_key_starting_with_a_dollar_is_read_as_written(tmp_path):
+    # The mark made the first line unreadable; django-environ took `$...` for the name of another variable, and
+    # Django's generated keys may start with `$`: both ended in "SECRET_KEY='<default>'".
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfSECRET_KEY=$" + KEY.encode() + b"\nOTP_LENGTH=8\n")
+    overrides = {key: value for key, value in os.environ.items() if key not in {"SECRET_KEY", "OTP_LENGTH"}}
+    script = "from django.conf import settings; print(settings.SECRET_KEY == '$' + 'k' * 50, settings.OTP_LENGTH)"
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=BACKEND_DIR, capture_output=True,
+                            text=True, timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "false",
+                                                        "OTP_CONSOLE_CODES": "on"})
+    assert result.stdout.strip().splitlines()[-1:] == ["True 8"], result.stderr
+
+
+def test_every_setting_env_example_names_is_accepted_in_env(tmp_path):
+    names = re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", (REPO_DIR / ".env.example").read_text(), flags=re.MULTILINE)
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}=\n" for name in dict.fromkeys(names)))
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "ENV_FILE": str(env_file), "DEBUG": "true"})
+    assert result.returncode == 0 and len(names) > 60, result.stderr
