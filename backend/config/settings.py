@@ -71,7 +71,17 @@ def env_str(name: str, default: str = "") -> str:
     # django-environ's own reader takes a value starting with `$` for the name of another variable, and Django's
     # generated keys may start with one (a careless-operator pass met "SECRET_KEY='<default>'").
     _NAMES_READ.add(name)
-    return os.environ.get(name, "").strip() or default
+    value = os.environ.get(name, "").strip()
+    if _REFERENCE.fullmatch(value):
+        # Before, the value of the variable it names (or empty): a `.env` counting on that would now run on the
+        # literal text, so it is refused rather than reinterpreted (a review).
+        _fail(name, "<hidden>" if _SECRET_NAME.search(name) else value,
+              "the value itself (before this release, $NAME was read as the value of the variable NAME)")
+    return value or default
+
+
+_REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_NAME = re.compile(r"KEY|PASSWORD|TOKEN|SECRET|SID")
 
 
 def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -135,6 +145,13 @@ for _name in ("SECRET_KEY", "JWT_SIGNING_KEY", "OTP_HMAC_KEY", "OTP_THROTTLE_KEY
               "JWT_SIGNING_KEY_FALLBACKS", "OTP_HMAC_KEY_FALLBACKS"):
     if any(re.search(r"\s", _key) for _key in env_list(_name)):
         _fail(_name, "<hidden>", "a key without spaces or comments (several keys: separated by commas)")
+# Before this release a key starting with $ was read as the name of a variable, unset, so the key was empty and derived
+# from SECRET_KEY: taken as written now, it would sign everyone out and void every code in flight (a review).
+for _name in ("JWT_SIGNING_KEY", "OTP_HMAC_KEY", "OTP_THROTTLE_KEY"):
+    if env_str(_name).startswith("$"):
+        _fail(_name, "<hidden>", "a key that does not start with $ (before this release such a value was read as the "
+              "name of a variable, so this service has run on the key derived from SECRET_KEY: leave it unset to "
+              "keep that, or rotate to a new key as docs/operations.md says)")
 INSECURE_DEFAULT_SECRET_KEY = "insecure-dev-only-secret-key-do-not-use-in-production"
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", INSECURE_DEFAULT_SECRET_KEY)
@@ -591,7 +608,7 @@ CELERY_WORKER_CONCURRENCY = (env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
 CELERY_WORKER_DEFAULT_CONCURRENCY = 8
 # gunicorn's own variable (config/gunicorn.conf.py): unset, 2 x cores + 1, at most 8. 0 started an API that took
 # connections and answered none; a word was a traceback.
-WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1, maximum=64) if env_str("WEB_CONCURRENCY") else None
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1) if env_str("WEB_CONCURRENCY") else None
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,
@@ -721,18 +738,22 @@ LOGGING = {
 LOGGING_CONFIG = "core.observability.logging_configure"
 
 # --- The names `.env` sets ----------------------------------------------------------------------
-# `.env` holds this service's settings: a name in it that nothing reads is a typo (`OTP_TTL=300`,
-# `otp_sends_per_hour=3`), or a variable read from the environment alone, and would be passed over in silence.
-# Read elsewhere: docker-compose.yml's own variable for its postgres service, and Compose's and Docker's.
-_ENV_FILE_NAMES_ELSEWHERE = {"POSTGRES_PASSWORD"}
+# A name in `.env` that looks like one of this service's settings but is none is a typo (`OTP_TTL=300`,
+# `otp_sends_per_hour=3`), or a variable read from the environment alone: passed over in silence, it left the
+# default in force. Other names (libpq's PG*, HTTPS_PROXY, TZ) go into the environment for the libraries, as before.
+# Only the native stack's `.env` is checked here: Compose reads its own (docs/operations.md).
+_OWN_PREFIXES = ("OTP_", "EMAIL_", "SMS_", "TWILIO_", "JWT_", "CELERY_", "STACK_", "EDGE_", "TRUSTED_PROXY_",
+                 "ACCESS_TOKEN_", "REFRESH_TOKEN_", "CORS_")
 _ENVIRONMENT_ONLY = {"STACK_DIR": "make up and make down", "STACK_READY_TIMEOUT": "make up", "ENV_FILE": "the settings",
                      "QUICK_RUN_DB": "make run"}
+_NAMES_READ_FOLDED = {known.lower(): known for known in _NAMES_READ}
 for _name, _line in _ENV_FILE_NAMES.items():
-    if _name in _NAMES_READ or _name in _ENV_FILE_NAMES_ELSEWHERE or _name.startswith(("COMPOSE_", "DOCKER_")):
+    if _name in _NAMES_READ:
         continue
     if _name in _ENVIRONMENT_ONLY:
         raise SystemExit(f"Invalid setting {_name} on line {_line} of {_env_file}: {_ENVIRONMENT_ONLY[_name]} read "
                          f"it from the environment only (`{_name}=... make ...`), not from this file.")
-    _known = next((known for known in _NAMES_READ if known.lower() == _name.lower()), None)
-    raise SystemExit(f"Invalid setting {_name} on line {_line} of {_env_file}: no setting has this name"
-                     + (f" (did you mean {_known}?)" if _known else " (a typo? docs/operations.md lists them)") + ".")
+    _known = _NAMES_READ_FOLDED.get(_name.lower())
+    if _known or _name.upper().startswith(_OWN_PREFIXES):
+        raise SystemExit(f"Invalid setting {_name} on line {_line} of {_env_file}: no setting has this name"
+                         + (f" (did you mean {_known}?)" if _known else " (a typo? .env.example lists them all)") + ".")

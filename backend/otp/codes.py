@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import unicodedata
 
@@ -161,6 +162,8 @@ def code_unseal(*, sealed: str, delivery_id: int, expires_at: float, key_id: str
     if len(nonce) != SEAL_NONCE_BYTES or not body:
         raise CodeSealInvalid("malformed")
     candidates = keys.code_keys()
+    if key_id is not None and not (isinstance(key_id, str) and re.fullmatch(r"[0-9a-f]{16}", key_id)):
+        raise CodeSealInvalid("malformed key id")  # no key has such a name: changed, not waiting for a worker
     if key_id is not None:
         candidates = tuple(key for key in candidates if keys.key_id(key) == key_id)
         if not candidates:

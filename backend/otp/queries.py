@@ -130,7 +130,8 @@ UPDATE {DELIVERY_TABLE} SET status = {_SENDING}, attempts = attempts + 1, update
     lease_until = %(lease_until)s, taken_over = taken_over OR status = {_SENDING}
 WHERE id = %(id)s AND expires_at > %(now)s AND (status = {_QUEUED} OR (status = {_SENDING} AND lease_until < %(now)s))
     AND provider_status = ''
-RETURNING id, CAST(address AS text), CAST(channel AS text), CAST(purpose AS text), expires_at, taken_over, EXISTS (
+RETURNING id, CAST(address AS text), CAST(channel AS text), CAST(purpose AS text), expires_at, taken_over, attempts,
+    EXISTS (
     SELECT 1 FROM {USER_TABLE} AS account WHERE account.is_active
     AND (account.email = {DELIVERY_TABLE}.address OR account.mobile = {DELIVERY_TABLE}.address)
 ) AS account_exists
@@ -144,7 +145,8 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
     """Take a delivery for this run, if it is queued (or its holder's lease lapsed), its code still lives and
     its provider has not reported on it.
 
-    Returns the delivery (status `sending`, with `account_exists` and `taken_over` set) or None when there was
+    Returns the delivery (status `sending`, with `account_exists`, `taken_over` and `attempts` set: this claim is
+    try number `attempts`) or None when there was
     nothing to take. `taken_over` is true once any run took the delivery over from a `sending` holder whose lease had
     lapsed (the SET reads the row's status before the update): that holder may have handed it to the provider.
     One `UPDATE ... RETURNING` (PostgreSQL, and SQLite since 3.35) instead of a read and an update; Django's
@@ -156,11 +158,11 @@ def delivery_claim(*, delivery_id: int, now: datetime, lease_until: datetime) ->
         row = cursor.fetchone()
     if row is None:
         return None
-    id_, address, channel, purpose, expires_at, taken_over, account_exists = row
+    id_, address, channel, purpose, expires_at, taken_over, attempts, account_exists = row
     for convert in connection.ops.get_db_converters(_EXPIRES_AT_COLUMN):  # SQLite returns text, psycopg a datetime
         expires_at = convert(expires_at, _EXPIRES_AT_COLUMN, connection)
     delivery = delivery_loaded(id=id_, address=address, channel=channel, purpose=purpose, expires_at=expires_at,
-                               status=Delivery.Status.SENDING, taken_over=bool(taken_over))
+                               status=Delivery.Status.SENDING, taken_over=bool(taken_over), attempts=attempts)
     delivery.account_exists = bool(account_exists)
     return delivery
 

@@ -150,8 +150,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
                                  device=bool(payload.get("device", False)))
         return
     try:
-        services.delivery_send(delivery_id=delivery_id, code=code, retries_done=task.request.retries,
-                               device=bool((payload or {}).get("device", False)))
+        services.delivery_send(delivery_id=delivery_id, code=code, device=bool((payload or {}).get("device", False)))
     except services.DeliveryRetry as exc:
         # The service bounds the number of tries and keeps them inside the code's life.
         countdown = exc.countdown

@@ -6,7 +6,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import requests
@@ -218,10 +217,9 @@ def test_make_down_leaves_alone_a_process_that_took_over_a_stale_pid(stack, tmp_
     (stale_dir / "run").mkdir(parents=True)
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        pid_file = stale_dir / "run" / "api.pid"
-        pid_file.write_text(f"{stranger.pid}\n")
-        written = time.time() - 3600  # written an hour before the process that now has the pid started
-        os.utime(pid_file, (written, written))
+        # Our api had this pid once, with another start time (clock ticks since boot) than the process that has it now.
+        (stale_dir / "run" / "api.pid").write_text(f"{stranger.pid}\n")
+        (stale_dir / "run" / "api.start").write_text("1\n")
         stale = Stack("", free_port(), free_port(), stale_dir,
                       stack_env(stack.env, http_port=free_port(), api_port=free_port(), stack_dir=stale_dir))
         assert stale.make("down").returncode == 0

@@ -77,6 +77,9 @@ def test_a_job_names_the_key_that_sealed_it_and_a_worker_without_that_key_tells_
     with pytest.raises(CodeSealInvalid):  # the key is held, so a code that does not open was changed
         code_unseal(sealed=payload["code_sealed"], delivery_id=8, expires_at=1_900_000_000.0,
                     key_id=payload["key_id"])
+    for malformed in (5, ["x"], "zz", payload["key_id"].upper(), payload["key_id"] + "0"):  # no key has such a name
+        with pytest.raises(CodeSealInvalid):  # refused at once, not put back until the code expires (a review)
+            code_unseal(sealed=payload["code_sealed"], delivery_id=7, expires_at=1_900_000_000.0, key_id=malformed)
 
 
 @pytest.mark.django_db

@@ -338,12 +338,16 @@ KEY = "k" * 50
     ("ALLOWED_HOSTS=localhost 127.0.0.1\n", "ALLOWED_HOSTS", "without spaces"),  # one host: every request 400
     ("WEB_CONCURRENCY=0\n", "WEB_CONCURRENCY", ">= 1"),  # gunicorn took connections and answered none
     ("WEB_CONCURRENCY=four\n", "WEB_CONCURRENCY", "an integer"),  # gunicorn's traceback
+    # django-environ read `$NAME` as the value of NAME: refused rather than quietly taken as text (a review).
+    ("CELERY_BROKER_URL=$REDIS_URL\n", "CELERY_BROKER_URL", "the value itself"),
+    (f"JWT_SIGNING_KEY=${KEY}!\n", "JWT_SIGNING_KEY", "does not start with $"),  # it ran on SECRET_KEY's
 ])
 def test_an_env_file_line_the_service_cannot_use_stops_start_up_with_one_line(tmp_path, content, name, words):
     env_file = tmp_path / ".env"
     env_file.write_text(content)
     overrides = {key: value for key, value in os.environ.items() if key not in
-                 {"OTP_TTL_SECONDS", "DEBUG", "SECRET_KEY", "SECRET_KEY_FALLBACKS", "ALLOWED_HOSTS", "WEB_CONCURRENCY"}}
+                 {"OTP_TTL_SECONDS", "DEBUG", "SECRET_KEY", "SECRET_KEY_FALLBACKS", "ALLOWED_HOSTS", "WEB_CONCURRENCY",
+                  "CELERY_BROKER_URL", "JWT_SIGNING_KEY"}}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
                             timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "true"}
                             if name != "DEBUG" else {**overrides, "ENV_FILE": str(env_file)})
@@ -357,19 +361,21 @@ def test_an_env_file_with_a_byte_order_mark_and_a_key_starting_with_a_dollar_is_
     # The mark made the first line unreadable; django-environ took `$...` for the name of another variable, and
     # Django's generated keys may start with `$`: both ended in "SECRET_KEY='<default>'".
     env_file = tmp_path / ".env"
-    env_file.write_bytes(b"\xef\xbb\xbfSECRET_KEY=$" + KEY.encode() + b"\nOTP_LENGTH=8\n")
+    env_file.write_bytes(b"\xef\xbb\xbfSECRET_KEY=$" + KEY.encode() + b"!^(\nOTP_LENGTH=8\n")  # as Django makes them
     overrides = {key: value for key, value in os.environ.items() if key not in {"SECRET_KEY", "OTP_LENGTH"}}
-    script = "from django.conf import settings; print(settings.SECRET_KEY == '$' + 'k' * 50, settings.OTP_LENGTH)"
+    script = "from django.conf import settings; print(settings.SECRET_KEY == '$' + 'k' * 50 + '!^(', settings.OTP_LENGTH)"
     result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=BACKEND_DIR, capture_output=True,
                             text=True, timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "false",
                                                         "OTP_CONSOLE_CODES": "on"})
     assert result.stdout.strip().splitlines()[-1:] == ["True 8"], result.stderr
 
 
-def test_every_setting_env_example_names_is_accepted_in_env(tmp_path):
+def test_every_setting_env_example_names_and_the_libraries_variables_are_accepted_in_env(tmp_path):
     names = re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", (REPO_DIR / ".env.example").read_text(), flags=re.MULTILINE)
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{name}=\n" for name in dict.fromkeys(names)))
+    # And the libraries' own variables, which `.env` passes into the environment as before (a review).
+    others = "PGSSLMODE=require\nTZ=UTC\nHTTPS_PROXY=http://proxy.example:3128\nREQUESTS_CA_BUNDLE=/etc/ssl/ca.pem\n"
+    env_file.write_text("".join(f"{name}=\n" for name in dict.fromkeys(names)) + others)
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
                             timeout=60, env={**os.environ, "ENV_FILE": str(env_file), "DEBUG": "true"})
     assert result.returncode == 0 and len(names) > 60, result.stderr

@@ -53,10 +53,15 @@ class DeliveryRetry(Exception):
         super().__init__(f"retry in {countdown:.2f}s")
 
 
+# Past this many tries the backoff grows no more (2**1024 would not fit in a float; a code lives minutes anyway).
+RETRY_BACKOFF_DOUBLINGS_MAX = 20
+
+
 def delivery_retry_countdown(*, retries_done: int) -> float:
-    """Seconds before the next try: exponential backoff with jitter, between half and all of
-    OTP_SEND_RETRY_BACKOFF_SECONDS * 2**retries_done ("equal jitter")."""
-    ceiling = settings.OTP_SEND_RETRY_BACKOFF_SECONDS * (2 ** retries_done)
+    """Seconds before the next try after `retries_done` tries: exponential backoff with jitter, between half and
+    all of OTP_SEND_RETRY_BACKOFF_SECONDS * 2**retries_done ("equal jitter"), the exponent capped at
+    RETRY_BACKOFF_DOUBLINGS_MAX."""
+    ceiling = settings.OTP_SEND_RETRY_BACKOFF_SECONDS * (2 ** min(retries_done, RETRY_BACKOFF_DOUBLINGS_MAX))
     return random.uniform(ceiling / 2, ceiling)
 
 
@@ -158,20 +163,20 @@ def _delivery_fail_unsent(*, delivery: Delivery, device: bool, **finish) -> None
 
 
 def delivery_refuse(*, delivery_id: int, reason: str, device: bool = False) -> None:
-    """Record that the job for `delivery_id` was refused unsent, with `reason` (the delivery ends `failed`,
-    unless it already ended), and withdraw its code (code_withdraw; `device`: the job's client class) if the
-    delivery was still queued: one that a run holds or held may have reached its provider. Nothing is recorded
-    for a delivery that does not exist.
+    """Record that the job for `delivery_id` was refused unsent, with `reason`, and withdraw its code
+    (code_withdraw; `device`: the job's client class), if the delivery is still queued: a delivery a run holds is
+    that run's to record (it may be sending a legitimate copy of the job), and one a run took over may have
+    reached its provider. Nothing is recorded for a delivery that does not exist or already ended.
 
     Raises django.db.DatabaseError when the database does.
     """
     delivery = Delivery.objects.filter(id=delivery_id).first()
-    if delivery is None or delivery.status in _FINAL:
+    if delivery is None:
         return
-    if delivery.status == Delivery.Status.QUEUED:  # no run holds it, or may have sent it: its code is withdrawn
-        _delivery_fail_unsent(delivery=delivery, device=device, last_error=reason)
-    else:
-        delivery_finish(delivery=delivery, status=Delivery.Status.FAILED, last_error=reason)
+    # Only while still queued, in one conditional write: a run holding it (a legitimate copy of the job) records
+    # what its provider says, and may have sent it.
+    if delivery_unqueued_record(delivery=delivery, last_error=reason) and not delivery.taken_over:
+        code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
 def _database_try_seconds() -> float:
     """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
     statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""
@@ -198,8 +203,12 @@ def _database_connection_release() -> None:
 _FINAL = (Delivery.Status.SENT, Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
 
 
-def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device: bool = False) -> None:
+def delivery_send(*, delivery_id: int, code: str, device: bool = False) -> None:
     """Send one code at most once per provider acceptance; safe to run again for the same delivery.
+
+    The tries already made are the delivery's claims before this one (`attempts`, counted by the claim): a job
+    put back without a try (waiting for a worker with its key or its payload version, or for another run's lease)
+    spends none of OTP_SEND_MAX_RETRIES (a review: the job's own retry count did).
 
     The row is claimed with a lease (registry.delivery_lease_seconds): a second run finds it final (sent,
     failed, unknown) or held and returns; a run after a crash finds the lease lapsed and takes over. A send
@@ -289,8 +298,9 @@ def delivery_send(*, delivery_id: int, code: str, retries_done: int = 0, device:
         return
     except providers.SendTransientError as exc:
         throttles.send_budget_give_back(address=address, device=device)  # the next try counts it again
-        countdown = delivery_retry_countdown(retries_done=retries_done)
-        give_up = (retries_done >= settings.OTP_SEND_MAX_RETRIES
+        tries_before = delivery.attempts - 1
+        countdown = delivery_retry_countdown(retries_done=tries_before)
+        give_up = (tries_before >= settings.OTP_SEND_MAX_RETRIES
                    or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
         logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
         if give_up:
