@@ -432,6 +432,13 @@ def test_an_unknown_outcome_the_database_never_records_is_not_run_again(email_ad
 # --- A code no provider took gives way to the one before it -------------------------------------------------
 
 
+def code_mailed(address, code: str) -> Delivery:
+    """A /register/ code for `address`, issued and handed to the provider the test's `sender` stands for."""
+    delivery = services.code_issue(address=address, purpose=Purpose.REGISTER)
+    services.delivery_send(delivery_id=delivery.id, code=code)
+    return delivery
+
+
 def _not_sent_for_no_account(email_address, settings):
     return dict(purpose=Purpose.LOGIN)  # the address has no account: a /login/ sends nothing
 
@@ -473,8 +480,7 @@ def test_a_code_no_provider_took_gives_way_to_the_code_before_it(email_address, 
     # nothing but superseded the code just mailed, and the user's right code answered "invalid".
     how = case(email_address, settings)
     recorder = sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     assert len(recorder.sent) == 1
     recorder = sender(*how.get("outcomes", []))
     how.get("before_send", lambda: None)()
@@ -494,8 +500,7 @@ def test_a_code_no_provider_took_gives_way_to_the_code_before_it(email_address, 
 @pytest.mark.parametrize("outcome", ["sent", "unknown"])
 def test_a_code_a_provider_took_or_may_have_taken_still_supersedes(email_address, sender, fixed_code, outcome):
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     sender(SendOutcomeUnknownError("SMTP: no reply to the data") if outcome == "unknown" else "ok")
     newer = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=newer.id, code=fixed_code[1])
@@ -506,8 +511,7 @@ def test_a_code_a_provider_took_or_may_have_taken_still_supersedes(email_address
 
 def test_unsent_codes_in_a_row_give_way_to_the_last_one_sent(email_address, sender, fixed_code):
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     for code in ("654321", "111222"):
         login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
         services.delivery_send(delivery_id=login.id, code=code)
@@ -520,8 +524,7 @@ def test_an_unsent_code_revives_no_code_that_was_used_expired_burned_or_never_th
         email_address, sender, fixed_code, settings, before):
     sender()
     if before != "none":
-        mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-        services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+        code_mailed(email_address, fixed_code[0])
         status = {"used": "used", "burned": "burned"}.get(before, "active")
         OneTimeCode.objects.update(status=status)
         if before == "expired":
@@ -534,8 +537,7 @@ def test_an_unsent_code_revives_no_code_that_was_used_expired_burned_or_never_th
 def test_an_unsent_code_already_superseded_by_a_newer_one_revives_nothing(email_address, sender, fixed_code):
     # The worker takes the login job only after the user asked again: the newest code is theirs to use.
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
     services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=login.id, code=fixed_code[1])
@@ -549,8 +551,7 @@ def test_a_purge_between_the_supersede_and_the_withdrawal_leaves_the_code_to_rev
                                                                                   fixed_code):
     # Retries can take longer than beat's interval: the purge used to delete every code not active.
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     sender(SendPermanentError("SMTP 554"))
     refused = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.code_purge()
@@ -560,8 +561,7 @@ def test_a_purge_between_the_supersede_and_the_withdrawal_leaves_the_code_to_rev
 
 def test_a_code_withdrawn_after_it_was_superseded_is_never_revived(email_address, sender, fixed_code):
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
     refused = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=login.id, code=fixed_code[1])  # unsent, already superseded
@@ -594,8 +594,7 @@ def test_a_code_a_crashed_run_may_have_sent_is_never_withdrawn(email_address, se
     # A review's input: the run that took over a lapsed lease found the delivery unsendable (here the provider's
     # refusal; a spent budget or a deleted account alike) and withdrew a code the first run had handed over.
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     handed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     now = timezone.now()
     assert queries.delivery_claim(delivery_id=handed.id, now=now, lease_until=now - timedelta(seconds=1))  # then died
@@ -610,8 +609,7 @@ def test_a_code_a_crashed_run_may_have_sent_is_never_withdrawn(email_address, se
 
 def test_a_refused_job_of_a_delivery_a_run_holds_withdraws_nothing(email_address, sender, fixed_code):
     sender()
-    mailed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=mailed.id, code=fixed_code[0])
+    code_mailed(email_address, fixed_code[0])
     held = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     now = timezone.now()
     assert queries.delivery_claim(delivery_id=held.id, now=now, lease_until=now + timedelta(seconds=30))
