@@ -432,10 +432,11 @@ def test_an_unknown_outcome_the_database_never_records_is_not_run_again(email_ad
 # --- A code no provider took gives way to the one before it -------------------------------------------------
 
 
-def code_mailed(address, code: str) -> Delivery:
-    """A /register/ code for `address`, issued and handed to the provider the test's `sender` stands for."""
+def code_mailed(address, fixed_code: list[str]) -> Delivery:
+    """A /register/ code for `address`, issued (its code the next of `fixed_code`, the fixture's list) and handed to
+    the provider the test's `sender` stands for."""
     delivery = services.code_issue(address=address, purpose=Purpose.REGISTER)
-    services.delivery_send(delivery_id=delivery.id, code=code)
+    services.delivery_send(delivery_id=delivery.id, code=fixed_code[-1])
     return delivery
 
 
@@ -480,7 +481,7 @@ def test_a_code_no_provider_took_gives_way_to_the_code_before_it(email_address, 
     # nothing but superseded the code just mailed, and the user's right code answered "invalid".
     how = case(email_address, settings)
     recorder = sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     assert len(recorder.sent) == 1
     recorder = sender(*how.get("outcomes", []))
     how.get("before_send", lambda: None)()
@@ -500,7 +501,7 @@ def test_a_code_no_provider_took_gives_way_to_the_code_before_it(email_address, 
 @pytest.mark.parametrize("outcome", ["sent", "unknown"])
 def test_a_code_a_provider_took_or_may_have_taken_still_supersedes(email_address, sender, fixed_code, outcome):
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     sender(SendOutcomeUnknownError("SMTP: no reply to the data") if outcome == "unknown" else "ok")
     newer = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=newer.id, code=fixed_code[1])
@@ -511,7 +512,7 @@ def test_a_code_a_provider_took_or_may_have_taken_still_supersedes(email_address
 
 def test_unsent_codes_in_a_row_give_way_to_the_last_one_sent(email_address, sender, fixed_code):
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     for code in ("654321", "111222"):
         login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
         services.delivery_send(delivery_id=login.id, code=code)
@@ -524,7 +525,7 @@ def test_an_unsent_code_revives_no_code_that_was_used_expired_burned_or_never_th
         email_address, sender, fixed_code, settings, before):
     sender()
     if before != "none":
-        code_mailed(email_address, fixed_code[0])
+        code_mailed(email_address, fixed_code)
         status = {"used": "used", "burned": "burned"}.get(before, "active")
         OneTimeCode.objects.update(status=status)
         if before == "expired":
@@ -537,7 +538,7 @@ def test_an_unsent_code_revives_no_code_that_was_used_expired_burned_or_never_th
 def test_an_unsent_code_already_superseded_by_a_newer_one_revives_nothing(email_address, sender, fixed_code):
     # The worker takes the login job only after the user asked again: the newest code is theirs to use.
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
     services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=login.id, code=fixed_code[1])
@@ -551,7 +552,7 @@ def test_a_purge_between_the_supersede_and_the_withdrawal_leaves_the_code_to_rev
                                                                                   fixed_code):
     # Retries can take longer than beat's interval: the purge used to delete every code not active.
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     sender(SendPermanentError("SMTP 554"))
     refused = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.code_purge()
@@ -561,7 +562,7 @@ def test_a_purge_between_the_supersede_and_the_withdrawal_leaves_the_code_to_rev
 
 def test_a_code_withdrawn_after_it_was_superseded_is_never_revived(email_address, sender, fixed_code):
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     login = services.code_issue(address=email_address, purpose=Purpose.LOGIN)
     refused = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     services.delivery_send(delivery_id=login.id, code=fixed_code[1])  # unsent, already superseded
@@ -594,7 +595,7 @@ def test_a_code_a_crashed_run_may_have_sent_is_never_withdrawn(email_address, se
     # A review's input: the run that took over a lapsed lease found the delivery unsendable (here the provider's
     # refusal; a spent budget or a deleted account alike) and withdrew a code the first run had handed over.
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     handed = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     now = timezone.now()
     assert queries.delivery_claim(delivery_id=handed.id, now=now, lease_until=now - timedelta(seconds=1))  # then died
@@ -609,7 +610,7 @@ def test_a_code_a_crashed_run_may_have_sent_is_never_withdrawn(email_address, se
 
 def test_a_refused_job_of_a_delivery_a_run_holds_withdraws_nothing(email_address, sender, fixed_code):
     sender()
-    code_mailed(email_address, fixed_code[0])
+    code_mailed(email_address, fixed_code)
     held = services.code_issue(address=email_address, purpose=Purpose.REGISTER)
     now = timezone.now()
     assert queries.delivery_claim(delivery_id=held.id, now=now, lease_until=now + timedelta(seconds=30))
