@@ -177,6 +177,8 @@ def delivery_refuse(*, delivery_id: int, reason: str, device: bool = False) -> N
     # what its provider says, and may have sent it.
     if delivery_unqueued_record(delivery=delivery, last_error=reason) and not delivery.taken_over:
         code_withdraw(address=delivery.address, device=device, expires_at=delivery.expires_at)
+
+
 def _database_try_seconds() -> float:
     """The longest one statement can take here, in seconds: the wait for a pooled connection plus PostgreSQL's
     statement timeout (config/settings.py's DATABASES), or SQLite's lock timeout."""
