@@ -34,10 +34,11 @@ def _env_file_read(path: str) -> dict[str, int]:
     already (django-environ's parser, overwrite=False), and return {name: line number}.
 
     Its lines are checked first, since the parser passed over what it could not read: a line that is not
-    NAME=value (`OTP_TTL_SECONDS = 300`: the default was used, after a warning in plain text) or a name set twice
-    (the last silently won: a `DEBUG=true` appended to a production file) stops start-up with one line naming the
-    setting and the line, never showing the value (it may be a secret). A UTF-8 byte order mark is read as one
-    (it made the first line unreadable). Found by a careless-operator pass.
+    NAME=value (`export NAME=value` is one too; `OTP_TTL_SECONDS = 300`: the default was used, after a warning in
+    plain text), a comment after a value or text after its closing quote (kept as part of the value), or a name
+    set twice (the last silently won: a `DEBUG=true` appended to a production file) stops start-up with one line
+    naming the setting and the line, never showing the value (it may be a secret). A UTF-8 byte order mark is read
+    as one (it made the first line unreadable). Found by a careless-operator pass and a new-user pass.
     """
     with open(path, encoding="utf-8-sig") as file:
         content = file.read()
@@ -50,6 +51,12 @@ def _env_file_read(path: str) -> dict[str, int]:
             name = line.split("=", 1)[0].strip()[:64] if "=" in line else "<no =>"
             raise SystemExit(f"Invalid line {number} of {path} ({name}): expected NAME=value, with nothing before "
                              f"the name and no space around the =.")
+        value = line[match.end():].rstrip()
+        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
+        if (value[:1] in "'\"" and value and not quoted) or (not quoted and re.search(r"\s#", value)):
+            # The parser kept a comment as part of the value (`SERVICE_NAME=Acme # brand` went into every Subject).
+            raise SystemExit(f"Invalid line {number} of {path} ({match.group(1)}): a comment or text after the value; "
+                             f"put the value in quotes if the # belongs to it.")
         if match.group(1) in names:
             raise SystemExit(f"Invalid setting {match.group(1)}: set twice in {path}, on lines "
                              f"{names[match.group(1)]} and {number}; keep one.")

@@ -331,9 +331,12 @@ KEY = "k" * 50
     ("OTP_TTL_SECONDS = 300\n", "OTP_TTL_SECONDS", "Invalid line 1"),  # skipped: the default 120 was used
     ("DEBUG=false\nOTP_LENGTH=6\nDEBUG=true\n", "DEBUG", "set twice"),  # the last won, silently
     ("OTP_TTL=300\n", "OTP_TTL", "no setting has this name"),  # a typo, ignored
+    ("SERVICE_NAME=Acme Login # our brand\n", "SERVICE_NAME", "a comment"),  # in every Subject (a new-user pass)
+    ('SERVICE_NAME="Acme" # brand\n', "SERVICE_NAME", "a comment or text after the value"),  # quotes included
+    ("OTP_MAX_ATTEMPTS=5  # five tries\n", "OTP_MAX_ATTEMPTS", "a comment"),  # named the value, not the comment
     ("otp_sends_per_hour=3\n", "otp_sends_per_hour", "did you mean OTP_SENDS_PER_HOUR"),
     ("STACK_DIR=/srv/stack\n", "STACK_DIR", "from the environment only"),  # bin/stack never read it there
-    (f"SECRET_KEY={KEY} # rotated on 1 December\n", "SECRET_KEY", "without spaces or comments"),  # in the key
+    (f"SECRET_KEY={KEY} # rotated on 1 December\n", "SECRET_KEY", "a comment"),  # it was part of the key
     (f"SECRET_KEY_FALLBACKS={'a' * 40} {'b' * 40}\n", "SECRET_KEY_FALLBACKS", "without spaces"),  # one key
     ("ALLOWED_HOSTS=localhost 127.0.0.1\n", "ALLOWED_HOSTS", "without spaces"),  # one host: every request 400
     ("WEB_CONCURRENCY=0\n", "WEB_CONCURRENCY", ">= 1"),  # gunicorn took connections and answered none
@@ -347,7 +350,7 @@ def test_an_env_file_line_the_service_cannot_use_stops_start_up_with_one_line(tm
     env_file.write_text(content)
     overrides = {key: value for key, value in os.environ.items() if key not in
                  {"OTP_TTL_SECONDS", "DEBUG", "SECRET_KEY", "SECRET_KEY_FALLBACKS", "ALLOWED_HOSTS", "WEB_CONCURRENCY",
-                  "CELERY_BROKER_URL", "JWT_SIGNING_KEY"}}
+                  "CELERY_BROKER_URL", "JWT_SIGNING_KEY", "SERVICE_NAME", "OTP_MAX_ATTEMPTS"}}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, capture_output=True, text=True,
                             timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "true"}
                             if name != "DEBUG" else {**overrides, "ENV_FILE": str(env_file)})
@@ -361,13 +364,16 @@ def test_an_env_file_with_a_byte_order_mark_and_a_key_starting_with_a_dollar_is_
     # The mark made the first line unreadable; django-environ took `$...` for the name of another variable, and
     # Django's generated keys may start with `$`: both ended in "SECRET_KEY='<default>'".
     env_file = tmp_path / ".env"
-    env_file.write_bytes(b"\xef\xbb\xbfSECRET_KEY=$" + KEY.encode() + b"!^(\nOTP_LENGTH=8\n")  # as Django makes them
-    overrides = {key: value for key, value in os.environ.items() if key not in {"SECRET_KEY", "OTP_LENGTH"}}
-    script = "from django.conf import settings; print(settings.SECRET_KEY == '$' + 'k' * 50 + '!^(', settings.OTP_LENGTH)"
+    env_file.write_bytes(b"\xef\xbb\xbfSECRET_KEY=$" + KEY.encode() + b"!^(\nexport OTP_LENGTH=8\n"  # as Django makes them
+                         b"SERVICE_NAME='Acme #1 Login'\nDEFAULT_FROM_EMAIL=\"Acme <no-reply@acme.example>\"\n")
+    overrides = {key: value for key, value in os.environ.items()
+                 if key not in {"SECRET_KEY", "OTP_LENGTH", "SERVICE_NAME", "DEFAULT_FROM_EMAIL"}}
+    script = ("from django.conf import settings; print(settings.SECRET_KEY == '$' + 'k' * 50 + '!^(', settings.OTP_LENGTH, "
+              "settings.SERVICE_NAME == 'Acme #1 Login', settings.DEFAULT_FROM_EMAIL == 'Acme <no-reply@acme.example>')")
     result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=BACKEND_DIR, capture_output=True,
                             text=True, timeout=60, env={**overrides, "ENV_FILE": str(env_file), "DEBUG": "false",
                                                         "OTP_CONSOLE_CODES": "on"})
-    assert result.stdout.strip().splitlines()[-1:] == ["True 8"], result.stderr
+    assert result.stdout.strip().splitlines()[-1:] == ["True 8 True True"], result.stderr
 
 
 def test_every_setting_env_example_names_and_the_libraries_variables_are_accepted_in_env(tmp_path):
