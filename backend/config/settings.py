@@ -103,6 +103,11 @@ def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
     return value
 
 
+def env_int_or_none(name: str, *, minimum: int = 0) -> int | None:
+    # Unset or empty: None, for a caller whose default depends on something else (cores, connections).
+    return env_int(name, minimum, minimum=minimum) if env_str(name) else None
+
+
 def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = env_str(name, str(default))
     try:
@@ -610,12 +615,11 @@ EDGE_SEND_BURST = int(_edge_burst)
 CELERY_WORKER_POOL = env_choice("CELERY_WORKER_POOL", "threads", {"threads", "prefork", "solo", "gevent", "eventlet"})
 # Unset: a worker's threads follow the connections it may open to its provider (EMAIL_MAX_CONNECTIONS for a worker
 # of the email queue, SMS_MAX_CONNECTIONS for the sms queue), else 8 (config.celery). Set, it applies to every worker.
-CELERY_WORKER_CONCURRENCY = (env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
-                             if env_str("CELERY_WORKER_CONCURRENCY").strip() else None)
+CELERY_WORKER_CONCURRENCY = env_int_or_none("CELERY_WORKER_CONCURRENCY", minimum=1)
 CELERY_WORKER_DEFAULT_CONCURRENCY = 8
 # gunicorn's own variable (config/gunicorn.conf.py): unset, 2 x cores + 1, at most 8. 0 started an API that took
 # connections and answered none; a word was a traceback.
-WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1) if env_str("WEB_CONCURRENCY") else None
+WEB_CONCURRENCY = env_int_or_none("WEB_CONCURRENCY", minimum=1)
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,

@@ -188,7 +188,7 @@ def test_good_rotation_keys_start():
 def test_every_variable_the_settings_read_is_in_env_example_and_the_readme():
     # Contract (Configuration): `.env.example` lists every one; the README's settings table does too.
     repo = BACKEND_DIR.parent
-    read = set(re.findall(r'env(?:_str|_int|_float|_bool|_list|_choice|_rate|\.str)\(\s*"([A-Z][A-Z0-9_]*)"',
+    read = set(re.findall(r'env(?:_str|_int_or_none|_int|_float|_bool|_list|_choice|_rate|\.str)\(\s*"([A-Z][A-Z0-9_]*)"',
                           (BACKEND_DIR / "config" / "settings.py").read_text()))
     # Listed as a setting, or as a commented-out example (WEB_CONCURRENCY: gunicorn reads it too, and refuses it empty).
     listed = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(), flags=re.MULTILINE))
