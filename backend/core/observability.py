@@ -50,8 +50,18 @@ def logging_configure(config: dict) -> None:
 
 
 class RequestIdFilter(logging.Filter):
+    """Gives each record `request_id`: the one bound in this context, else that of the request the record names.
+
+    Django's handler logs a 4xx or 5xx answer (`django.request`, "Service Unavailable: /metrics") after the
+    middleware has returned and unbound the id; the record then carries the request (`extra={"request": ...}`),
+    which RequestObservabilityMiddleware marked with its id. Without that, such lines read `request_id "-"` and
+    could not be matched with nginx's access line (an operator pass)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        request_id = request_id_var.get()
+        if request_id == "-":
+            request_id = getattr(getattr(record, "request", None), "otp_request_id", "-")
+        record.request_id = request_id
         return True
 
 
@@ -84,6 +94,7 @@ class RequestObservabilityMiddleware:
         given = request.headers.get("X-Request-ID", "")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        request.otp_request_id = request_id  # for log lines written after this returns (RequestIdFilter)
         started = time.perf_counter()
         try:
             response = self.get_response(request)

@@ -83,6 +83,31 @@ def test_log_lines_are_json_with_the_request_id():
     assert second["request_id"] == "-"
 
 
+def test_djangos_line_for_an_error_answer_carries_the_request_id(monkeypatch):
+    # Django logs a 5xx answer ("Service Unavailable: /metrics") after the middleware has returned: the line read
+    # request_id "-" and could not be matched with nginx's access line (an operator pass).
+    from core import metrics
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    dead = metrics._RedisStore("redis://127.0.0.1:1/0")  # nothing listens there: /metrics answers 503
+    monkeypatch.setattr(metrics, "_get_store", lambda: dead)
+    try:
+        response = APIClient().get("/metrics", HTTP_X_REQUEST_ID="req-503")
+    finally:
+        logger.removeHandler(handler)
+        with dead.lock:
+            dead.pending.clear()
+    assert response.status_code == 503
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [entry["message"] for entry in entries] == ["Service Unavailable: /metrics"]
+    assert entries[0]["request_id"] == "req-503"
+
+
 @pytest.mark.parametrize("log_level", ["info", "error"])
 def test_a_python_warning_is_one_json_line_in_the_log(log_level):
     # Celery's SecurityWarning for a worker run as root was five plain-text lines among the JSON (a new-user pass);
