@@ -1,6 +1,7 @@
 """The API's parsers: DRF's, held to the body limit, and with pathologically nested JSON answered 400 instead of
 crashing."""
 import io
+import sys
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -28,6 +29,14 @@ class JSONParser(parsers.JSONParser):
             return super().parse(body, media_type, parser_context)
         except RecursionError as exc:
             raise ParseError("JSON parse error - nested too deeply.") from exc
+        except ParseError as exc:
+            # CPython refuses to read an integer of more than sys.get_int_max_str_digits() digits (4300) with a
+            # ValueError whose text DRF passed on: "... use sys.set_int_max_str_digits() to increase the limit",
+            # advice to the server's programmer, in a client's answer (an attack pass).
+            if "integer string conversion" in str(exc.__context__):
+                raise ParseError(f"JSON parse error - a number has more than {sys.get_int_max_str_digits()} "
+                                 "digits.") from exc
+            raise
 
 
 class FormParser(parsers.FormParser):

@@ -71,6 +71,15 @@ def test_malformed_json_is_a_parse_error(client, raw):
     assert response.json()["code"] == "parse_error" and "detail" in response.json()
 
 
+@pytest.mark.parametrize("raw", [b'{"email": ' + b"9" * 5000 + b"}", b'{"email": "a@example.com", "x": -' + b"1" * 4301 + b"}"])
+def test_a_number_too_long_for_python_is_a_parse_error_that_names_no_python_function(client, raw):
+    # DRF passed on CPython's "use sys.set_int_max_str_digits() to increase the limit" (an attack pass).
+    response = client.post("/register/", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"detail": "JSON parse error - a number has more than 4300 digits.",
+                               "code": "parse_error"}
+
+
 @pytest.mark.parametrize("raw", [b"", b"null", b"[1, 2]", b'"alice@example.com"'])
 def test_empty_or_non_object_body_is_a_400(client, raw):
     response = client.post("/register/", data=raw, content_type="application/json")
