@@ -123,10 +123,11 @@ def test_sqlite_claim_reads_the_expiry_back_as_an_aware_datetime(quick_run):
 def test_make_run_does_what_the_readme_says_whatever_dotenv_holds(tmp_path):
     # A .env written for the native stack: every value the quick run must not use points at nothing that answers,
     # or would stop start-up if read (DEBUG off without a SECRET_KEY, Twilio without credentials). Of it, the
-    # quick run reads API_PORT only.
+    # quick run reads API_PORT only. Saved with a byte order mark, as Windows editors may: API_PORT on its first
+    # line was read as another name, and the quick run served on 8000 (a careless-operator pass).
     port = free_port()
     dotenv = tmp_path / ".env"
-    dotenv.write_text("\n".join([
+    dotenv.write_text("\ufeff" + "\n".join([
         f"API_PORT={port}", "DEBUG=false", "SECRET_KEY=", "DATABASE_URL=postgres://postgres@127.0.0.1:1/nowhere",
         "REDIS_URL=redis://127.0.0.1:1/0", "CELERY_BROKER_URL=redis://127.0.0.1:1/1", "EMAIL_BACKEND=smtp",
         "EMAIL_HOST=127.0.0.1", "EMAIL_PORT=1", "SMS_BACKEND=twilio", ""]))
