@@ -558,6 +558,10 @@ _check_regions("OTP_SMS_ALLOWED_REGIONS", OTP_SMS_ALLOWED_REGIONS, wildcard=True
 
 # --- Tokens -----------------------------------------------------------------------------------
 
+# The clock difference between hosts that a token check tolerates (docs/operations.md, "Clocks"). Not a setting: a
+# deployment whose clocks differ by more is broken in other ways, and a larger value only widens replay of a token.
+CLOCK_SKEW_TOLERANCE_SECONDS = 5
+
 JWT_SIGNING_KEY = env_str("JWT_SIGNING_KEY") or SECRET_KEY
 # Old JWT keys, still accepted (users.tokens); while JWT_SIGNING_KEY is SECRET_KEY, SECRET_KEY_FALLBACKS are too.
 JWT_SIGNING_KEY_FALLBACKS = env_list("JWT_SIGNING_KEY_FALLBACKS")
@@ -570,6 +574,10 @@ SIMPLE_JWT = {
     "BLACKLIST_AFTER_ROTATION": True,
     "UPDATE_LAST_LOGIN": False,
     "SIGNING_KEY": JWT_SIGNING_KEY,
+    # A token minted by a host whose clock runs a few seconds ahead carries an `iat` in the future, which PyJWT
+    # refuses with no leeway: tolerate the skew NTP leaves between hosts (RFC 7519 section 4.1.4 allows "some small
+    # leeway ... to account for clock skew"). docs/operations.md states the skew the deployment must stay within.
+    "LEEWAY": timedelta(seconds=CLOCK_SKEW_TOLERANCE_SECONDS),
     "AUTH_HEADER_TYPES": ("Bearer",),
     # Verified with the current key, then the old ones (users.tokens).
     "AUTH_TOKEN_CLASSES": ("users.tokens.AccessToken",),

@@ -336,7 +336,8 @@ def test_expired_access_token_is_401(client, fixed_code, settings):
 
     tokens = sign_in(client, fixed_code, email="alice@example.com")
     token = AccessToken(tokens["access"])
-    token.set_exp(lifetime=timedelta(seconds=-1))
+    # Past its expiry by more than the leeway for clocks between hosts (RFC 7519 section 4.1.4).
+    token.set_exp(lifetime=timedelta(seconds=-(settings.CLOCK_SKEW_TOLERANCE_SECONDS + 1)))
     response = client.get("/profile/", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert response.status_code == 401 and response.json()["code"] == "token_not_valid"
 

@@ -337,6 +337,29 @@ def test_a_token_signed_with_our_key_but_claims_we_never_write_is_401_everywhere
     assert refresh(tokens["refresh"]).status_code == 200  # the genuine sign-in was not touched
 
 
+# A token issued by a host whose clock is a little ahead: PyJWT refuses an `iat` in the future, and the user who had
+# just signed in got a 401 on the next host, and a 401 from /logout/ for a genuine token (a known-failures pass).
+@pytest.mark.parametrize("ahead", [1, 4])
+def test_tokens_from_a_host_whose_clock_is_a_few_seconds_ahead_work(fixed_code, ahead):
+    tokens = sign_in(fixed_code)
+    issued = int(time.time()) + ahead
+    access = resigned(tokens["access"], key=django_settings.SECRET_KEY, iat=issued)
+    assert profile(access).status_code == 200
+    rotated = refresh(resigned(tokens["refresh"], key=django_settings.SECRET_KEY, iat=issued))
+    assert rotated.status_code == 200, rotated.content
+    later = resigned(rotated.json()["refresh"], key=django_settings.SECRET_KEY, iat=issued)
+    assert logout(later).status_code == 205
+    assert refresh(later).status_code == 401  # logged out
+
+
+def test_a_token_issued_a_minute_in_the_future_is_401(fixed_code):
+    # Beyond the leeway: no clock in a working deployment is a minute off (NTP), so such a token is refused.
+    tokens = sign_in(fixed_code)
+    issued = int(time.time()) + 60
+    assert profile(resigned(tokens["access"], key=django_settings.SECRET_KEY, iat=issued)).status_code == 401
+    assert refresh(resigned(tokens["refresh"], key=django_settings.SECRET_KEY, iat=issued)).status_code == 401
+
+
 # --- item 9: rotating the signing key signs nobody out ------------------------------------------
 
 
