@@ -3,8 +3,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
+from core.clock import clock_now
 from otp import throttles
 from otp.addresses import Address, email_normalize, mobile_normalize
 from otp.models import Delivery, OneTimeCode
@@ -34,7 +34,7 @@ def device_token_find(*, token: object, address: Address) -> DeviceToken | None:
         return None
     return (DeviceToken.objects
             .filter(token_hash__in=device_token_hashes(token), address=address.value, revoked_at__isnull=True,
-                    expires_at__gt=timezone.now(), user__is_active=True,
+                    expires_at__gt=clock_now(), user__is_active=True,
                     **{f"user__{address.user_field}": address.value})
             .only("id", "user_id", "address")
             .first())

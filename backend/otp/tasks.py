@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from core.broker import REFUSAL_PAUSE_SECONDS
+from core.clock import clock_seconds
 from core.observability import REQUEST_ID_HEADER, request_id_bound, request_id_current
 from otp import codes
 
@@ -87,7 +88,7 @@ def _kwargs_to_republish(payload: dict | None, delivery_id: int, code: str, expi
     if payload is not None and int(payload.get("v", 1)) >= 2:
         return None
     if expires_at is None:  # a job older than the payload: its code, issued before now, expires within the TTL
-        expires_at = time.time() + settings.OTP_TTL_SECONDS
+        expires_at = clock_seconds() + settings.OTP_TTL_SECONDS
     return {"payload": services.delivery_payload(delivery_id=delivery_id, code=code, expires_at=expires_at)}
 
 
@@ -124,7 +125,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
         delivery_id, code, expires_at = _delivery_arguments(delivery_id, code, payload)
     except PayloadVersionUnknown as exc:
         # Mid-deploy, an older worker may meet a newer job: put it back for a newer worker, within its code's life.
-        if time.time() >= float(payload.get("expires_at", 0)):
+        if clock_seconds() >= float(payload.get("expires_at", 0)):
             logger.warning("delivery %s: %s, and its code has expired: job dropped", payload.get("delivery_id"), exc)
             return
         logger.warning("delivery %s: %s is newer than this worker reads: put back", payload.get("delivery_id"), exc)
@@ -134,7 +135,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
     except codes.CodeSealKeyUnknown as exc:
         # Keys rotated on the process that sealed it and not yet here (or this one's fallback dropped too early): a
         # worker that holds the key may run it, within its code's life; refused (recorded) once that has passed.
-        if time.time() >= float(payload.get("expires_at", 0)):
+        if clock_seconds() >= float(payload.get("expires_at", 0)):
             logger.warning("delivery %s: %s, and its code has expired: job refused", payload.get("delivery_id"), exc)
             services.delivery_refuse(delivery_id=payload["delivery_id"], reason=services.KEY_UNKNOWN_ERROR,
                                      device=bool(payload.get("device", False)))
@@ -155,7 +156,7 @@ def _delivery_send_run(task, delivery_id: int | None = None, code: str | None = 
         # The service bounds the number of tries and keeps them inside the code's life.
         countdown = exc.countdown
     except (OperationalError, InterfaceError) as exc:
-        if expires_at is not None and time.time() >= expires_at:
+        if expires_at is not None and clock_seconds() >= expires_at:
             # The code is dead: no try can deliver it, and no record can be written while the database is down.
             logger.warning("delivery %s: database unavailable (%s) and the code has expired: job dropped",
                            delivery_id, exc.__class__.__name__)
@@ -189,7 +190,7 @@ def _delivery_retry_published(task, *, delivery_id: int | None, expires_at: floa
     without requeue (the job dropped) once the code has expired, or for any other publish failure. In-process
     (CELERY_TASK_ALWAYS_EAGER) nothing is published.
     """
-    code_deadline = expires_at if expires_at is not None else time.time() + settings.OTP_TTL_SECONDS
+    code_deadline = expires_at if expires_at is not None else clock_seconds() + settings.OTP_TTL_SECONDS
     hold_deadline = started + settings.CELERY_VISIBILITY_TIMEOUT_SECONDS - RETRY_HOLD_MARGIN_SECONDS
     waiting_since = None
     while True:
@@ -197,7 +198,7 @@ def _delivery_retry_published(task, *, delivery_id: int | None, expires_at: floa
             retry = task.retry(countdown=countdown, max_retries=_retries_allowed(task), kwargs=kwargs, throw=False,
                                headers={REQUEST_ID_HEADER: request_id_current()})
         except Reject as exc:
-            if not isinstance(exc.reason, kombu.exceptions.OperationalError) or time.time() >= code_deadline:
+            if not isinstance(exc.reason, kombu.exceptions.OperationalError) or clock_seconds() >= code_deadline:
                 raise
             if time.monotonic() >= hold_deadline or worker_state.should_stop is not None \
                     or worker_state.should_terminate is not None:

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
-from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenBackendError, TokenBackendExpiredToken, TokenError
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
+from core.clock import clock_now
 from core.errors import TokenRejected
 from otp.addresses import email_normalize, mobile_normalize
 from users.device_tokens import device_token_generate, device_token_hash, device_token_hashes, device_token_well_formed
@@ -116,7 +116,7 @@ def token_refresh(*, refresh: str) -> TokenPair:
 def _family_rotate(*, claims: dict) -> tuple[RefreshToken | None, bool]:
     """(the rotated token, False), or (None, True) for a reuse, whose family is then revoked and committed.
     Raises TokenRejected for the other refusals."""
-    now = timezone.now()
+    now = clock_now()
     with transaction.atomic():
         if FAMILY_CLAIM not in claims:
             _legacy_family_adopt(claims=claims, now=now)
@@ -161,7 +161,7 @@ def token_revoke(*, refresh: str, access: str | None = None, device_token: objec
     claims = _refresh_decode(refresh, allow_expired=True)
     if access is not None:
         _access_check(access=access, user_id=claims[api_settings.USER_ID_CLAIM])
-    now = timezone.now()
+    now = clock_now()
     if FAMILY_CLAIM in claims:
         TokenFamily.objects.filter(id=claims[FAMILY_CLAIM], revoked_at__isnull=True).update(revoked_at=now)
     elif User.objects.filter(pk=claims[api_settings.USER_ID_CLAIM]).exists():
@@ -190,7 +190,7 @@ def _access_check(*, access: str, user_id: str) -> None:
 def token_families_revoke(*, family_ids: list[str]) -> int:
     """Revoke sign-ins by family id (the admin's action): every token of each stops working, as at logout.
     Returns how many were still live."""
-    return TokenFamily.objects.filter(id__in=family_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    return TokenFamily.objects.filter(id__in=family_ids, revoked_at__isnull=True).update(revoked_at=clock_now())
 
 
 def users_delete(*, ids: list[int]) -> int:
@@ -218,7 +218,7 @@ def device_token_issue(*, user: User, address: str, replacing: DeviceToken | Non
     an active user never drops out of the device class and a copied old token stops working.
     One INSERT (and one UPDATE when replacing); the caller's transaction, if any, holds them."""
     token = device_token_generate()
-    now = timezone.now()
+    now = clock_now()
     row = DeviceToken(user=user, address=address, token_hash=device_token_hash(token), created_at=now,
                       expires_at=now + timedelta(days=settings.OTP_DEVICE_TOKEN_TTL_DAYS))
     if replacing is None:
@@ -236,10 +236,10 @@ def device_token_revoke(*, token: object, user_id: int | str) -> int:
     if not device_token_well_formed(token):
         return 0
     return DeviceToken.objects.filter(token_hash__in=device_token_hashes(token), user_id=user_id,
-                                      revoked_at__isnull=True).update(revoked_at=timezone.now())
+                                      revoked_at__isnull=True).update(revoked_at=clock_now())
 
 
 def device_tokens_revoke(*, ids: list[int]) -> int:
     """Revoke device tokens by id (the admin's action): each device is judged as any client without a token from
     then on. Returns how many were still unrevoked."""
-    return DeviceToken.objects.filter(id__in=ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    return DeviceToken.objects.filter(id__in=ids, revoked_at__isnull=True).update(revoked_at=clock_now())

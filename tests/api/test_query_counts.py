@@ -5,7 +5,8 @@ from rest_framework.test import APIClient
 from tests.support import factories
 from tests.support.http import post
 
-pytestmark = pytest.mark.django_db
+# clock_steady: the service's clock reads the database's about once a minute (core.clock), not counted here.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock_steady")]
 
 
 def test_login_and_register_queries(django_assert_num_queries):

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings as settings_h, strategies as st
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
@@ -728,6 +729,75 @@ def test_a_delivery_its_provider_reported_on_is_recorded_sent_not_sent_again(ema
     delivery.refresh_from_db()
     assert calls == ["alice@example.com"]
     assert (delivery.status, delivery.provider_id, delivery.provider_status) == ("sent", "SM1", "queued")
+
+
+# --- Hosts whose clocks are off: every comparison of a code's life is on the database's clock --------------------
+# (core.clock; a helper's clock-skew review found each of these with libfaketime on one host of a real stack.)
+
+
+@pytest.fixture
+def host_clock_off(monkeypatch):
+    """Set this host's wall clock `seconds` off (negative: behind), as Django's timezone.now() reads it."""
+    real_now = timezone.now
+
+    def off(seconds):
+        monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(seconds=seconds))
+    return off
+
+
+def test_a_code_issued_by_an_api_host_whose_clock_is_behind_lives_its_ttl(email_address, fixed_code, host_clock_off):
+    host_clock_off(-(settings.OTP_TTL_SECONDS + 60))
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    host_clock_off(0)  # verified on another host, whose clock is right
+    assert services.code_verify(address=email_address, code=fixed_code[0]).access
+
+
+def test_a_code_is_still_refused_once_its_ttl_has_passed_on_a_host_whose_clock_is_behind(email_address, fixed_code,
+                                                                                        host_clock_off):
+    services.code_request(address=email_address, purpose=Purpose.REGISTER)
+    OneTimeCode.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    host_clock_off(-600)
+    with pytest.raises(InvalidCode):
+        services.code_verify(address=email_address, code=fixed_code[0])
+
+
+def test_a_worker_whose_clock_is_ahead_sends_a_live_code(email_address, sender, host_clock_off):
+    recorder = sender()
+    delivery = factories.issued_code(email_address)
+    host_clock_off(settings.OTP_TTL_SECONDS + 30)
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(recorder.sent) == 1
+
+
+def test_a_worker_whose_clock_is_behind_never_sends_an_expired_code(email_address, sender, host_clock_off):
+    recorder = sender()
+    delivery = factories.issued_code(email_address)
+    Delivery.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    host_clock_off(-(settings.OTP_TTL_SECONDS + 30))
+    services.delivery_send(delivery_id=delivery.id, code="123456")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "expired" in delivery.last_error and not recorder.sent
+
+
+def test_a_worker_whose_clock_is_ahead_does_not_take_over_a_held_lease(email_address, sender, host_clock_off):
+    # The same code mailed twice: the second worker found the first one's lease lapsed by its own clock.
+    recorder = sender()
+    delivery = factories.issued_code(email_address)
+    Delivery.objects.update(status="sending", lease_until=timezone.now() + timedelta(seconds=10))
+    host_clock_off(60)
+    with pytest.raises(services.DeliveryRetry) as retry:
+        services.delivery_send(delivery_id=delivery.id, code="123456")
+    assert 9 < retry.value.countdown < 11.5 and not recorder.sent
+    assert Delivery.objects.get().taken_over is False
+
+
+def test_a_maintenance_worker_whose_clock_is_ahead_keeps_live_codes_and_deliveries(email_address, host_clock_off):
+    delivery = factories.issued_code(email_address)
+    host_clock_off(86400)
+    assert services.code_purge() == 0 and services.delivery_expire_stale() == 0
+    delivery.refresh_from_db()
+    assert OneTimeCode.objects.get().status == "active" and delivery.status == "queued"
 
 
 # --- Housekeeping -------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ from django.db import OperationalError
 
 from otp import tasks
 
+# A job compares its code's expiry with the service's clock, which is the database's (core.clock).
+pytestmark = pytest.mark.django_db
+
 
 def test_task_names_are_explicit_and_stable():
     assert tasks.delivery_send.name == "otp.delivery_send"

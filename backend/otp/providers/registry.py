@@ -24,7 +24,8 @@ PROVIDERS: dict[str, dict[str, str]] = {"email": EMAIL_PROVIDERS, "sms": SMS_PRO
 # time: otp.services.delivering). The lease covers it, so no other run takes a delivery over while the first
 # still records what the provider said: a takeover then would send the code again.
 OUTCOME_RECORD_SECONDS = 16.0
-# And this margin on top: the clocks of the workers that compare a lease may differ.
+# And this margin on top: a lease is written and compared on the database's clock (core.clock), and each worker's
+# reading of it may lag by part of a round trip, or a worker may pause (a full CPU, a page-in) before it records.
 LEASE_MARGIN_SECONDS = 5
 
 

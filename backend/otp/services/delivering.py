@@ -10,8 +10,8 @@ from typing import Mapping
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
-from django.utils import timezone
 
+from core.clock import clock_now
 from core.errors import SignatureInvalid
 from core.metrics import metric_count, metric_observe
 from otp import providers, queries, throttles
@@ -69,7 +69,7 @@ def _delivery_put_back(delivery_id: int, *, lease_until: datetime, last_error: s
     # Only the run that holds the lease puts the delivery back in the queue: a status callback that failed it
     # meanwhile, or another run that took over a lapsed lease, is never overwritten.
     Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING, lease_until=lease_until).update(
-        status=Delivery.Status.QUEUED, last_error=last_error, lease_until=None, updated_at=timezone.now())
+        status=Delivery.Status.QUEUED, last_error=last_error, lease_until=None, updated_at=clock_now())
 
 
 def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", provider_id: str = "",
@@ -80,7 +80,7 @@ def delivery_finish(*, delivery: Delivery, status: str, last_error: str = "", pr
     delivery's time from issue to acceptance (seconds) goes to otp_delivery_seconds. Raises
     django.db.DatabaseError when the database does.
     """
-    finished = queries.delivery_finish(delivery_id=delivery.id, status=status, now=timezone.now(),
+    finished = queries.delivery_finish(delivery_id=delivery.id, status=status, now=clock_now(),
                                        last_error=last_error, provider_id=provider_id, provider=provider,
                                        sent_at=sent_at)
     if finished:
@@ -97,7 +97,7 @@ def delivery_unqueued_record(*, delivery: Delivery, last_error: str) -> bool:
     """Record `delivery` failed with `last_error` if it is still queued (no run took it), and count it; returns
     whether it was. A delivery a worker already holds is that worker's to record. Raises django.db.DatabaseError."""
     recorded = Delivery.objects.filter(id=delivery.id, status=Delivery.Status.QUEUED).update(
-        status=Delivery.Status.FAILED, last_error=last_error, updated_at=timezone.now())
+        status=Delivery.Status.FAILED, last_error=last_error, updated_at=clock_now())
     if recorded:
         metric_count("otp_deliveries_total", channel=delivery.channel, status=Delivery.Status.FAILED)
     return bool(recorded)
@@ -132,7 +132,7 @@ def code_withdraw(*, address: str, device: bool, expires_at: datetime) -> bool:
     newer, and using or burning it supersedes the other (otp.services.verifying), so the older never works after
     it; until then the database holds two active codes of the class.
     """
-    now = timezone.now()
+    now = clock_now()
     live = OneTimeCode.objects.select_for_update().filter(expires_at__gt=now)
     with transaction.atomic():
         unsent = (live.filter(address=address, device=device, expires_at=expires_at)
@@ -224,7 +224,7 @@ def delivery_send(*, delivery_id: int, code: str, device: bool = False) -> None:
     email to a suppressed recipient (refused with a 5xx at RCPT within OTP_EMAIL_SUPPRESSION_SECONDS) is not
     sent either; a new 5xx at RCPT suppresses the recipient.
     """
-    now = timezone.now()
+    now = clock_now()
     lease_until = now + timedelta(seconds=providers.delivery_lease_seconds())
     delivery = queries.delivery_claim(delivery_id=delivery_id, now=now, lease_until=lease_until)
     if delivery is None:  # not there to take: find out why
@@ -303,7 +303,7 @@ def delivery_send(*, delivery_id: int, code: str, device: bool = False) -> None:
         tries_before = delivery.attempts - 1
         countdown = delivery_retry_countdown(retries_done=tries_before)
         give_up = (tries_before >= settings.OTP_SEND_MAX_RETRIES
-                   or timezone.now() + timedelta(seconds=countdown) >= delivery.expires_at)
+                   or clock_now() + timedelta(seconds=countdown) >= delivery.expires_at)
         logger.warning("delivery %s failed (%s): %s", delivery_id, "giving up" if give_up else "will retry", exc)
         if give_up:
             _delivery_fail_unsent(delivery=delivery, device=device, last_error=str(exc)[:1000],
@@ -330,11 +330,11 @@ def _delivery_outcome_record(*, delivery: Delivery, status: str, provider: str, 
     for pause in (*SENT_RECORD_PAUSES, None):
         try:
             delivery_finish(delivery=delivery, status=status, provider_id=provider_id, provider=provider,
-                            last_error=last_error, sent_at=timezone.now() if status == Delivery.Status.SENT else None)
+                            last_error=last_error, sent_at=clock_now() if status == Delivery.Status.SENT else None)
             return True
         except DatabaseError as exc:
             _database_connection_release()  # a connection the error broke goes back, and the pool drops it
-            if pause is None or timezone.now() + timedelta(seconds=pause + _database_try_seconds()) > deadline:
+            if pause is None or clock_now() + timedelta(seconds=pause + _database_try_seconds()) > deadline:
                 logger.error("delivery %s was %s by %s (provider id %s) but not recorded: %s", delivery.id,
                              "accepted" if status == Delivery.Status.SENT else "left unknown", delivery.channel,
                              provider_id or "none", exc)
@@ -369,7 +369,7 @@ def delivery_status_record(*, report: providers.StatusReport) -> bool:
     fields: dict = {
         "provider_status": report.provider_status,
         "provider_id": Case(When(provider_id="", then=Value(report.provider_id)), default=F("provider_id")),
-        "updated_at": timezone.now(),
+        "updated_at": clock_now(),
     }
     if report.final == Delivery.Status.FAILED:
         failing = Q(status__in=_CARRIER_FAILURE_ENDS)

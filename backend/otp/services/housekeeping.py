@@ -7,12 +7,12 @@ from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.db.models import Min, Q
-from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from otp.models import Delivery, OneTimeCode
 from otp.services.delivering import CODE_EXPIRED_ERROR
 from users.models import DeviceToken, TokenFamily
+from core.clock import clock_now
 
 logger = logging.getLogger("otp.services")
 
@@ -34,7 +34,7 @@ def code_purge(*, batch_size: int | None = None) -> int:
     codes stay until they expire: if the code that superseded one is never sent, it is the user's again, found
     through the codes' `supersedes_id` links (otp.services.code_withdraw)."""
     batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
-    now = timezone.now()
+    now = clock_now()
     spent = OneTimeCode.objects.filter(status__in=[OneTimeCode.Status.USED, OneTimeCode.Status.BURNED])
     return (_batched_delete(OneTimeCode.objects.filter(expires_at__lte=now), batch_size)
             + _batched_delete(spent, batch_size))
@@ -45,13 +45,13 @@ def device_token_purge(*, batch_size: int | None = None) -> int:
     admin sees a revocation until then) in batches of `batch_size` rows (default OTP_PURGE_BATCH_SIZE); return
     how many were deleted (contract: Delivery, "expired device tokens are dropped")."""
     batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
-    return _batched_delete(DeviceToken.objects.filter(expires_at__lte=timezone.now()), batch_size)
+    return _batched_delete(DeviceToken.objects.filter(expires_at__lte=clock_now()), batch_size)
 
 
 def delivery_expire_stale() -> int:
     """Deliveries never handed to the provider before their code expired will never be: mark them failed.
     Returns how many were marked."""
-    now = timezone.now()
+    now = clock_now()
     return (Delivery.objects
             .filter(expires_at__lte=now)
             .filter(Q(status=Delivery.Status.QUEUED) | Q(status=Delivery.Status.SENDING, lease_until__lt=now))
@@ -71,7 +71,7 @@ def delivery_purge(*, batch_size: int | None = None) -> int:
     behind a younger one goes in the next run.
     """
     batch_size = batch_size or settings.OTP_PURGE_BATCH_SIZE
-    cutoff = timezone.now() - timedelta(days=settings.OTP_DELIVERY_RETENTION_DAYS)
+    cutoff = clock_now() - timedelta(days=settings.OTP_DELIVERY_RETENTION_DAYS)
     deleted = 0
     low = Delivery.objects.aggregate(low=Min("id"))["low"]
     # The lowest id still young enough to keep means nothing is due: the usual run reads one row.
@@ -90,7 +90,7 @@ def delivery_purge(*, batch_size: int | None = None) -> int:
 def session_purge() -> int:
     """Delete expired admin sessions, as Django's clearsessions does; return how many were deleted.
     Without it the sessions table keeps every admin login forever."""
-    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    deleted, _ = Session.objects.filter(expire_date__lt=clock_now()).delete()
     return deleted
 
 
@@ -105,7 +105,7 @@ def token_blacklist_flush() -> int:
     """Delete expired refresh-token records (their blacklist rows go with them, by cascade, as simplejwt's
     flushexpiredtokens does) and sign-ins (token families) whose every token has expired; return how many rows
     were deleted."""
-    now = timezone.now()
+    now = clock_now()
     deleted, _ = OutstandingToken.objects.filter(expires_at__lte=now).delete()
     families, _ = TokenFamily.objects.filter(expires_at__lte=now).delete()
     return deleted + families

@@ -5,8 +5,8 @@ from datetime import timedelta
 import kombu.exceptions
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
+from core.clock import clock_now
 from core.errors import DATABASE_OUTAGES, DependencyUnavailable, EmailBudgetSpent, NumberNotAllowed, SmsBudgetSpent
 from core.metrics import metric_count
 from core.observability import REQUEST_ID_HEADER, request_id_current
@@ -72,7 +72,7 @@ def code_issue(*, address: Address, purpose: Purpose, device: bool = False) -> D
     on that class's share of the send budgets. Returns the queued Delivery. Raises django.db.DatabaseError when
     the database fails.
     """
-    now = timezone.now()
+    now = clock_now()
     code = codes.code_generate()
     delivery = queries.code_store(
         address=address.value, channel=address.channel.value, purpose=purpose,

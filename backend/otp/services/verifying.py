@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
-from django.utils import timezone
 
+from core.clock import clock_now
 from core.errors import CACHE_OUTAGES, DATABASE_OUTAGES, DependencyUnavailable, InvalidCode
 from core.metrics import metric_count
 from otp import codes, throttles
@@ -94,7 +94,7 @@ def _code_consume(*, address: Address, code: str, device_token: DeviceToken | No
 def _code_compared(*, otp: OneTimeCode | None, address: Address, code: str) -> User | None:
     """_code_consume's work once the code row is locked: compare, record the attempt or the use, find or create
     the account."""
-    now = timezone.now()
+    now = clock_now()
     if otp is None or otp.expires_at <= now:
         return None
     if not codes.code_matches(code_hash_hex=otp.code_hash, address=address.value, code=code):

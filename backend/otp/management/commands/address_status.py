@@ -1,8 +1,8 @@
 """Print what the service knows of an address: account, recent codes, deliveries and throttles."""
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
+from core.clock import clock_now
 from otp.addresses import email_normalize, mobile_normalize
 from otp.selectors import address_state_get
 from otp.throttles import ADDRESS_LIMITS
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         state = address_state_get(address=normalized)
-        now = timezone.now()
+        now = clock_now()
         out = self.stdout.write
         out(f"Address: {normalized.value} ({normalized.channel.value})")
         out(f"Account: {f'user {state.user.pk}, joined {state.user.date_joined:%Y-%m-%d %H:%M}' if state.user else 'none'}")

@@ -1,0 +1,78 @@
+"""The service's clock: the database's, read about once a minute by each process and carried forward between two
+readings on the process's monotonic clock.
+
+Why: a code's expiry, a delivery's lease and the housekeeping cut-offs are written by one host and compared by
+another (an API host issues a code, a worker claims its delivery, another API host verifies it, beat's worker
+purges it). On each host's own wall clock, a worker a few minutes ahead dropped codes as expired the moment they
+were issued, an API host behind issued codes that another host found expired, a worker ahead took over a delivery
+whose lease had not lapsed and sent the same code twice, and a maintenance worker ahead deleted live codes (a
+helper's clock-skew review, docs/reliability.md "Clocks"). Read off one clock, those comparisons hold whatever
+the hosts' clocks say. The monotonic clock is never stepped (NTP or an operator setting the date does not move
+it), so the carried-forward reading stays right in between.
+
+Not on this clock: JWTs (minted and checked on each API host's own clock, with CLOCK_SKEW_TOLERANCE_SECONDS of
+leeway) and the throttles (Redis's clock, core.ratelimit).
+"""
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from django.db import DatabaseError, connection
+
+logger = logging.getLogger(__name__)
+
+# How often a process reads the database's clock again. The monotonic clock runs at the rate NTP sets for the
+# wall clock, so in between the reading drifts by microseconds at most.
+CLOCK_READ_INTERVAL_SECONDS = 60.0
+# After a failed reading: soon enough that a process started during an outage leaves its own clock soon after the
+# database is back; rare enough that a job meeting the outage waits out the pool's timeout for it only that often.
+CLOCK_READ_RETRY_SECONDS = 30.0
+
+_lock = threading.Lock()
+# (the database's clock in Unix seconds, this process's time.monotonic() at that moment), or None before a reading.
+_reading: tuple[float, float] | None = None
+_next_read_at = 0.0  # time.monotonic() seconds
+
+
+def _database_clock_read() -> tuple[float, float]:
+    """One reading: PostgreSQL's clock_timestamp() (the real time, not the transaction's start as now() is), paired
+    with the monotonic clock at the middle of the round trip. The quick local run (SQLite) has one host: its own
+    clock. Raises django.db.DatabaseError when the database does."""
+    if connection.vendor != "postgresql":
+        return time.time(), time.monotonic()
+    before = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
+        (seconds,) = cursor.fetchone()
+    return float(seconds), (before + time.monotonic()) / 2
+
+
+def clock_seconds() -> float:
+    """The service's current time, in Unix seconds (float): the database's clock, as last read, plus the
+    monotonic seconds since (a reading every CLOCK_READ_INTERVAL_SECONDS).
+
+    Never raises: when a reading fails (the database unreachable), the last reading is carried forward, and a
+    process that never had one uses its own clock (whatever it compares next with the database's rows needs the
+    database, which is not there); either way it reads again CLOCK_READ_RETRY_SECONDS later.
+    """
+    global _reading, _next_read_at
+    if time.monotonic() >= _next_read_at:
+        with _lock:
+            if time.monotonic() >= _next_read_at:
+                try:
+                    _reading = _database_clock_read()
+                    _next_read_at = time.monotonic() + CLOCK_READ_INTERVAL_SECONDS
+                except DatabaseError as exc:
+                    if _reading is None:
+                        logger.warning("the database's clock could not be read (%s): this host's clock is used "
+                                       "until it can", exc.__class__.__name__)
+                        _reading = (time.time(), time.monotonic())
+                    _next_read_at = time.monotonic() + CLOCK_READ_RETRY_SECONDS
+    seconds, monotonic_then = _reading
+    return seconds + (time.monotonic() - monotonic_then)
+
+
+def clock_now() -> datetime:
+    """clock_seconds() as an aware datetime in UTC, for the models' DateTimeFields. Never raises."""
+    return datetime.fromtimestamp(clock_seconds(), tz=UTC)

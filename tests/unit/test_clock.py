@@ -1,0 +1,67 @@
+"""The service's clock (core.clock): PostgreSQL's, carried forward on the monotonic clock, whatever this host's
+wall clock says. What it changes for codes, deliveries and housekeeping: tests/unit/test_services.py, "Hosts
+whose clocks are off"."""
+import time
+
+import pytest
+from django.db import OperationalError, connection
+
+from core import clock
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def clock_unread(monkeypatch):
+    """This process's clock as if never read yet; put back as it was afterwards."""
+    monkeypatch.setattr(clock, "_reading", None)
+    monkeypatch.setattr(clock, "_next_read_at", 0.0)
+
+
+def _database_seconds() -> float:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
+        return float(cursor.fetchone()[0])
+
+
+def test_the_clock_is_the_databases_whatever_this_hosts_clock_says(clock_unread, monkeypatch):
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # this host an hour ahead
+    read = clock.clock_seconds()
+    monkeypatch.setattr(time, "time", real_time)
+    assert abs(read - _database_seconds()) < 1
+    assert abs((clock.clock_now().timestamp()) - _database_seconds()) < 1
+
+
+def test_the_clock_is_read_once_an_interval_and_carried_forward_between(clock_unread, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        first = clock.clock_seconds()
+    with django_assert_num_queries(0):
+        second = clock.clock_seconds()
+    assert 0 <= second - first < 0.5
+
+
+def test_a_failed_reading_carries_the_last_one_forward_and_reads_again_later(clock_unread, monkeypatch, caplog):
+    first = clock.clock_seconds()
+    reads = []
+
+    def database_down():
+        reads.append(1)
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(clock, "_database_clock_read", database_down)
+    monkeypatch.setattr(clock, "_next_read_at", 0.0)  # a reading is due
+    assert 0 <= clock.clock_seconds() - first < 0.5 and reads == [1]
+    assert 0 <= clock.clock_seconds() - first < 0.5 and reads == [1]  # not again at once: it waits its retry
+    assert clock._next_read_at - time.monotonic() > clock.CLOCK_READ_RETRY_SECONDS - 1
+    assert "could not be read" not in caplog.text  # it had a reading: nothing changed for the service
+
+
+def test_a_process_that_never_read_the_database_uses_its_own_clock_while_it_is_down(clock_unread, monkeypatch,
+                                                                                      caplog):
+    def database_down():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(clock, "_database_clock_read", database_down)
+    assert abs(clock.clock_seconds() - time.time()) < 0.5
+    assert "the database's clock could not be read (OperationalError): this host's clock is used" in caplog.text
