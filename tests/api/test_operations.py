@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 from django.core.management import call_command
@@ -65,19 +66,28 @@ def test_request_id_is_echoed_or_made():
     assert re.fullmatch(r"[0-9a-f]{32}", made["X-Request-ID"])
 
 
-def test_log_lines_are_json_with_the_request_id():
+@contextmanager
+def json_lines_of(logger_name: str):
+    """The lines logger `logger_name` writes inside the block, formatted as the service's log formats them (JSON,
+    with the request id), in the StringIO it yields."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("test.json")
+    logger = logging.getLogger(logger_name)
     logger.addHandler(handler)
     try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_log_lines_are_json_with_the_request_id():
+    logger = logging.getLogger("test.json")
+    with json_lines_of("test.json") as stream:
         with request_id_bound("req-42"):
             logger.warning("delivery %s failed", 7)
         logger.warning("outside")
-    finally:
-        logger.removeHandler(handler)
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "delivery 7 failed" and first["request_id"] == "req-42" and first["level"] == "warning"
     assert second["request_id"] == "-"
@@ -88,18 +98,12 @@ def test_djangos_line_for_an_error_answer_carries_the_request_id(monkeypatch):
     # request_id "-" and could not be matched with nginx's access line (an operator pass).
     from core import metrics
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("django.request")
-    logger.addHandler(handler)
     dead = metrics._RedisStore("redis://127.0.0.1:1/0")  # nothing listens there: /metrics answers 503
     monkeypatch.setattr(metrics, "_get_store", lambda: dead)
     try:
-        response = APIClient().get("/metrics", HTTP_X_REQUEST_ID="req-503")
+        with json_lines_of("django.request") as stream:
+            response = APIClient().get("/metrics", HTTP_X_REQUEST_ID="req-503")
     finally:
-        logger.removeHandler(handler)
         with dead.lock:
             dead.pending.clear()
     assert response.status_code == 503
