@@ -6,6 +6,7 @@ import threading
 from email import policy
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from tests.support.waiting import free_port, wait_for
 
@@ -27,6 +28,10 @@ class Inbox:
         self.hold_next_refusal_seconds = 0.0  # a refusal (refuse_next) that comes this late
         self.data_attempts: list[bytes] = []  # every message the client sent, accepted or refused
         self.rcpts_seen: list[str] = []
+        # Each RCPT command's argument as the client wrote it. aiosmtpd's address parser decodes an RFC 2047
+        # encoded word (`=?utf-8?b?asO2cmc=?=@example.com` reads as `jörg@example.com`), which a real relay never
+        # does, so `rcpts_seen` cannot tell the two apart.
+        self.rcpt_commands: list[str] = []
         self.sessions = 0  # EHLOs seen: one per connection a client opened
         self.noops = 0  # NOOP commands seen, on every session
         self.refuse_rcpt: set[str] = set()  # recipients refused for good at RCPT: 550, as for a mailbox that is gone
@@ -75,6 +80,7 @@ class Inbox:
             message = email.message_from_bytes(envelope.content, policy=policy.default)
             message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
             message["X-Envelope-From"] = envelope.mail_from
+            message["X-Envelope-Mail-Options"] = " ".join(envelope.mail_options)
             self.messages.append(message)
             self.raw.append(envelope.content)
             hold, self.hold_next_final_reply_seconds = self.hold_next_final_reply_seconds, 0.0
@@ -104,6 +110,7 @@ class Inbox:
             self.hold_next_refusal_seconds = 0.0
             self.data_attempts.clear()
             self.rcpts_seen.clear()
+            self.rcpt_commands.clear()
             self.sessions = 0
             self.noops = 0
             self.refuse_rcpt.clear()
@@ -132,11 +139,26 @@ def code_from_email(message, length: int = 6) -> str:
     return runs[0]
 
 
+class _RecordingSmtp(SMTP):
+    async def smtp_RCPT(self, arg):
+        with self.event_handler.lock:
+            self.event_handler.rcpt_commands.append(arg)
+        return await super().smtp_RCPT(arg)
+
+
+class _Controller(Controller):
+    def factory(self):
+        return _RecordingSmtp(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    """`smtputf8`: the server offers SMTPUTF8 (RFC 6531), as aiosmtpd's does unless told not to."""
+
+    def __init__(self, host: str = "127.0.0.1", *, smtputf8: bool = True) -> None:
         self.inbox = Inbox()
         self.port = free_port()
-        self.controller = Controller(self.inbox, hostname=host, port=self.port)
+        self.smtputf8 = smtputf8
+        self.controller = _Controller(self.inbox, hostname=host, port=self.port, enable_SMTPUTF8=smtputf8)
 
     def start(self) -> "SmtpServer":
         self.controller.start()
@@ -149,5 +171,6 @@ class SmtpServer:
     def restart(self) -> None:
         """Stop (closing every client's connection) and listen again on the same port."""
         self.controller.stop()
-        self.controller = Controller(self.inbox, hostname=self.controller.hostname, port=self.port)
+        self.controller = _Controller(self.inbox, hostname=self.controller.hostname, port=self.port,
+                                      enable_SMTPUTF8=self.smtputf8)
         self.controller.start()

@@ -1,4 +1,6 @@
 """The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
+import email
+import email.policy
 import re
 import time
 
@@ -13,7 +15,7 @@ from otp.providers.smtp import SmtpEmailProvider
 from otp.providers.twilio import TwilioSmsProvider, _twilio_check_client, _twilio_client_build
 from tests.support import twilio_standin
 from tests.support.parallel import run_in_parallel
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, code_from_email
 from tests.support.waiting import free_port
 
 MESSAGE = Message(subject="Your code", text="Your code is 123456.")
@@ -238,7 +240,7 @@ def _built_whole(raw: bytes, *, to: str, message: Message) -> bytes:
 
 ADDRESSES_LAID_OUT = ["alice@example.com", "Bob.Smith+otp@Mail.Example.co.uk", "o_k-1@x.io", "u@xn--bcher-kva.example",
                       f"{'a' * 58}@example.com"]  # the last is 70 characters, the longest filled in
-ADDRESSES_BUILT_WHOLE = [f"{'a' * 59}@example.com", "üser@example.com", "user@bücher.example", "o'brien@example.com",
+ADDRESSES_BUILT_WHOLE = [f"{'a' * 59}@example.com", "user@bücher.example", "o'brien@example.com",
                          '"quoted local"@example.com']
 
 
@@ -277,7 +279,7 @@ def test_only_the_first_code_email_of_a_kind_is_built_by_djangos_classes(own_smt
     assert len(own_smtp_server.inbox.raw) == 5
     assert len(fresh_layouts) == 2  # the first message: its layout, and itself built whole to check it against
     # A message whose code is not in the layout's place, or a recipient outside it, is built whole.
-    SmtpEmailProvider().send(to="üser@example.com", message=email_message_render(code="123456"), delivery_id=9)
+    SmtpEmailProvider().send(to="o'brien@example.com", message=email_message_render(code="123456"), delivery_id=9)
     assert len(fresh_layouts) == 3
 
 
@@ -555,3 +557,51 @@ def test_a_refusal_that_comes_late_after_the_end_of_data_is_still_a_refusal(own_
 
     with pytest.raises(SendTransientError, match="SMTP 451"):
         SmtpEmailProvider().send(to="refused-late@example.com", message=MESSAGE, delivery_id=7)
+
+
+@pytest.fixture
+def relay_without_smtputf8(settings):
+    server = SmtpServer(smtputf8=False).start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = server.port
+    yield server
+    smtp_provider._email_connections.close_idle()
+    server.stop()
+
+
+@pytest.mark.parametrize("to", ["jörg@xn--strae-oqa.de", "üser@example.com", "用户@example.com",
+                                f"{'ü' * 30}@{'a' * 40}.example.com"])  # the last longer than a header line
+def test_a_non_ascii_local_part_is_mailed_as_itself_over_smtputf8(own_smtp_server, settings, to):
+    # RFC 6531/6532: the address goes as it is in RCPT TO and the To header. Django's classes alone wrote an
+    # encoded word there (`=?utf-8?b?w7xzZXI=?=@example.com`), a mailbox that is not the account's.
+    from otp.messages import email_message_render
+
+    settings.DEFAULT_FROM_EMAIL = "Connexion sécurisée <no-reply@bücher.example>"
+    SmtpEmailProvider().send(to=to, message=email_message_render(code="482913"), delivery_id=3)
+    # Another message on the same session, to an ASCII address, is sent as before.
+    SmtpEmailProvider().send(to="plain@example.com", message=email_message_render(code="907310"), delivery_id=4)
+
+    first, second = own_smtp_server.inbox.messages
+    assert own_smtp_server.inbox.rcpt_commands[0] == f"TO:<{to}>"
+    assert "SMTPUTF8" in first["X-Envelope-Mail-Options"].split()
+    assert first["X-Envelope-From"] == "no-reply@xn--bcher-kva.example"
+    assert f"\r\nTo: {to}\r\n".encode() in own_smtp_server.inbox.raw[0]
+    # As a mail client reads it: an SMTPUTF8 message's headers are UTF-8 (RFC 6532 section 3.2).
+    read = email.message_from_string(own_smtp_server.inbox.raw[0].decode("utf-8"), policy=email.policy.default)
+    assert read["To"].addresses[0].addr_spec == to
+    assert code_from_email(read) == "482913"
+    assert first["Message-ID"] == smtp_provider._message_id(delivery_id=3, domain="xn--bcher-kva.example")
+    assert second["X-Envelope-To"] == "plain@example.com" and "SMTPUTF8" not in second["X-Envelope-Mail-Options"]
+    assert own_smtp_server.inbox.sessions == 1
+
+
+def test_a_non_ascii_local_part_to_a_relay_without_smtputf8_is_a_permanent_error(relay_without_smtputf8):
+    # RFC 6531 section 3.2: such an address cannot be downgraded, so no try will ever succeed; nothing is sent.
+    inbox = relay_without_smtputf8.inbox
+    with pytest.raises(SendPermanentError, match="SMTPUTF8"):
+        SmtpEmailProvider().send(to="jörg@xn--strae-oqa.de", message=MESSAGE, delivery_id=1)
+
+    assert inbox.rcpt_commands == [] and inbox.data_attempts == []
+    SmtpEmailProvider().send(to="user@example.com", message=MESSAGE, delivery_id=2)  # the next one goes
+    assert [m["X-Envelope-To"] for m in inbox.messages] == ["user@example.com"]

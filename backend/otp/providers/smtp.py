@@ -11,7 +11,10 @@ import smtplib
 import string
 import threading
 import time
+from email import policy as email_policy
+from email.generator import BytesGenerator
 from email.utils import formatdate
+from io import BytesIO
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -388,11 +391,34 @@ def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, deli
     # 5.2), with the message's bytes from its layout; the connection is lent to this thread alone, so Django's
     # lock around it has nothing to guard.
     encoding = settings.DEFAULT_CHARSET
+    envelope_sender = _envelope_sender(sender.header, encoding)
+    if not to.partition("@")[0].isascii():
+        # Only with EMAIL_ALLOW_SMTPUTF8 on (otp.addresses): the address goes as it is, in the envelope and the To
+        # header, over SMTPUTF8 (RFC 6531 section 3.4, RFC 6532 section 3.2). Django's classes write an RFC 2047
+        # encoded word there (`=?utf-8?b?asO2cmc=?=@example.com`), which is no address: a relay mailed it to
+        # that literal mailbox, or bounced it. A relay without SMTPUTF8 cannot take the message at all.
+        payload = _smtputf8_message_bytes(to=to, message=message, sender=sender, message_id=message_id)
+        connection.connection.sendmail(envelope_sender, [to], payload, mail_options=["SMTPUTF8"])
+        return message_id
     payload = _email_layouts.message_bytes(to=to, message=message, sender=sender, message_id=message_id,
                                            date=formatdate(localtime=settings.EMAIL_USE_LOCALTIME))
     recipient = to if _ADDRESS_LAYOUT.fullmatch(to) else sanitize_address(to, encoding)
-    connection.connection.sendmail(_envelope_sender(sender.header, encoding), [recipient], payload)
+    connection.connection.sendmail(envelope_sender, [recipient], payload)
     return message_id
+
+
+def _smtputf8_message_bytes(*, to: str, message: Message, sender: Sender, message_id: str) -> bytes:
+    """The message of `message` to `to`, an address with a non-ASCII local part, as bytes with CRLF line ends
+    for an SMTPUTF8 session: built by Django's classes, with its To header the address itself in UTF-8
+    (RFC 6532 section 3.2) in place of the encoded word Django writes. Every other header stays as Django
+    writes it (encoded words are still valid there)."""
+    # Built for a stand-in recipient: Django's address sanitising, besides writing the encoded word, refuses
+    # (ValueError) a non-ASCII local part long enough for its encoded word to fold.
+    built = _code_email(to="recipient@invalid", message=message, sender=sender, message_id=message_id).message()
+    built.replace_header("To", to)
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=email_policy.SMTPUTF8).flatten(built, linesep="\r\n")
+    return out.getvalue()
 
 
 def _email_error(exc: OSError) -> Exception:
@@ -404,6 +430,10 @@ def _email_error(exc: OSError) -> Exception:
         return _smtp_code_error(code, text)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _smtp_code_error(exc.smtp_code, str(exc.smtp_error))
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        # Raised before MAIL FROM when the relay does not offer SMTPUTF8 (RFC 6531) for a non-ASCII address:
+        # it will not take this message on any try (RFC 6531 section 3.2 forbids downgrading the address).
+        return SendPermanentError(f"SMTP: {exc} (the address needs SMTPUTF8, RFC 6531)")
     # Connection refused or dropped, timeout (smtplib's other errors are OSErrors too).
     return SendTransientError(f"SMTP connection: {exc.__class__.__name__}: {exc}")
 
