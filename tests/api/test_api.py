@@ -122,6 +122,18 @@ def test_per_ip_send_rate(client, settings):
     assert other_ip.status_code == 202
 
 
+def test_per_ip_send_rate_counts_refused_requests_too(client, settings):
+    # A client probing with garbage (invalid addresses, refused numbers, broken JSON) spends its own limit, as
+    # docs/api.md says; the mailboxes it names are not touched.
+    settings.OTP_IP_SEND_RATE = "3/min"
+    refused = [post(client, "/register/", {"email": "not an address"}).status_code,
+               post(client, "/login/", {"mobile": "+18005550199"}).status_code,  # toll-free: number_not_allowed
+               client.post("/register/", data="{", content_type="application/json").status_code]
+    assert refused == [400, 400, 400]
+    assert post(client, "/register/", {"email": "user@example.com"}).status_code == 429
+    assert post(client, "/register/", {"email": "user@example.com"}, REMOTE_ADDR="10.9.9.9").status_code == 202
+
+
 def test_per_ip_limit_uses_the_address_the_trusted_proxy_forwarded(client, settings):
     settings.OTP_IP_SEND_RATE = "1/min"
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
