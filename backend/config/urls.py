@@ -1,4 +1,5 @@
 """URL map of the whole service."""
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 
@@ -18,6 +19,8 @@ urlpatterns = [
     # Last: any other path is a JSON 404, even with DEBUG on (Django's debug 404 page is HTML).
     re_path(r"", core_views.not_found),
 ]
+if settings.DEBUG:  # the quick run; elsewhere nginx serves the collected files
+    urlpatterns.insert(-1, re_path(rf"^{settings.STATIC_URL.lstrip('/')}(?P<path>.*)$", core_views.static_file))
 
 handler400 = "core.views.bad_request"
 handler403 = "core.views.permission_denied"

@@ -3,8 +3,9 @@ import logging
 
 from celery import current_app as celery_app
 from django.conf import settings
+from django.contrib.staticfiles import views as staticfiles_views
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve, reverse
 from django.views import csrf
 from django.views.decorators.csrf import csrf_exempt
@@ -133,6 +134,16 @@ def not_found(request, exception=None):
         # The contract's paths end with a slash, and a POST redirected to add it would lose its body.
         detail = f"Not found. Did you mean {request.path}/ (with the slash)?"
     return JsonResponse(error_body(detail, "not_found"), status=404)
+
+
+def static_file(request, path: str):
+    """With DEBUG on only (the quick run, whose runserver has `--nostatic`): the static file at `path` (the part
+    after STATIC_URL) as the staticfiles finders find it, or the JSON 404 of any other unknown path. Runserver's
+    own static handler answered a missing file with Django's HTML debug page."""
+    try:
+        return staticfiles_views.serve(request, path, insecure=True)
+    except Http404:
+        return not_found(request)
 
 
 def _route_of(path: str):

@@ -75,6 +75,12 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     assert post(url, "/logout/", {"refresh": rotated.json()["refresh"]}).status_code == 205
     # The in-process job recorded its delivery as sent, through the same claim the workers use.
     assert "delivery 1 sent by email" in server.log()
+    # Static files are served, and a missing one is a JSON 404 like any unknown path (it was Django's HTML page).
+    css = requests.get(f"{url}/static/admin/css/base.css", timeout=10)
+    assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
+    for missing in ("/static/nope.js", "/static/", "/static/../config/settings.py"):
+        response = requests.get(f"{url}{missing}", timeout=10)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", (missing, response.text[:200])
 
 
 def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quick_run):
