@@ -331,6 +331,14 @@ DATABASES = {"default": environ.Env.db_url_config(_database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and sqlite3.sqlite_version_info < (3, 35):
     # A delivery is claimed with UPDATE ... RETURNING (otp.services._delivery_claim).
     _fail("DATABASE_URL", _database_url, f"PostgreSQL, or SQLite 3.35 or later (this Python has {sqlite3.sqlite_version})")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite has one writer at a time. A deferred transaction (its default) takes the write lock at its first write
+    # and, when another holds it, fails at once ("database is locked": a 503) instead of waiting the busy timeout,
+    # since waiting could deadlock two readers that both want to write (sqlite.org/lang_transaction.html). IMMEDIATE
+    # takes the lock at BEGIN, so a transaction waits its turn (Python's default timeout, 5 s); WAL lets reads run
+    # beside the writer (sqlite.org/wal.html).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
+    DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL;")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)

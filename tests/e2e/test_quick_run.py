@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.support.http import post
+from tests.support.parallel import run_in_parallel
 from tests.support.processes import REPO_DIR, ManagedProcess
 from tests.support.waiting import free_port, wait_for
 
@@ -81,6 +82,21 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     for missing in ("/static/nope.js", "/static/", "/static/../config/settings.py"):
         response = requests.get(f"{url}{missing}", timeout=10)
         assert response.status_code == 404 and response.json()["code"] == "not_found", (missing, response.text[:200])
+
+
+def test_sqlite_answers_parallel_requests_without_a_503(quick_run):
+    # SQLite allows one writer at a time. Its default deferred transactions took the write lock only at the first
+    # write and gave up at once when another held it ("database is locked", a 503): 10 parallel verifies of the
+    # right code answered one 200 and nine 503s. Each now waits its turn (the losers find the code used).
+    url, server, _, _ = quick_run
+    assert post(url, "/register/", {"email": "racer@example.com"}).status_code == 202
+    code = wait_for(lambda: "To: racer@example.com" in server.log() and code_from_console(server.log(), "racer@example.com"),
+                    message="the email on the console")
+    answers = run_in_parallel(10, lambda _: post(url, "/verify-otp/", {"email": "racer@example.com", "code": code}))
+    assert sorted(a.status_code for a in answers) == [200] + [400] * 9, [(a.status_code, a.text) for a in answers]
+    # And writes of every kind at once: sign-ups for ten addresses.
+    answers = run_in_parallel(10, lambda i: post(url, "/register/", {"email": f"crowd{i}@example.com"}))
+    assert [a.status_code for a in answers] == [202] * 10, [(a.status_code, a.text) for a in answers]
 
 
 def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quick_run):
