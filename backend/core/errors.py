@@ -74,6 +74,14 @@ class SignatureInvalid(ServiceError):
     default_code = "permission_denied"
 
 
+class CallbackMalformed(ServiceError):
+    """A provider's signed callback without a field every such callback carries (contract: 4xx for a malformed
+    body)."""
+
+    default_detail = "Malformed callback."
+    default_code = "parse_error"
+
+
 class NumberNotAllowed(ServiceError):
     """A valid mobile number that the SMS destination rules refuse (otp.addresses.sms_destination_refusal)."""
 

@@ -24,11 +24,13 @@ def auth_token(settings):
 
 def callback(status, *, sid="SM1", delivery=None, error_code="", signed_for=None, client=None):
     """POST Twilio's status callback form for `sid`, to the URL the worker gave Twilio (naming `delivery`), signed
-    as Twilio signs it: over the full public URL, query included (`signed_for` signs another URL instead)."""
+    as Twilio signs it: over the full public URL, query included (`signed_for` signs another URL instead). A
+    `status` or `sid` of None leaves that field out."""
     from django.conf import settings
 
     path = PATH + (f"?{urlencode({'delivery': delivery})}" if delivery is not None else "")
-    params = {"MessageSid": sid, "MessageStatus": status, "AccountSid": "AC" + "0" * 32}
+    params = {name: value for name, value in {"MessageSid": sid, "MessageStatus": status}.items() if value is not None}
+    params["AccountSid"] = "AC" + "0" * 32
     if error_code:
         params["ErrorCode"] = error_code
     signature = RequestValidator(settings.TWILIO_AUTH_TOKEN).compute_signature(
@@ -139,6 +141,19 @@ def test_a_status_twilio_does_not_document_changes_nothing():
     assert callback("teleported", delivery=delivery.id).status_code == 204
     delivery.refresh_from_db()
     assert delivery.provider_status == "sent"
+
+
+@pytest.mark.parametrize("status, sid", [(None, "SM1"), ("", "SM1"), (" ", "SM1"), ("undelivered", None),
+                                         ("undelivered", ""), (None, None)])
+def test_a_signed_callback_without_its_sid_or_status_is_a_400_and_changes_nothing(status, sid):
+    # Every Twilio status callback carries both; a signed form without one is malformed (contract: 4xx JSON),
+    # not a 204 as if it had been applied.
+    delivery = sms_delivery(status="sent", provider_id="", provider_status="sent")
+    response = callback(status, sid=sid, delivery=delivery.id, error_code="30003")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "parse_error" and "MessageS" in response.json()["detail"]
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider_status, delivery.provider_id) == ("sent", "sent", "")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,9 +4,9 @@
 maps the `EMAIL_BACKEND` and `SMS_BACKEND` choices to the provider classes. Services import only this package.
 """
 from otp.providers.base import (Provider, SendOutcomeUnknownError, SendPermanentError, SendRecipientRefusedError,
-                                SendTransientError, StatusReport)
+                                SendTransientError, StatusCallbackMalformed, StatusReport)
 from otp.providers.registry import delivery_lease_seconds, provider_class, provider_for, provider_name
 
 __all__ = ["Provider", "SendOutcomeUnknownError", "SendPermanentError", "SendRecipientRefusedError",
-           "SendTransientError", "StatusReport",
+           "SendTransientError", "StatusCallbackMalformed", "StatusReport",
            "delivery_lease_seconds", "provider_class", "provider_for", "provider_name"]

@@ -1,4 +1,4 @@
-"""The interface every provider implements, and the two errors a send may raise."""
+"""The interface every provider implements, the errors a send may raise, and a status callback's."""
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
@@ -22,6 +22,10 @@ class SendOutcomeUnknownError(Exception):
     """The provider may have taken the message, and asking it did not tell: a read timeout or a connection
     dropped after the request was written (for SMTP, after the end of DATA), and the provider's own check
     inconclusive. The delivery is recorded `unknown` and never sent again (contract: Delivery)."""
+
+
+class StatusCallbackMalformed(ValueError):
+    """A signed status callback that lacks a field the provider's documentation says every callback carries."""
 
 
 @dataclass(frozen=True)
@@ -92,4 +96,5 @@ class StatusCallbackProvider(Provider, Protocol):
         provider's valid signature."""
 
     def status_callback_parse(self, *, url: str, params: Mapping[str, str]) -> StatusReport:
-        """Read a verified callback: its URL (which names the delivery) and its form parameters."""
+        """Read a verified callback: its URL (which names the delivery) and its form parameters. Raises
+        StatusCallbackMalformed when a field every callback carries is missing or empty."""

@@ -19,7 +19,8 @@ from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError
 
 from otp.messages import Message
-from otp.providers.base import SendOutcomeUnknownError, SendPermanentError, SendTransientError, StatusReport
+from otp.providers.base import (SendOutcomeUnknownError, SendPermanentError, SendTransientError,
+                                StatusCallbackMalformed, StatusReport)
 
 # Sending: up to CONNECT_TIMEOUT_SECONDS to connect, then up to TIMEOUT_SECONDS for Twilio's answer.
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -218,7 +219,12 @@ class TwilioSmsProvider:
     def status_callback_parse(self, *, url: str, params: Mapping[str, str]) -> StatusReport:
         """Read the delivery from the callback URL's `delivery` parameter, and `MessageSid`, `MessageStatus`
         and `ErrorCode` from its form. The report replaces only the statuses before it in _STATUS_RANK; a
-        status Twilio does not document replaces nothing."""
+        status Twilio does not document replaces nothing. Raises StatusCallbackMalformed when `MessageSid` or
+        `MessageStatus`, which every status callback carries (Twilio's Messaging docs, "StatusCallback
+        parameters"), is missing or empty."""
+        missing = [name for name in ("MessageSid", "MessageStatus") if not params.get(name, "").strip()]
+        if missing:
+            raise StatusCallbackMalformed(f"The callback has no {' and no '.join(missing)}.")
         status = params.get("MessageStatus", "").lower()[:32]
         final = "failed" if status in _CARRIER_FAILURES else "sent" if status in _WENT_OUT else ""
         rank = _STATUS_RANK.get(status)

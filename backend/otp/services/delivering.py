@@ -12,7 +12,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, DateTimeField, F, Q, TextField, Value, When
 
 from core.clock import clock_now
-from core.errors import SignatureInvalid
+from core.errors import CallbackMalformed, SignatureInvalid
 from core.metrics import metric_count, metric_observe
 from otp import providers, queries, throttles
 from otp.addresses import Address, Channel
@@ -388,9 +388,13 @@ def delivery_status_callback_record(*, provider_name: str, url: str, params: Map
 
     `url` is the public URL the provider called (it signs that one); `params` the callback's form. Returns
     False when no delivery matches. Raises core.errors.SignatureInvalid (403) when the signature is missing
-    or wrong.
+    or wrong, and core.errors.CallbackMalformed (400) when a signed callback lacks a field every one carries.
     """
     provider = providers.provider_class("sms", provider_name)()
     if not provider.status_callback_verify(url=url, params=params, headers=headers):
         raise SignatureInvalid(f"Missing or invalid {provider.signature_header}.")
-    return delivery_status_record(report=provider.status_callback_parse(url=url, params=params))
+    try:
+        report = provider.status_callback_parse(url=url, params=params)
+    except providers.StatusCallbackMalformed as exc:
+        raise CallbackMalformed(f"Malformed callback: {exc}") from exc
+    return delivery_status_record(report=report)
