@@ -551,6 +551,8 @@ OTP_DELIVERY_RETENTION_DAYS = env_int("OTP_DELIVERY_RETENTION_DAYS", 30, minimum
 OTP_DEVICE_TOKEN_TTL_DAYS = env_int("OTP_DEVICE_TOKEN_TTL_DAYS", 90, minimum=1, maximum=3650)
 OTP_SEND_MAX_RETRIES = env_int("OTP_SEND_MAX_RETRIES", 5, maximum=50)
 OTP_SEND_RETRY_BACKOFF_SECONDS = env_float("OTP_SEND_RETRY_BACKOFF_SECONDS", 1.0)
+# Unset, it may be lowered below (with CELERY_VISIBILITY_TIMEOUT_SECONDS) to fit a short OTP_TTL_SECONDS.
+OTP_SEND_RETRY_BACKOFF_DERIVED = not env_str("OTP_SEND_RETRY_BACKOFF_SECONDS")
 
 
 def _check_regions(name: str, regions: list[str], *, wildcard: bool) -> None:
@@ -636,7 +638,17 @@ CELERY_WORKER_DEFAULT_CONCURRENCY = 8
 # gunicorn's own variable (config/gunicorn.conf.py): unset, 2 x cores + 1, at most 8. 0 started an API that took
 # connections and answered none; a word was a traceback.
 WEB_CONCURRENCY = env_int_or_none("WEB_CONCURRENCY", minimum=1)
-CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 60, minimum=1)
+# Unset: 60 s, or 1 s less than a code lives when that is shorter (a job handed out again after it must still find
+# its code valid, checked below), so setting OTP_TTL_SECONDS alone is enough (a newcomer's pass: OTP_TTL_SECONDS=30
+# stopped start-up on this setting, then on two more, one after the other).
+CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int_or_none("CELERY_VISIBILITY_TIMEOUT_SECONDS", minimum=1)
+CELERY_VISIBILITY_TIMEOUT_DERIVED = CELERY_VISIBILITY_TIMEOUT_SECONDS is None
+if CELERY_VISIBILITY_TIMEOUT_DERIVED:
+    CELERY_VISIBILITY_TIMEOUT_SECONDS = min(60, OTP_TTL_SECONDS - 1)
+# Unset, the retry backoff likewise fits the visibility timeout: its longest delay 1 s under it. Not below 0.1 s: a
+# retry count so high that it would need less fails the check below instead, naming the backoff.
+if OTP_SEND_RETRY_BACKOFF_DERIVED and (_fitting := (CELERY_VISIBILITY_TIMEOUT_SECONDS - 1) / 2 ** OTP_SEND_MAX_RETRIES) >= 0.1:
+    OTP_SEND_RETRY_BACKOFF_SECONDS = min(OTP_SEND_RETRY_BACKOFF_SECONDS, _fitting)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection pool per process: Celery's Django fixup closes the database connection around every task,
     # which without a pool meant a new PostgreSQL connection for each delivery (cost in docs/performance.md).

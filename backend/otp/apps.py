@@ -1,4 +1,6 @@
 """App config for one-time codes and their delivery."""
+import math
+
 from django.apps import AppConfig
 from django.conf import settings
 
@@ -72,8 +74,9 @@ def delivery_chain_check() -> None:
     records its answer, after its lease lapsed, or after the broker handed its job to another worker, is exactly
     how a second worker sends the same code again (contract: Delivery). The lease is derived from the configured
     providers (otp.providers.registry), hence this check runs once the apps are ready rather than in the settings
-    module. Raises SystemExit with one line naming the variable to change: the provider's own setting when it
-    is what makes the chain too long and lowering it can repair it, CELERY_VISIBILITY_TIMEOUT_SECONDS otherwise.
+    module. Raises SystemExit with one line naming the variable to change: OTP_TTL_SECONDS when the visibility
+    timeout is unset and follows a code life too short for the lease; the provider's own setting when it is what
+    makes the chain too long and lowering it can repair it; CELERY_VISIBILITY_TIMEOUT_SECONDS otherwise.
     """
     from otp import providers
     from otp.providers import registry
@@ -84,6 +87,16 @@ def delivery_chain_check() -> None:
     # the broker would hand the job out again.
     if lease + 1 < visibility:
         return
+    if settings.CELERY_VISIBILITY_TIMEOUT_DERIVED and visibility < 60:
+        # Unset, the visibility timeout follows the code's life (config.settings): the code's life is too short.
+        raise SystemExit(
+            f"Invalid setting OTP_TTL_SECONDS={settings.OTP_TTL_SECONDS!r}: expected at least "
+            f"{math.floor(lease) + 3} with the configured providers: a job the broker hands out again must find its "
+            f"code valid, so the visibility timeout (CELERY_VISIBILITY_TIMEOUT_SECONDS, unset: OTP_TTL_SECONDS - 1 "
+            f"up to 60) must be below it and above the delivery lease ({lease:g} s: the slowest provider's whole "
+            f"wait, plus {registry.OUTCOME_RECORD_SECONDS:g} s to record the outcome and a "
+            f"{registry.LEASE_MARGIN_SECONDS} s margin) plus 1."
+        )
     configured = registry.providers_configured()
     slowest = max(configured, key=lambda cls: cls.timeout_seconds)
     # The longest provider wait that fits: the visibility timeout less 1 s, the record time and the margin.

@@ -1,4 +1,5 @@
 """The senders against a real SMTP server (aiosmtpd) and the Twilio stand-in: connections kept, dropped ones replaced."""
+import contextlib
 import email
 import email.policy
 import re
@@ -21,15 +22,24 @@ from tests.support.waiting import free_port
 MESSAGE = Message(subject="Your code", text="Your code is 123456.")
 
 
-@pytest.fixture
-def own_smtp_server(settings):
-    server = SmtpServer().start()
+@contextlib.contextmanager
+def _relay(settings, *, smtputf8: bool):
+    """A real SMTP server of the test's own, that the email provider sends to while the block runs."""
+    server = SmtpServer(smtputf8=smtputf8).start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
     settings.EMAIL_PORT = server.port
-    yield server
-    smtp_provider._email_connections.close_idle()
-    server.stop()
+    try:
+        yield server
+    finally:
+        smtp_provider._email_connections.close_idle()
+        server.stop()
+
+
+@pytest.fixture
+def own_smtp_server(settings):
+    with _relay(settings, smtputf8=True) as server:
+        yield server
 
 
 def test_one_connection_carries_many_messages(own_smtp_server):
@@ -561,13 +571,8 @@ def test_a_refusal_that_comes_late_after_the_end_of_data_is_still_a_refusal(own_
 
 @pytest.fixture
 def relay_without_smtputf8(settings):
-    server = SmtpServer(smtputf8=False).start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = server.port
-    yield server
-    smtp_provider._email_connections.close_idle()
-    server.stop()
+    with _relay(settings, smtputf8=False) as server:
+        yield server
 
 
 @pytest.mark.parametrize("to", ["jörg@xn--strae-oqa.de", "üser@example.com", "用户@example.com",

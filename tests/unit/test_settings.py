@@ -98,6 +98,47 @@ def test_settings_that_break_a_promise_of_the_contract_stop_start_up(overrides, 
     assert len(lines) == 1 and f"Invalid setting {name}=" in lines[0], result.stderr
 
 
+def settings_of(names, **overrides) -> dict:
+    """The values of the settings `names` as a process started with `overrides` sees them."""
+    script = f"from django.conf import settings; print(repr({{n: getattr(settings, n) for n in {names!r}}}))"
+    env = {**os.environ, **overrides}
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=BACKEND_DIR, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 (our own repr of numbers)
+
+
+# The chain OTP_TTL_SECONDS > visibility timeout > delivery lease + 1, and the longest retry delay below the
+# visibility timeout: with the two unset, setting OTP_TTL_SECONDS alone is enough (a newcomer's pass:
+# OTP_TTL_SECONDS=30 stopped start-up three times, each time naming another setting never set).
+UNSET_CHAIN = {"CELERY_VISIBILITY_TIMEOUT_SECONDS": "", "OTP_SEND_RETRY_BACKOFF_SECONDS": "", "OTP_SEND_MAX_RETRIES": "",
+               "EMAIL_BACKEND": "console", "SMS_BACKEND": "console"}
+
+
+@pytest.mark.parametrize("ttl, visibility, backoff", [("24", 23, 22 / 32), ("30", 29, 28 / 32), ("45", 44, 1.0),
+                                                      ("120", 60, 1.0), ("600", 60, 1.0)])
+def test_a_short_code_life_alone_starts_with_the_chain_fitted_to_it(ttl, visibility, backoff):
+    assert start(**UNSET_CHAIN, OTP_TTL_SECONDS=ttl).returncode == 0
+    assert settings_of(["CELERY_VISIBILITY_TIMEOUT_SECONDS", "OTP_SEND_RETRY_BACKOFF_SECONDS"], **UNSET_CHAIN,
+                       OTP_TTL_SECONDS=ttl) == {"CELERY_VISIBILITY_TIMEOUT_SECONDS": visibility,
+                                                "OTP_SEND_RETRY_BACKOFF_SECONDS": backoff}
+
+
+@pytest.mark.parametrize("ttl, backends, least", [
+    ("10", {}, 24), ("23", {}, 24),
+    ("30", {"EMAIL_BACKEND": "smtp"}, 49),  # the SMTP provider waits 10 s for its commands and 15 s for the reply
+    ("48", {"EMAIL_BACKEND": "smtp"}, 49),
+    ("51", {"SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t",
+            "TWILIO_FROM_NUMBER": "+14155550100"}, 52),
+])
+def test_a_code_life_too_short_for_the_providers_names_it_and_the_least_that_works(ttl, backends, least):
+    result = start(**{**UNSET_CHAIN, **backends}, OTP_TTL_SECONDS=ttl)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert f"Invalid setting OTP_TTL_SECONDS={ttl}: expected at least {least} " in lines[0], lines[0]
+    assert start(**{**UNSET_CHAIN, **backends}, OTP_TTL_SECONDS=str(least)).returncode == 0
+
+
 def test_default_secret_key_with_debug_off_is_refused():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, env={**env, "DEBUG": "false"},
