@@ -4,6 +4,7 @@ import logging
 from celery import current_app as celery_app
 from django.conf import settings
 from django.contrib.staticfiles import views as staticfiles_views
+from django.core.exceptions import SuspiciousOperation
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve, reverse
@@ -130,7 +131,7 @@ class DocsPage(_ErrorsInJson, SpectacularSwaggerView):
 @csrf_exempt  # an unknown path has nothing to protect: its answer is a 404 whatever the method, not a CSRF page
 def not_found(request, exception=None):
     detail = "Not found."
-    if not request.path_info.endswith("/") and _route_of(request.path_info + "/") not in (None, not_found):
+    if not request.path_info.endswith("/") and _route_of(request.path_info + "/") not in (None, not_found, static_file):
         # The contract's paths end with a slash, and a POST redirected to add it would lose its body.
         detail = f"Not found. Did you mean {request.path}/ (with the slash)?"
     return JsonResponse(error_body(detail, "not_found"), status=404)
@@ -139,10 +140,14 @@ def not_found(request, exception=None):
 def static_file(request, path: str):
     """With DEBUG on only (the quick run, whose runserver has `--nostatic`): the static file at `path` (the part
     after STATIC_URL) as the staticfiles finders find it, or the JSON 404 of any other unknown path. Runserver's
-    own static handler answered a missing file with Django's HTML debug page."""
+    own static handler answered a missing file with Django's HTML debug page, and a path leaving the static
+    folders (`..`, SuspiciousFileOperation) with its HTML 400 page. A path ending in `/` names no file (the finders
+    would strip the slash and serve one)."""
+    if path.endswith("/"):
+        return not_found(request)
     try:
         return staticfiles_views.serve(request, path, insecure=True)
-    except Http404:
+    except (Http404, SuspiciousOperation):
         return not_found(request)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A whole sign-in with curl and jq, no token pasted by hand: register, the code typed in, verify, profile,
-# refresh, profile with the new access token, logout, and the proof that the refresh token is dead.
+# refresh, profile with the new access token, logout, and the proof that its refresh and access tokens are dead.
 #
 #   docs/examples/curl-signin.sh alice@example.com          # or a mobile: +14155552671
 #   BASE_URL=https://login.example.com docs/examples/curl-signin.sh alice@example.com
@@ -73,7 +73,10 @@ call POST /logout/ "$(jq -n --arg r "$refresh" '{refresh: $r}')"
 expect 205 "logout"
 echo "Logged out."
 
-# 7. The refresh token no longer works (the access token lives on until it expires: keep its lifetime short).
+# 7. The refresh token no longer works, and neither do the access tokens of this sign-in (docs/api.md, /logout/).
 call POST /token/refresh/ "$(jq -n --arg r "$refresh" '{refresh: $r}')"
 expect 401 "refresh after logout"
 echo "The refresh token is refused after logout: $(jq -r .code <<<"$body")."
+call GET /profile/ "" "$access"
+expect 401 "profile after logout"
+echo "So is the access token: $(jq -r .code <<<"$body")."

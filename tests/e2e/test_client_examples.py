@@ -32,7 +32,8 @@ def test_the_curl_example_signs_in_refreshes_and_logs_out_with_no_token_pasted(s
     assert lines[1] == "Signed in; the access token lasts 300 s."
     assert lines[2].startswith("Profile: {") and '"email":"curl-example@example.com"' in lines[2]
     assert lines[3:] == ["Refreshed; the profile still answers with the new access token.", "Logged out.",
-                         "The refresh token is refused after logout: token_not_valid."]
+                         "The refresh token is refused after logout: token_not_valid.",
+                         "So is the access token: token_not_valid."]
     assert err == "Code: "  # the prompt, on standard error; no token was printed anywhere
     assert "eyJ" not in out
 
@@ -59,4 +60,5 @@ def test_the_readmes_curl_command_signs_in_on_the_quick_run(quick_run):
     finally:
         script.kill()
     assert script.returncode == 0, f"{out}\n{err}"
-    assert out.splitlines()[-1] == "The refresh token is refused after logout: token_not_valid."
+    assert out.splitlines()[-2:] == ["The refresh token is refused after logout: token_not_valid.",
+                                     "So is the access token: token_not_valid."]

@@ -2,8 +2,11 @@
 
 Started with `make run` itself (bin/quick-run), on a database file of its own (QUICK_RUN_DB).
 """
+import http.client
+import json
 import os
 import re
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -79,9 +82,14 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     # Static files are served, and a missing one is a JSON 404 like any unknown path (it was Django's HTML page).
     css = requests.get(f"{url}/static/admin/css/base.css", timeout=10)
     assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
-    for missing in ("/static/nope.js", "/static/", "/static/../config/settings.py"):
-        response = requests.get(f"{url}{missing}", timeout=10)
-        assert response.status_code == 404 and response.json()["code"] == "not_found", (missing, response.text[:200])
+    for missing in ("/static/nope.js", "/static/", "/static/otp/home.js/", "/static/../config/settings.py",
+                    "/static/%2e%2e/config/settings.py", "/static/otp/../../config/settings.py"):
+        connection = http.client.HTTPConnection(urlsplit(url).netloc, timeout=10)
+        connection.request("GET", missing)  # as sent: requests would resolve the dot segments first
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 404 and response.getheader("Content-Type") == "application/json", (missing, body[:200])
+        assert json.loads(body) == {"detail": "Not found.", "code": "not_found"}, missing  # no "with the slash" hint
 
 
 def test_sqlite_answers_parallel_requests_without_a_503(quick_run):
@@ -114,6 +122,12 @@ def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quic
     again = post(url, "/login/", {"email": "again@example.com"})
     assert (first.status_code, again.status_code) == (202, 429)
     assert 1 <= int(again.headers["Retry-After"]) <= 60
+    # The address-status command runs in a process of its own: it says it cannot see them, not "0 sends".
+    _, _, env, tmp_path = quick_run
+    status = ManagedProcess("quick-status", ["bin/quick-run", "manage", "address_status", "again@example.com"], env=env,
+                            log_dir=tmp_path, cwd=REPO_DIR).start()
+    assert status.process.wait(timeout=60) == 0, status.log()
+    assert "Throttles: not visible here" in status.log() and "cooldown 0s" not in status.log(), status.log()
 
 
 def test_sqlite_gives_the_mailed_code_back_when_a_login_sends_nothing(quick_run):

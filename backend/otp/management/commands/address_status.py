@@ -1,4 +1,5 @@
 """Print what the service knows of an address: account, recent codes, deliveries and throttles."""
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -24,7 +25,12 @@ class Command(BaseCommand):
         out = self.stdout.write
         out(f"Address: {normalized.value} ({normalized.channel.value})")
         out(f"Account: {f'user {state.user.pk}, joined {state.user.date_joined:%Y-%m-%d %H:%M}' if state.user else 'none'}")
-        out("Throttles: " + ", ".join(limit.describe(state.throttles[limit.name]) for limit in ADDRESS_LIMITS))
+        if settings.REDIS_URL:
+            out("Throttles: " + ", ".join(limit.describe(state.throttles[limit.name]) for limit in ADDRESS_LIMITS))
+        else:
+            # Without Redis (the quick run) the throttles live in the server process's memory: this process would
+            # show zeros while the server answers 429 (found by a new-user pass).
+            out("Throttles: not visible here: without REDIS_URL (the quick run) they live in the server's own memory")
         out("Codes (newest first):")
         for code in state.codes:
             # A countdown only for a code that can still be used: "92s left" beside a used or superseded code read
