@@ -144,4 +144,4 @@ $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(VENV)/bin/py
 	touch $@ $(VENV)/.runtime-installed
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis backend/db.sqlite3
+	rm -rf $(VENV) .pytest_cache .hypothesis backend/db.sqlite3 backend/db.sqlite3-wal backend/db.sqlite3-shm

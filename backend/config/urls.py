@@ -1,4 +1,6 @@
 """URL map of the whole service."""
+import re
+
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -20,7 +22,7 @@ urlpatterns = [
     re_path(r"", core_views.not_found),
 ]
 if settings.DEBUG:  # the quick run; elsewhere nginx serves the collected files
-    urlpatterns.insert(-1, re_path(rf"^{settings.STATIC_URL.lstrip('/')}(?P<path>.*)$", core_views.static_file))
+    urlpatterns.insert(-1, re_path(rf"^{re.escape(settings.STATIC_URL.lstrip('/'))}(?P<path>.*)$", core_views.static_file))
 
 handler400 = "core.views.bad_request"
 handler403 = "core.views.permission_denied"

@@ -137,6 +137,7 @@ def not_found(request, exception=None):
     return JsonResponse(error_body(detail, "not_found"), status=404)
 
 
+@csrf_exempt  # like not_found: a POST to a missing file is its JSON 404, not a CSRF page
 def static_file(request, path: str):
     """With DEBUG on only (the quick run, whose runserver has `--nostatic`): the static file at `path` (the part
     after STATIC_URL) as the staticfiles finders find it, or the JSON 404 of any other unknown path. Runserver's

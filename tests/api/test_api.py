@@ -126,11 +126,13 @@ def test_per_ip_send_rate_counts_refused_requests_too(client, settings):
     # A client probing with garbage (invalid addresses, refused numbers, broken JSON) spends its own limit, as
     # docs/api.md says; the mailboxes it names are not touched.
     settings.OTP_IP_SEND_RATE = "3/min"
-    refused = [post(client, "/register/", {"email": "not an address"}).status_code,
-               post(client, "/login/", {"mobile": "+18005550199"}).status_code,  # toll-free: number_not_allowed
-               client.post("/register/", data="{", content_type="application/json").status_code]
-    assert refused == [400, 400, 400]
+    refused = [post(client, "/register/", {"email": "not an address"}),
+               post(client, "/login/", {"mobile": "+18005550199"}),  # toll-free: number_not_allowed
+               client.post("/register/", data="{", content_type="application/json")]
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    assert refused[1].json()["code"] == "number_not_allowed" and refused[2].json()["code"] == "parse_error"
     assert post(client, "/register/", {"email": "user@example.com"}).status_code == 429
+    assert not Delivery.objects.exists()  # nothing was sent to anyone
     assert post(client, "/register/", {"email": "user@example.com"}, REMOTE_ADDR="10.9.9.9").status_code == 202
 
 

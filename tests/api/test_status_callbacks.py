@@ -156,6 +156,13 @@ def test_a_signed_callback_without_its_sid_or_status_is_a_400_and_changes_nothin
     assert (delivery.status, delivery.provider_status, delivery.provider_id) == ("sent", "sent", "")
 
 
+def test_a_callbacks_fields_are_read_without_surrounding_spaces():
+    delivery = sms_delivery(status="sent", provider_id="")
+    assert callback(" delivered ", sid=" SM1 ", delivery=delivery.id).status_code == 204
+    delivery.refresh_from_db()
+    assert (delivery.provider_id, delivery.provider_status) == ("SM1", "delivered")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_callbacks_cannot_interleave():
     # Each callback is one conditional UPDATE: whatever order the database applies them in, the carrier's

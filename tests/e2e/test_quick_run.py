@@ -90,6 +90,8 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
         body = response.read()
         assert response.status == 404 and response.getheader("Content-Type") == "application/json", (missing, body[:200])
         assert json.loads(body) == {"detail": "Not found.", "code": "not_found"}, missing  # no "with the slash" hint
+    posted = requests.post(f"{url}/static/nope.js", data="x", timeout=10)  # not a CSRF page, as for any unknown path
+    assert posted.status_code == 404 and posted.json()["code"] == "not_found", posted.text[:200]
 
 
 def test_sqlite_answers_parallel_requests_without_a_503(quick_run):

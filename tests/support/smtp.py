@@ -32,6 +32,7 @@ class Inbox:
         # encoded word (`=?utf-8?b?asO2cmc=?=@example.com` reads as `jörg@example.com`), which a real relay never
         # does, so `rcpts_seen` cannot tell the two apart.
         self.rcpt_commands: list[str] = []
+        self.refuse_ehlo = False  # an old relay that speaks HELO only (RFC 821): no extensions at all
         self.sessions = 0  # EHLOs seen: one per connection a client opened
         self.noops = 0  # NOOP commands seen, on every session
         self.refuse_rcpt: set[str] = set()  # recipients refused for good at RCPT: 550, as for a mailbox that is gone
@@ -111,6 +112,7 @@ class Inbox:
             self.data_attempts.clear()
             self.rcpts_seen.clear()
             self.rcpt_commands.clear()
+            self.refuse_ehlo = False
             self.sessions = 0
             self.noops = 0
             self.refuse_rcpt.clear()
@@ -140,6 +142,12 @@ def code_from_email(message, length: int = 6) -> str:
 
 
 class _RecordingSmtp(SMTP):
+    async def smtp_EHLO(self, hostname):
+        if self.event_handler.refuse_ehlo:
+            await self.push("502 5.5.1 Command not implemented")
+            return
+        return await super().smtp_EHLO(hostname)
+
     async def smtp_RCPT(self, arg):
         with self.event_handler.lock:
             self.event_handler.rcpt_commands.append(arg)

@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from otp.messages import Message
+from otp.messages import Message, email_message_render
 from otp.providers import SendOutcomeUnknownError, SendPermanentError, SendTransientError
 from otp.providers import smtp as smtp_provider
 from otp.providers import twilio as twilio_provider
@@ -601,12 +601,60 @@ def test_a_non_ascii_local_part_is_mailed_as_itself_over_smtputf8(own_smtp_serve
     assert own_smtp_server.inbox.sessions == 1
 
 
-def test_a_non_ascii_local_part_to_a_relay_without_smtputf8_is_a_permanent_error(relay_without_smtputf8):
+@pytest.mark.parametrize("helo_only", [False, True])
+def test_a_non_ascii_local_part_to_a_relay_without_smtputf8_is_a_permanent_error(relay_without_smtputf8, helo_only):
     # RFC 6531 section 3.2: such an address cannot be downgraded, so no try will ever succeed; nothing is sent.
+    # A relay that answers HELO only: smtplib dropped the SMTPUTF8 option and failed encoding the RCPT
+    # (UnicodeEncodeError, past the provider's error mapping).
     inbox = relay_without_smtputf8.inbox
-    with pytest.raises(SendPermanentError, match="SMTPUTF8"):
+    inbox.refuse_ehlo = helo_only
+    with pytest.raises(SendPermanentError, match="does not offer SMTPUTF8"):
         SmtpEmailProvider().send(to="jörg@xn--strae-oqa.de", message=MESSAGE, delivery_id=1)
 
     assert inbox.rcpt_commands == [] and inbox.data_attempts == []
     SmtpEmailProvider().send(to="user@example.com", message=MESSAGE, delivery_id=2)  # the next one goes
     assert [m["X-Envelope-To"] for m in inbox.messages] == ["user@example.com"]
+    assert inbox.sessions == (0 if helo_only else 1)  # on the same session: nothing had been sent on it
+
+
+def test_a_relay_without_auth_or_starttls_stays_a_transient_error(own_smtp_server, settings):
+    # smtplib raises the same SMTPNotSupportedError for a missing AUTH or STARTTLS as for a missing SMTPUTF8: a
+    # relay that drops them for a while (or a wrong EMAIL_USE_TLS) must not fail every delivery for good.
+    settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = "user", "password"
+    with pytest.raises(SendTransientError, match="AUTH"):
+        SmtpEmailProvider().send(to="user@example.com", message=MESSAGE, delivery_id=1)
+    settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = "", ""
+    settings.EMAIL_USE_TLS = True
+    with pytest.raises(SendTransientError, match="STARTTLS"):
+        SmtpEmailProvider().send(to="user@example.com", message=MESSAGE, delivery_id=1)
+
+
+def test_a_long_display_name_stays_one_mailbox_in_a_smtputf8_message(own_smtp_server, settings):
+    # The SMTPUTF8 policy refolded a long From line, decoding its encoded word to raw UTF-8 without its quotes:
+    # the comma split it into two mailboxes. Django's folding is kept.
+    name = "Société, Inc. — service de connexion sécurisée de démo"
+    settings.DEFAULT_FROM_EMAIL = f'"{name}" <no-reply@example.com>'
+    settings.SERVICE_NAME = "Connexion sécurisée de démonstration pour les très longs sujets de courriel"
+    SmtpEmailProvider().send(to="jörg@example.com", message=email_message_render(code="482913"), delivery_id=1)
+
+    read = email.message_from_string(own_smtp_server.inbox.raw[0].decode("utf-8"), policy=email.policy.default)
+    (sender,) = read["From"].addresses
+    # (Python's parser puts a space where Django split the encoded words, in either kind of message.)
+    assert sender.addr_spec == "no-reply@example.com" and sender.display_name.replace(" ", "") == name.replace(" ", "")
+    assert read["Subject"] == f"Your {settings.SERVICE_NAME} sign-in code"
+    assert "BODY=8BITMIME" in own_smtp_server.inbox.messages[0]["X-Envelope-Mail-Options"].split()
+
+
+def test_a_non_ascii_local_part_on_the_console_and_in_memory_backends(settings, capsys):
+    # The quick run prints the email (Django's console backend); tests keep it in memory. A long non-ASCII local
+    # part made Django raise ValueError, a short one showed an encoded word in To.
+    from django.core import mail
+
+    to = f"{'ü' * 30}@example.com"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    mail.outbox = []
+    SmtpEmailProvider().send(to=to, message=email_message_render(code="482913"), delivery_id=1)
+    assert mail.outbox[0].message()["To"] == to and mail.outbox[0].to == [to]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    SmtpEmailProvider().send(to=to, message=email_message_render(code="482913"), delivery_id=2)
+    assert f"\nTo: {to}\n" in capsys.readouterr().out

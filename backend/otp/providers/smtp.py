@@ -12,9 +12,7 @@ import string
 import threading
 import time
 from email import policy as email_policy
-from email.generator import BytesGenerator
 from email.utils import formatdate
-from io import BytesIO
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -42,17 +40,41 @@ def _letters(n: int) -> str:
     return "".join(string.ascii_lowercase[byte % 26] for byte in secrets.token_bytes(n))
 
 
+# An SMTPUTF8 message's headers are UTF-8 (RFC 6532 section 3.2). Lines are left as Django folded them: refolded,
+# a long encoded display name came back as raw UTF-8 with its quotes gone, and a comma in it split From in two.
+_SMTPUTF8_POLICY = email_policy.SMTPUTF8.clone(refold_source="none")
+
+
+def _needs_smtputf8(address: str) -> bool:
+    """True for an address whose local part is not ASCII (allowed by EMAIL_ALLOW_SMTPUTF8, RFC 6531)."""
+    return not address.partition("@")[0].isascii()
+
+
 class _CodeEmail(EmailMultiAlternatives):
     """An email whose headers hold no digit runs (MIME boundary, Message-ID): the only number a reader
     or a mail client's code detector should find is the code. `boundary`: the MIME boundary (letters), random
-    when not given."""
+    when not given.
+
+    A recipient with a non-ASCII local part is written as itself in To, and the message is serialised as UTF-8
+    (RFC 6532 section 3.2): Django's address sanitising writes an RFC 2047 encoded word there
+    (`=?utf-8?b?asO2cmc=?=@example.com`), which is no address (a relay mailed that literal mailbox), and refuses
+    (ValueError) a local part long enough for that word to fold."""
 
     def __init__(self, *args, boundary: str | None = None, **kwargs):
         self.boundary = boundary
         super().__init__(*args, **kwargs)
 
     def message(self, *args, **kwargs):
-        msg = super().message(*args, **kwargs)
+        if any(_needs_smtputf8(address) for address in self.to):
+            to, self.to = self.to, ["recipient@invalid"]  # a stand-in Django can sanitise, replaced below
+            try:
+                msg = super().message(*args, **kwargs)
+            finally:
+                self.to = to
+            msg.replace_header("To", ", ".join(to))
+            msg.policy = _SMTPUTF8_POLICY  # as_bytes (Django's, and its console backend's) writes UTF-8 headers
+        else:
+            msg = super().message(*args, **kwargs)
         if msg.is_multipart():
             msg.set_boundary(self.boundary or f"=_{_letters(24)}")
         return msg
@@ -152,6 +174,10 @@ class BoundedSmtpBackend(DjangoSmtpBackend):
     @property
     def connection_class(self):
         return functools.partial(_BoundedSmtpSslClient if self.use_ssl else _BoundedSmtpClient, budget=self)
+
+
+class SmtpUtf8NotOffered(SendPermanentError):
+    """The relay does not offer SMTPUTF8 (RFC 6531), which a non-ASCII local part needs: nothing was sent."""
 
 
 def _smtp_code_error(code: int, text: str) -> Exception:
@@ -392,33 +418,28 @@ def _email_send(connection: BaseEmailBackend, *, to: str, message: Message, deli
     # lock around it has nothing to guard.
     encoding = settings.DEFAULT_CHARSET
     envelope_sender = _envelope_sender(sender.header, encoding)
-    if not to.partition("@")[0].isascii():
+    if _needs_smtputf8(to):
         # Only with EMAIL_ALLOW_SMTPUTF8 on (otp.addresses): the address goes as it is, in the envelope and the To
-        # header, over SMTPUTF8 (RFC 6531 section 3.4, RFC 6532 section 3.2). Django's classes write an RFC 2047
-        # encoded word there (`=?utf-8?b?asO2cmc=?=@example.com`), which is no address: a relay mailed it to
-        # that literal mailbox, or bounced it. A relay without SMTPUTF8 cannot take the message at all.
-        payload = _smtputf8_message_bytes(to=to, message=message, sender=sender, message_id=message_id)
-        connection.connection.sendmail(envelope_sender, [to], payload, mail_options=["SMTPUTF8"])
+        # header (_CodeEmail), over SMTPUTF8 (RFC 6531 section 3.4). A relay that does not offer it cannot take
+        # the message on any try (RFC 6531 section 3.2: no downgrade), and nothing is sent. Asked here rather than
+        # left to smtplib, whose SMTPNotSupportedError also means a missing STARTTLS or AUTH (a transient error),
+        # and which, with a relay that answers HELO only, drops the option and fails encoding the RCPT.
+        smtp = connection.connection
+        smtp.ehlo_or_helo_if_needed()
+        if not (smtp.does_esmtp and smtp.has_extn("smtputf8")):
+            raise SmtpUtf8NotOffered("SMTP: the mail server does not offer SMTPUTF8 (RFC 6531), which this "
+                                     "address needs")
+        payload = _code_email(to=to, message=message, sender=sender, message_id=message_id).message().as_bytes(
+            linesep="\r\n")
+        # The headers are 8-bit now; RFC 6531 section 3.1 has every SMTPUTF8 server take 8BITMIME (RFC 6152).
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if smtp.has_extn("8bitmime") else ["SMTPUTF8"]
+        smtp.sendmail(envelope_sender, [to], payload, mail_options=options)
         return message_id
     payload = _email_layouts.message_bytes(to=to, message=message, sender=sender, message_id=message_id,
                                            date=formatdate(localtime=settings.EMAIL_USE_LOCALTIME))
     recipient = to if _ADDRESS_LAYOUT.fullmatch(to) else sanitize_address(to, encoding)
     connection.connection.sendmail(envelope_sender, [recipient], payload)
     return message_id
-
-
-def _smtputf8_message_bytes(*, to: str, message: Message, sender: Sender, message_id: str) -> bytes:
-    """The message of `message` to `to`, an address with a non-ASCII local part, as bytes with CRLF line ends
-    for an SMTPUTF8 session: built by Django's classes, with its To header the address itself in UTF-8
-    (RFC 6532 section 3.2) in place of the encoded word Django writes. Every other header stays as Django
-    writes it (encoded words are still valid there)."""
-    # Built for a stand-in recipient: Django's address sanitising, besides writing the encoded word, refuses
-    # (ValueError) a non-ASCII local part long enough for its encoded word to fold.
-    built = _code_email(to="recipient@invalid", message=message, sender=sender, message_id=message_id).message()
-    built.replace_header("To", to)
-    out = BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=email_policy.SMTPUTF8).flatten(built, linesep="\r\n")
-    return out.getvalue()
 
 
 def _email_error(exc: OSError) -> Exception:
@@ -430,10 +451,6 @@ def _email_error(exc: OSError) -> Exception:
         return _smtp_code_error(code, text)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _smtp_code_error(exc.smtp_code, str(exc.smtp_error))
-    if isinstance(exc, smtplib.SMTPNotSupportedError):
-        # Raised before MAIL FROM when the relay does not offer SMTPUTF8 (RFC 6531) for a non-ASCII address:
-        # it will not take this message on any try (RFC 6531 section 3.2 forbids downgrading the address).
-        return SendPermanentError(f"SMTP: {exc} (the address needs SMTPUTF8, RFC 6531)")
     # Connection refused or dropped, timeout (smtplib's other errors are OSErrors too).
     return SendTransientError(f"SMTP connection: {exc.__class__.__name__}: {exc}")
 
@@ -463,6 +480,9 @@ class SmtpEmailProvider:
         connection = _email_connections.take(deadline=time.monotonic() + COMMANDS_SECONDS)
         try:
             message_id = _email_send(connection, to=to, message=message, delivery_id=delivery_id)
+        except SmtpUtf8NotOffered:
+            _email_connections.give_back(connection, usable=True)  # nothing was sent: the session is as it was
+            raise
         except OSError as exc:
             unknown = getattr(getattr(connection, "connection", None), "awaiting_final_reply", False)
             # Never reuse a connection left in an unknown state; the task retries the message later.

@@ -222,10 +222,11 @@ class TwilioSmsProvider:
         status Twilio does not document replaces nothing. Raises StatusCallbackMalformed when `MessageSid` or
         `MessageStatus`, which every status callback carries (Twilio's Messaging docs, "StatusCallback
         parameters"), is missing or empty."""
-        missing = [name for name in ("MessageSid", "MessageStatus") if not params.get(name, "").strip()]
+        params = {name: value.strip() for name, value in params.items()}
+        missing = [name for name in ("MessageSid", "MessageStatus") if not params.get(name)]
         if missing:
             raise StatusCallbackMalformed(f"The callback has no {' and no '.join(missing)}.")
-        status = params.get("MessageStatus", "").lower()[:32]
+        status = params["MessageStatus"].lower()[:32]
         final = "failed" if status in _CARRIER_FAILURES else "sent" if status in _WENT_OUT else ""
         rank = _STATUS_RANK.get(status)
         replaces = (frozenset({""} | {earlier for earlier, its in _STATUS_RANK.items() if its < rank})
