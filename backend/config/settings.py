@@ -664,6 +664,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "core.postgresql"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+CELERY_BROKER_URL_FROM_REDIS_URL = False
 _broker_location, _cache_location = _redis_location(CELERY_BROKER_URL), _redis_location(REDIS_URL)
 if _broker_location and _cache_location and _broker_location[:2] == _cache_location[:2]:
     CELERY_BROKER_URL = _url_with_password(CELERY_BROKER_URL, REDIS_PASSWORD)  # the same Redis: its password
@@ -674,6 +675,7 @@ if REDIS_URL and not CELERY_BROKER_URL:
         _fail("REDIS_URL", REDIS_URL.split("@")[-1], "a database number after the host, like redis://host:6379/0")
     # Never the cache's database: Django's cache.clear() is FLUSHDB, which would delete every queued job.
     CELERY_BROKER_URL = _redis_url_next_database(REDIS_URL)
+    CELERY_BROKER_URL_FROM_REDIS_URL = True  # so a failure to reach it says where it came from
 elif REDIS_URL and _redis_location(CELERY_BROKER_URL) == _redis_location(REDIS_URL):
     _fail("CELERY_BROKER_URL", CELERY_BROKER_URL.split("@")[-1],
           "a Redis database apart from REDIS_URL's (a cache flush would delete the queued jobs); unset, it is the next one")

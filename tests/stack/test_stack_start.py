@@ -85,6 +85,13 @@ def test_a_redis_database_that_does_not_exist_is_one_line_naming_redis_url(good_
     assert_one_line(make_up({**good_env, "REDIS_URL": url}, tmp_path), "REDIS_URL", "DB index is out of range")
 
 
+def test_redis_urls_last_database_is_one_line_saying_the_broker_took_the_next(good_env, tmp_path):
+    # The broker defaults to REDIS_URL's next database; on the last one (15 by default) that one does not exist.
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/15"
+    assert_one_line(make_up({**good_env, "REDIS_URL": url}, tmp_path), "CELERY_BROKER_URL",  # CELERY_BROKER_URL unset
+                    "DB index is out of range", "REDIS_URL's next database")
+
+
 def test_a_dead_broker_is_one_line_naming_celery_broker_url(good_env, tmp_path):
     url = f"redis://127.0.0.1:{closed_port()}/1"
     assert_one_line(make_up({**good_env, "CELERY_BROKER_URL": url}, tmp_path), "CELERY_BROKER_URL", url,
