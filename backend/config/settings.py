@@ -638,15 +638,16 @@ CELERY_WORKER_DEFAULT_CONCURRENCY = 8
 # gunicorn's own variable (config/gunicorn.conf.py): unset, 2 x cores + 1, at most 8. 0 started an API that took
 # connections and answered none; a word was a traceback.
 WEB_CONCURRENCY = env_int_or_none("WEB_CONCURRENCY", minimum=1)
-# Unset: 60 s, or 1 s less than a code lives when that is shorter (a job handed out again after it must still find
-# its code valid, checked below), so setting OTP_TTL_SECONDS alone is enough (a newcomer's pass: OTP_TTL_SECONDS=30
-# stopped start-up on this setting, then on two more, one after the other).
+# Unset: half a code's life, at most 60 s (the defaults' ratio), so setting OTP_TTL_SECONDS alone is enough (a
+# newcomer's pass: OTP_TTL_SECONDS=30 stopped start-up on this setting, then on two more, one after the other). Half,
+# not just under the whole: a dead worker's jobs come back between this and a fifth more (the sweep below), and
+# must still find their code valid long enough to be read and typed (docs/decisions.md, late acknowledgement).
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int_or_none("CELERY_VISIBILITY_TIMEOUT_SECONDS", minimum=1)
 CELERY_VISIBILITY_TIMEOUT_DERIVED = CELERY_VISIBILITY_TIMEOUT_SECONDS is None
 if CELERY_VISIBILITY_TIMEOUT_DERIVED:
-    CELERY_VISIBILITY_TIMEOUT_SECONDS = min(60, OTP_TTL_SECONDS - 1)
+    CELERY_VISIBILITY_TIMEOUT_SECONDS = max(1, min(60, OTP_TTL_SECONDS // 2))
 # Unset, the retry backoff likewise fits the visibility timeout: its longest delay 1 s under it. Not below 0.1 s: a
-# retry count so high that it would need less fails the check below instead, naming the backoff.
+# retry count so high that it would need less fails the check below instead, naming OTP_SEND_MAX_RETRIES.
 if OTP_SEND_RETRY_BACKOFF_DERIVED and (_fitting := (CELERY_VISIBILITY_TIMEOUT_SECONDS - 1) / 2 ** OTP_SEND_MAX_RETRIES) >= 0.1:
     OTP_SEND_RETRY_BACKOFF_SECONDS = min(OTP_SEND_RETRY_BACKOFF_SECONDS, _fitting)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -726,6 +727,11 @@ if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
 # than its delay makes the broker hand it out again before it is due, so it would run more than once.
 # Retries never wait past the code's expiry (otp.services.delivering), which bounds the longest delay.
 OTP_SEND_RETRY_DELAY_MAX_SECONDS = min(OTP_SEND_RETRY_BACKOFF_SECONDS * 2 ** OTP_SEND_MAX_RETRIES, OTP_TTL_SECONDS)
+if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS and OTP_SEND_RETRY_BACKOFF_DERIVED:
+    _fail("OTP_SEND_MAX_RETRIES", OTP_SEND_MAX_RETRIES,
+          f"a count whose longest retry delay, 0.1 s (the least OTP_SEND_RETRY_BACKOFF_SECONDS chosen for you) x "
+          f"2^OTP_SEND_MAX_RETRIES, stays below CELERY_VISIBILITY_TIMEOUT_SECONDS={CELERY_VISIBILITY_TIMEOUT_SECONDS} "
+          f"(or set OTP_SEND_RETRY_BACKOFF_SECONDS yourself)")
 if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS:
     _fail("OTP_SEND_RETRY_BACKOFF_SECONDS", OTP_SEND_RETRY_BACKOFF_SECONDS,
           f"a value whose longest retry delay (x 2^OTP_SEND_MAX_RETRIES={2 ** OTP_SEND_MAX_RETRIES}, at most "

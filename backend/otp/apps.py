@@ -87,15 +87,17 @@ def delivery_chain_check() -> None:
     # the broker would hand the job out again.
     if lease + 1 < visibility:
         return
-    if settings.CELERY_VISIBILITY_TIMEOUT_DERIVED and visibility < 60:
-        # Unset, the visibility timeout follows the code's life (config.settings): the code's life is too short.
+    # Unset, the visibility timeout is half the code's life up to 60 s (config.settings): when a longer code life
+    # would make it long enough, the code's life is the setting to name, with the least value that works.
+    least_visibility = math.floor(lease) + 2
+    if settings.CELERY_VISIBILITY_TIMEOUT_DERIVED and visibility < 60 and least_visibility <= 60:
         raise SystemExit(
             f"Invalid setting OTP_TTL_SECONDS={settings.OTP_TTL_SECONDS!r}: expected at least "
-            f"{math.floor(lease) + 3} with the configured providers: a job the broker hands out again must find its "
-            f"code valid, so the visibility timeout (CELERY_VISIBILITY_TIMEOUT_SECONDS, unset: OTP_TTL_SECONDS - 1 "
-            f"up to 60) must be below it and above the delivery lease ({lease:g} s: the slowest provider's whole "
-            f"wait, plus {registry.OUTCOME_RECORD_SECONDS:g} s to record the outcome and a "
-            f"{registry.LEASE_MARGIN_SECONDS} s margin) plus 1."
+            f"{2 * least_visibility} with the configured providers: the visibility timeout "
+            f"(CELERY_VISIBILITY_TIMEOUT_SECONDS, unset: half of OTP_TTL_SECONDS, at most 60) must be above the "
+            f"delivery lease ({lease:g} s: the slowest provider's whole wait, plus "
+            f"{registry.OUTCOME_RECORD_SECONDS:g} s to record the outcome and a {registry.LEASE_MARGIN_SECONDS} s "
+            f"margin) plus 1 (or set CELERY_VISIBILITY_TIMEOUT_SECONDS yourself, below OTP_TTL_SECONDS)."
         )
     configured = registry.providers_configured()
     slowest = max(configured, key=lambda cls: cls.timeout_seconds)
@@ -112,6 +114,15 @@ def delivery_chain_check() -> None:
                 f"margin) plus 1 stays below CELERY_VISIBILITY_TIMEOUT_SECONDS={visibility} (or raise that, below "
                 f"OTP_TTL_SECONDS)."
             )
+    if settings.CELERY_VISIBILITY_TIMEOUT_DERIVED:
+        # Neither a longer code life alone nor a shorter provider wait alone repairs it: say what the value is.
+        raise SystemExit(
+            f"Invalid setting CELERY_VISIBILITY_TIMEOUT_SECONDS={visibility!r} (unset: half of OTP_TTL_SECONDS="
+            f"{settings.OTP_TTL_SECONDS}, at most 60): expected a value above the delivery lease ({lease:g} s: the "
+            f"slowest configured provider's whole wait{f' ({setting})' if setting else ''}, plus "
+            f"{registry.OUTCOME_RECORD_SECONDS:g} s to record the outcome and a {registry.LEASE_MARGIN_SECONDS} s "
+            f"margin) plus 1: shorten that wait, or set CELERY_VISIBILITY_TIMEOUT_SECONDS and OTP_TTL_SECONDS above it."
+        )
     raise SystemExit(
         f"Invalid setting CELERY_VISIBILITY_TIMEOUT_SECONDS={visibility!r}: expected a value above the delivery "
         f"lease ({lease:g} s: the slowest configured provider's whole wait, plus {registry.OUTCOME_RECORD_SECONDS:g} s "

@@ -117,17 +117,15 @@ def _redis_reason(exc: redis.RedisError, *, password_given: bool) -> str:
     return text[:200]
 
 
-def redis_check(*, name: str, url: str, hint: str = "") -> None:
-    """PING the Redis at `url`, which the variable `name` configures; `hint` ends the failure's line. Raises
-    DependencyFailed."""
+def redis_check(*, name: str, url: str) -> None:
+    """PING the Redis at `url`, which the variable `name` configures. Raises DependencyFailed."""
     client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                   socket_timeout=CONNECT_TIMEOUT_SECONDS)
     try:
         client.ping()
     except redis.RedisError as exc:
         password_given = bool(client.connection_pool.connection_kwargs.get("password"))
-        raise DependencyFailed(f"{name} ({url_shown(url)}): {_redis_reason(exc, password_given=password_given)}"
-                               f"{hint}") from None
+        raise DependencyFailed(f"{name} ({url_shown(url)}): {_redis_reason(exc, password_given=password_given)}") from None
     finally:
         client.close()
 
@@ -156,8 +154,12 @@ class Command(BaseCommand):
                     ("redis://", "rediss://", "unix://")):
                 # The broker's own setting, whether the operator set it or it took its default from REDIS_URL.
                 # A newcomer's pass: REDIS_URL on database 15 failed naming CELERY_BROKER_URL, never set.
-                hint = (" (unset, it is REDIS_URL's next database: set CELERY_BROKER_URL, or give REDIS_URL a lower "
-                        "database)" if settings.CELERY_BROKER_URL_FROM_REDIS_URL else "")
-                redis_check(name="CELERY_BROKER_URL", url=settings.CELERY_BROKER_URL, hint=hint)
+                try:
+                    redis_check(name="CELERY_BROKER_URL", url=settings.CELERY_BROKER_URL)
+                except DependencyFailed as failure:
+                    if settings.CELERY_BROKER_URL_FROM_REDIS_URL and "DB index is out of range" in failure.line:
+                        raise DependencyFailed(f"{failure.line} (unset, it is REDIS_URL's next database: set "
+                                               f"CELERY_BROKER_URL, or give REDIS_URL a lower database)") from None
+                    raise
         except DependencyFailed as failure:
             raise SystemExit(failure.line) from None
