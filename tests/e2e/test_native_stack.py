@@ -83,6 +83,19 @@ def test_the_api_workers_and_beat_log_one_json_object_a_line(stack):
             assert isinstance(json.loads(line), dict), (name, line)
 
 
+def test_a_non_ascii_mailbox_gets_its_code_over_smtputf8_and_signs_in(stack, inbox):
+    # With EMAIL_ALLOW_SMTPUTF8 on, the worker mailed =?utf-8?b?asO2cmc=?=@xn--strae-oqa.de (RFC 2047 in an address).
+    assert post(stack, "/register/", {"email": "Jörg@Straße.de"}).status_code == 202
+    message = inbox.wait_for_message("jörg@xn--strae-oqa.de")
+    assert "TO:<jörg@xn--strae-oqa.de>" in inbox.rcpt_commands
+    assert "SMTPUTF8" in message["X-Envelope-Mail-Options"].split()
+    verified = post(stack, "/verify-otp/", {"email": "jörg@straße.de", "code": code_from_email(message)})
+    assert verified.status_code == 200, verified.text
+    profile = requests.get(f"{stack.url}/profile/", headers={"Authorization": f"Bearer {verified.json()['access']}"},
+                           timeout=10)
+    assert profile.json()["email"] == "jörg@xn--strae-oqa.de"
+
+
 def test_sms_round_trip_through_nginx(stack, sms):
     assert post(stack, "/register/", {"mobile": "+1 415 555 2699"}).status_code == 202
     code = code_from_sms(sms.wait_for_message("+14155552699"))
