@@ -109,6 +109,19 @@ def test_sqlite_answers_parallel_requests_without_a_503(quick_run):
     assert [a.status_code for a in answers] == [202] * 10, [(a.status_code, a.text) for a in answers]
 
 
+def test_a_forged_x_forwarded_for_does_not_reset_the_per_ip_limit(tmp_path):
+    # Nothing stands in front of runserver: the client's own X-Forwarded-For must not name its address. With the
+    # stack's TRUSTED_PROXY_COUNT=1 each new value was a new client (35 logins a minute, all 202).
+    port = free_port()
+    server = make_run(tmp_path, ENV_FILE="", API_PORT=str(port), OTP_IP_SEND_RATE="3/min", TRUSTED_PROXY_COUNT="1")
+    try:
+        statuses = [post(f"http://127.0.0.1:{port}", "/login/", {"email": f"nobody{i}@example.org"},
+                         headers={"X-Forwarded-For": f"10.9.{i}.1"}).status_code for i in range(4)]
+    finally:
+        server.stop()
+    assert statuses == [202, 202, 202, 429], statuses
+
+
 def test_sqlite_supersedes_the_older_code_and_keeps_the_cooldown_in_process(quick_run):
     # PostgreSQL issues a code in one statement that SQLite cannot run; the quick run takes the ORM's way.
     url = quick_run[0]
