@@ -54,11 +54,14 @@ def clock_seconds() -> float:
 
     Never raises: when a reading fails (the database unreachable), the last reading is carried forward, and a
     process that never had one uses its own clock (whatever it compares next with the database's rows needs the
-    database, which is not there); either way it reads again CLOCK_READ_RETRY_SECONDS later.
+    database, which is not there); either way it reads again CLOCK_READ_RETRY_SECONDS later. While one thread
+    reads, the others carry the last reading forward rather than wait for it: during an outage that reading waits
+    out the connection pool's timeout (5 s), and every thread of a worker queued behind it (a review of a slow
+    503 in a PostgreSQL outage). Only a process with no reading yet waits for its first.
     """
     global _reading, _next_read_at
-    if time.monotonic() >= _next_read_at:
-        with _lock:
+    if time.monotonic() >= _next_read_at and _lock.acquire(blocking=_reading is None):
+        try:
             if time.monotonic() >= _next_read_at:
                 try:
                     _reading = _database_clock_read()
@@ -69,6 +72,8 @@ def clock_seconds() -> float:
                                        "until it can", exc.__class__.__name__)
                         _reading = (time.time(), time.monotonic())
                     _next_read_at = time.monotonic() + CLOCK_READ_RETRY_SECONDS
+        finally:
+            _lock.release()
     seconds, monotonic_then = _reading
     return seconds + (time.monotonic() - monotonic_then)
 

@@ -1,6 +1,7 @@
 """The service's clock (core.clock): PostgreSQL's, carried forward on the monotonic clock, whatever this host's
 wall clock says. What it changes for codes, deliveries and housekeeping: tests/unit/test_services.py, "Hosts
 whose clocks are off"."""
+import threading
 import time
 
 import pytest
@@ -65,3 +66,31 @@ def test_a_process_that_never_read_the_database_uses_its_own_clock_while_it_is_d
     monkeypatch.setattr(clock, "_database_clock_read", database_down)
     assert abs(clock.clock_seconds() - time.time()) < 0.5
     assert "the database's clock could not be read (OperationalError): this host's clock is used" in caplog.text
+
+
+def test_while_one_thread_waits_on_a_slow_reading_the_others_carry_the_last_one_forward(clock_unread, monkeypatch):
+    # A database that takes its time to answer (during an outage, the pool waits its 5 s timeout): the thread
+    # reading waits, the others go on with the last reading. They had queued behind it on the clock's lock.
+    first = clock.clock_seconds()
+    reading, answer = threading.Event(), threading.Event()
+
+    def database_slow():
+        reading.set()
+        answer.wait(timeout=10)
+        raise OperationalError("connection timeout")
+
+    monkeypatch.setattr(clock, "_database_clock_read", database_slow)
+    monkeypatch.setattr(clock, "_next_read_at", 0.0)  # a reading is due
+    reader = threading.Thread(target=clock.clock_seconds)
+    reader.start()
+    try:
+        assert reading.wait(timeout=5)
+        started = time.monotonic()
+        other = clock.clock_seconds()
+        assert time.monotonic() - started < 0.5  # did not wait for the reader
+        assert 0 <= other - first < 5
+    finally:
+        answer.set()
+        reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert clock._next_read_at - time.monotonic() > clock.CLOCK_READ_RETRY_SECONDS - 1  # the failure was recorded
