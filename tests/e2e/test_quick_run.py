@@ -78,7 +78,7 @@ def test_register_verify_and_profile_on_the_embedded_defaults(quick_run):
     assert post(url, "/token/refresh/", {"refresh": rotated.json()["refresh"]}).status_code == 401
     assert post(url, "/logout/", {"refresh": rotated.json()["refresh"]}).status_code == 205
     # The in-process job recorded its delivery as sent, through the same claim the workers use.
-    assert "delivery 1 sent by email" in server.log()
+    wait_for(lambda: "delivery 1 sent by email" in server.log(), message="the delivery line")
     # Static files are served, and a missing one is a JSON 404 like any unknown path (it was Django's HTML page).
     css = requests.get(f"{url}/static/admin/css/base.css", timeout=10)
     assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
@@ -150,7 +150,12 @@ def test_sqlite_gives_the_mailed_code_back_when_a_login_sends_nothing(quick_run)
     # by the in-process job), the login for the address, which has no account yet, is not sent.
     script = ("from otp.addresses import email_normalize; from otp.models import OneTimeCode; "
               "from otp.services import code_issue; address = email_normalize('withdrawn@example.com'); "
-              "code_issue(address=address, purpose='register'); code_issue(address=address, purpose='login'); "
+              "code_issue(address=address, purpose='register'); code_issue(address=address, purpose='login')\n"
+              # The jobs run on the process's job thread: wait for the login's, with a deadline.
+              "import time\n"
+              "for _ in range(200):\n"
+              "    if OneTimeCode.objects.filter(address=address.value, purpose='login', status='unsent').exists(): break\n"
+              "    time.sleep(0.1)\n"
               "print('statuses', sorted(OneTimeCode.objects.filter(address=address.value)"
               ".values_list('purpose', 'status')))")
     assert ("statuses [('login', 'unsent'), ('register', 'active')]"
