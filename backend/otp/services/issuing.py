@@ -112,8 +112,8 @@ def _producer_drop() -> None:
 
 # With no broker (the quick run, CELERY_TASK_ALWAYS_EAGER) jobs run in this process, one at a time, on a thread of
 # their own once the request that queued them has committed. Run inside the request, a login's job (the account
-# check, then the email printed) made an existing account's answer slower than an unknown one's: 8.77 against
-# 8.03 ms, medians of an attack pass, where the contract asks the same timing either way.
+# check, then the email printed) made an existing account's answer slower than an unknown one's, where the contract
+# asks the same timing either way (figures in docs/reliability.md).
 _in_process_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otp-in-process-job")
 
 
