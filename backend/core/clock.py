@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import psycopg
 from django.db import DatabaseError, connection
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ CLOCK_READ_INTERVAL_SECONDS = 60.0
 # After a failed reading: soon enough that a process started during an outage leaves its own clock soon after the
 # database is back; rare enough that a job meeting the outage waits out the pool's timeout for it only that often.
 CLOCK_READ_RETRY_SECONDS = 30.0
+# How long a reading waits for a connection from the pool, in seconds. A reading taken while the database is down
+# waited out the pool's own timeout (5 s), and the request that took it then waited as long again for its own
+# statement: its 503 came after 10 s, not 5 (tests/faults/test_faults.py).
+CLOCK_READ_POOL_TIMEOUT_SECONDS = 1.0
 
 _lock = threading.Lock()
 # (the database's clock in Unix seconds, this process's time.monotonic() at that moment), or None before a reading.
@@ -38,14 +43,28 @@ _next_read_at = 0.0  # time.monotonic() seconds
 def _database_clock_read() -> tuple[float, float]:
     """One reading: PostgreSQL's clock_timestamp() (the real time, not the transaction's start as now() is), paired
     with the monotonic clock at the middle of the round trip. The quick local run (SQLite) has one host: its own
-    clock. Raises django.db.DatabaseError when the database does."""
+    clock.
+
+    A thread that holds no connection yet borrows one from the pool for the reading, waiting at most
+    CLOCK_READ_POOL_TIMEOUT_SECONDS for it; one that holds a connection (inside a transaction, say) reads on it.
+    Raises django.db.DatabaseError or psycopg.Error (psycopg_pool.PoolTimeout among them) when the database fails.
+    """
     if connection.vendor != "postgresql":
         return time.time(), time.monotonic()
+    pool = connection.pool if connection.connection is None else None
     before = time.monotonic()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
-        (seconds,) = cursor.fetchone()
+    if pool is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLOCK_QUERY)
+            (seconds,) = cursor.fetchone()
+    else:
+        pool.open()  # as Django does before its first connection; nothing once open
+        with pool.connection(timeout=CLOCK_READ_POOL_TIMEOUT_SECONDS) as pooled:
+            (seconds,) = pooled.execute(_CLOCK_QUERY).fetchone()
     return float(seconds), (before + time.monotonic()) / 2
+
+
+_CLOCK_QUERY = "SELECT extract(epoch FROM clock_timestamp())"
 
 
 def clock_seconds() -> float:
@@ -54,10 +73,11 @@ def clock_seconds() -> float:
 
     Never raises: when a reading fails (the database unreachable), the last reading is carried forward, and a
     process that never had one uses its own clock (whatever it compares next with the database's rows needs the
-    database, which is not there); either way it reads again CLOCK_READ_RETRY_SECONDS later. While one thread
-    reads, the others carry the last reading forward rather than wait for it: during an outage that reading waits
-    out the connection pool's timeout (5 s), and every thread of a worker queued behind it (a review of a slow
-    503 in a PostgreSQL outage). Only a process with no reading yet waits for its first.
+    database, which is not there); either way it reads again CLOCK_READ_RETRY_SECONDS later. A reading waits at
+    most CLOCK_READ_POOL_TIMEOUT_SECONDS for a connection (_database_clock_read). While one thread reads, the
+    others carry the last reading forward rather than wait for it: every thread of a worker had queued behind a
+    reading that met an outage (a review of a slow 503 in a PostgreSQL outage). Only a process with no reading
+    yet waits for its first.
     """
     global _reading, _next_read_at
     if time.monotonic() >= _next_read_at and _lock.acquire(blocking=_reading is None):
@@ -66,7 +86,7 @@ def clock_seconds() -> float:
                 try:
                     _reading = _database_clock_read()
                     _next_read_at = time.monotonic() + CLOCK_READ_INTERVAL_SECONDS
-                except DatabaseError as exc:
+                except (DatabaseError, psycopg.Error) as exc:
                     if _reading is None:
                         logger.warning("the database's clock could not be read (%s): this host's clock is used "
                                        "until it can", exc.__class__.__name__)

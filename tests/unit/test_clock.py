@@ -94,3 +94,39 @@ def test_while_one_thread_waits_on_a_slow_reading_the_others_carry_the_last_one_
         reader.join(timeout=10)
     assert not reader.is_alive()
     assert clock._next_read_at - time.monotonic() > clock.CLOCK_READ_RETRY_SECONDS - 1  # the failure was recorded
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reading_waits_for_a_pooled_connection_at_most_its_own_timeout(clock_unread):
+    # While the pool has no connection to lend (every one taken, as in an outage, when none can be opened), the
+    # reading waited out the pool's own timeout (5 s), and then the caller's statement waited as long again.
+    import psycopg_pool
+
+    first = clock.clock_seconds()
+    connection.close()  # this thread's connection back to the pool, so the reading below borrows one
+    pool = connection.pool
+    assert pool is not None, "the PostgreSQL settings give each process a pool"
+    held = []
+    try:
+        while True:
+            try:
+                held.append(pool.getconn(timeout=0.2))
+            except psycopg_pool.PoolTimeout:
+                break
+        clock._next_read_at = 0.0  # a reading is due
+        started = time.monotonic()
+        read = clock.clock_seconds()
+        waited = time.monotonic() - started
+    finally:
+        for conn in held:
+            pool.putconn(conn)
+    assert clock.CLOCK_READ_POOL_TIMEOUT_SECONDS - 0.1 < waited < clock.CLOCK_READ_POOL_TIMEOUT_SECONDS + 1
+    assert 0 <= read - first < 5  # the last reading, carried forward
+    assert clock._next_read_at - time.monotonic() > clock.CLOCK_READ_RETRY_SECONDS - 5
+
+
+def test_a_reading_inside_a_transaction_takes_the_connection_it_holds(clock_unread, django_assert_num_queries):
+    # Inside a transaction this thread holds a connection: borrowing a second one for the reading would take two
+    # of the pool's connections for one request.
+    with django_assert_num_queries(1):
+        clock.clock_seconds()
