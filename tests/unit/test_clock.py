@@ -16,6 +16,7 @@ pytestmark = pytest.mark.django_db
 def clock_unread(monkeypatch):
     """This process's clock as if never read yet; put back as it was afterwards."""
     monkeypatch.setattr(clock, "_reading", None)
+    monkeypatch.setattr(clock, "_reading_is_databases", False)
     monkeypatch.setattr(clock, "_next_read_at", 0.0)
 
 
@@ -63,9 +64,20 @@ def test_a_process_that_never_read_the_database_uses_its_own_clock_while_it_is_d
     def database_down():
         raise OperationalError("connection refused")
 
+    real_read, real_time = clock._database_clock_read, time.time
     monkeypatch.setattr(clock, "_database_clock_read", database_down)
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # this host an hour ahead
     assert abs(clock.clock_seconds() - time.time()) < 0.5
     assert "the database's clock could not be read (OperationalError): this host's clock is used" in caplog.text
+    # Soon read again: a first reading also fails when the pool's first connection is merely slow to open (a review
+    # of the 1 s wait for a connection). It had waited CLOCK_READ_RETRY_SECONDS (30 s) on this host's clock.
+    assert clock._next_read_at - time.monotonic() <= clock.CLOCK_FIRST_READ_RETRY_SECONDS
+
+    monkeypatch.setattr(clock, "_database_clock_read", real_read)
+    monkeypatch.setattr(clock, "_next_read_at", 0.0)  # the retry is due
+    assert abs(clock.clock_seconds() - _database_seconds()) < 1
+    assert "the database's clock was read: this host's clock is no longer used" in caplog.text
+    assert clock._next_read_at - time.monotonic() > clock.CLOCK_READ_INTERVAL_SECONDS - 5
 
 
 def test_while_one_thread_waits_on_a_slow_reading_the_others_carry_the_last_one_forward(clock_unread, monkeypatch):
@@ -100,19 +112,15 @@ def test_while_one_thread_waits_on_a_slow_reading_the_others_carry_the_last_one_
 def test_a_reading_waits_for_a_pooled_connection_at_most_its_own_timeout(clock_unread):
     # While the pool has no connection to lend (every one taken, as in an outage, when none can be opened), the
     # reading waited out the pool's own timeout (5 s), and then the caller's statement waited as long again.
-    import psycopg_pool
-
     first = clock.clock_seconds()
     connection.close()  # this thread's connection back to the pool, so the reading below borrows one
     pool = connection.pool
     assert pool is not None, "the PostgreSQL settings give each process a pool"
     held = []
     try:
-        while True:
-            try:
-                held.append(pool.getconn(timeout=0.2))
-            except psycopg_pool.PoolTimeout:
-                break
+        # Every connection the pool may open, lent out: it can lend none until one comes back. Each waited for
+        # as long as a slow connect may take, so none still opening is lent to the reading instead.
+        held += [pool.getconn(timeout=5) for _ in range(pool.max_size)]
         clock._next_read_at = 0.0  # a reading is due
         started = time.monotonic()
         read = clock.clock_seconds()
