@@ -4,6 +4,7 @@ whose clocks are off"."""
 import threading
 import time
 
+import psycopg_pool
 import pytest
 from django.db import OperationalError, connection
 
@@ -118,9 +119,14 @@ def test_a_reading_waits_for_a_pooled_connection_at_most_its_own_timeout(clock_u
     assert pool is not None, "the PostgreSQL settings give each process a pool"
     held = []
     try:
-        # Every connection the pool may open, lent out: it can lend none until one comes back. Each waited for
-        # as long as a slow connect may take, so none still opening is lent to the reading instead.
-        held += [pool.getconn(timeout=5) for _ in range(pool.max_size)]
+        # Every connection the pool will lend, taken (other threads of the test run may hold some): it can lend
+        # none until one comes back. Each is given 2 s, so that none still opening is lent to the reading instead.
+        # One at a time into `held`, so that each goes back whatever happens.
+        while True:
+            try:
+                held.append(pool.getconn(timeout=2))
+            except psycopg_pool.PoolTimeout:
+                break
         clock._next_read_at = 0.0  # a reading is due
         started = time.monotonic()
         read = clock.clock_seconds()
