@@ -257,7 +257,18 @@ def test_make_up_refuses_a_port_in_use(stack):
     busy = Stack("", http_port, stack.api_port, busy_dir,
                  stack_env(stack.env, http_port=http_port, api_port=stack.api_port, stack_dir=busy_dir))
     result = busy.make("up")
-    assert result.returncode != 0 and f"API_PORT {stack.api_port} is in use" in result.stderr
+    assert result.returncode != 0
+    assert f"API_PORT {stack.api_port} (from the environment) is in use" in result.stderr, result.stderr
+    assert not list((busy_dir / "run").glob("*.pid"))
+    # The same port from an env file: the refusal names the file (it said only "in use", and a newcomer who had
+    # set no port in the shell looked for what else used it).
+    busy_dir.mkdir(parents=True, exist_ok=True)
+    env_file = busy_dir / "stack.env"
+    env_file.write_text(f"API_PORT={stack.api_port}\n")
+    busy.env = {**{name: value for name, value in busy.env.items() if name != "API_PORT"}, "ENV_FILE": str(env_file)}
+    result = busy.make("up")
+    assert result.returncode != 0
+    assert f"API_PORT {stack.api_port} (from {env_file}) is in use" in result.stderr, result.stderr
     assert not list((busy_dir / "run").glob("*.pid"))
 
 

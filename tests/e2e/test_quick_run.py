@@ -206,3 +206,27 @@ def test_make_run_does_what_the_readme_says_whatever_dotenv_holds(tmp_path):
         assert "No hostname was supplied" not in server.log()  # kombu's warning: there is no broker to name
     finally:
         server.stop()
+
+
+def test_make_run_on_a_port_in_use_says_where_the_port_came_from(tmp_path):
+    # With a .env written for the native stack, `make run` took API_PORT from it, and the refusal said only "API_PORT
+    # 8000 is in use": a newcomer who had set no port looked for what else used it (a newcomer pass).
+    import socket
+    import subprocess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"API_PORT={port}\n")
+    environment = {name: value for name, value in os.environ.items() if name != "API_PORT"}
+    try:
+        for extra, origin in (({"ENV_FILE": str(dotenv)}, f"from {dotenv}"),
+                              ({"ENV_FILE": str(dotenv), "API_PORT": str(port)}, "from the environment")):
+            result = subprocess.run([str(REPO_DIR / "bin" / "quick-run")], env={**environment, **extra},
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1
+            assert f"API_PORT {port} ({origin}) is in use: choose another" in result.stderr, result.stderr
+    finally:
+        taken.close()
