@@ -874,3 +874,33 @@ def test_with_no_broker_a_job_runs_after_its_request_on_a_thread_of_its_own(sett
     (sent,) = [record for record in caplog.records if "sent by email" in record.getMessage()]
     assert sent.threadName.startswith("otp-in-process-job") and sent.threadName != threading.current_thread().name
     assert [message.to for message in mail.outbox] == [["in-process@example.com"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_no_broker_a_request_during_shutdown_runs_its_job_itself(settings, caplog, monkeypatch):
+    # Ctrl-C on the quick run stops the job thread while requests are still in flight: their submit raised
+    # RuntimeError ("cannot schedule new futures after interpreter shutdown"), a 500 for a committed code never sent.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.core import mail
+    from rest_framework.test import APIClient
+
+    from otp.services import issuing
+    from otp.tasks import delivery_send
+    from tests.support.http import post
+
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()
+    monkeypatch.setattr(issuing, "_in_process_jobs", stopped)
+    conf = delivery_send.app.conf
+    eager_before = conf.task_always_eager
+    assert eager_before is False  # read before the setting changes: see the test above
+    settings.CELERY_TASK_ALWAYS_EAGER = conf.task_always_eager = True
+    try:
+        mail.outbox = []
+        caplog.set_level("INFO", logger="otp.services")
+        assert post(APIClient(), "/register/", {"email": "shutdown@example.com"}).status_code == 202
+    finally:
+        conf.task_always_eager = eager_before
+    assert Delivery.objects.get().status == Delivery.Status.SENT
+    assert [message.to for message in mail.outbox] == [["shutdown@example.com"]]
