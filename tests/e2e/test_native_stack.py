@@ -270,6 +270,19 @@ def test_make_up_refuses_a_port_in_use(stack):
     assert result.returncode != 0
     assert f"API_PORT {stack.api_port} (from {env_file}) is in use" in result.stderr, result.stderr
     assert not list((busy_dir / "run").glob("*.pid"))
+    # Set empty in the environment, the setting is its default whatever the file says: said "from the environment".
+    default_port = socket.socket()
+    try:
+        default_port.bind(("127.0.0.1", 8000))  # taken here, if nothing else holds it: make up must refuse it
+    except OSError:
+        pass
+    try:
+        result = busy.make("up", API_PORT="")
+    finally:
+        default_port.close()
+    assert result.returncode != 0
+    assert "API_PORT 8000 (the default) is in use" in result.stderr, result.stderr
+    assert not list((busy_dir / "run").glob("*.pid"))
 
 
 def test_make_up_fails_with_the_logs_when_the_stack_is_not_ready(stack):

@@ -230,3 +230,28 @@ def test_make_run_on_a_port_in_use_says_where_the_port_came_from(tmp_path):
             assert f"API_PORT {port} ({origin}) is in use: choose another" in result.stderr, result.stderr
     finally:
         taken.close()
+
+
+def test_make_run_serves_on_a_port_whose_last_connections_are_in_time_wait(tmp_path):
+    # For a minute after a Ctrl-C the port's closed connections are in TIME-WAIT: the quick run's own check, a bind
+    # without SO_REUSEADDR, called the port in use, where runserver (which sets it) would have served (an attack
+    # pass).
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server's side closes first: its end of the connection waits in TIME-WAIT
+    listener.close()
+    client.close()
+    with pytest.raises(OSError):
+        socket.socket().bind(("127.0.0.1", port))  # what the check did
+    server = make_run(tmp_path, ENV_FILE="", API_PORT=str(port))
+    try:
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()
