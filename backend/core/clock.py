@@ -84,11 +84,10 @@ def clock_seconds() -> float:
     Never raises: when a reading fails (the database unreachable), the last reading is carried forward, and a
     process that never had one uses its own clock (whatever it compares next with the database's rows needs the
     database, which is not there); it reads again CLOCK_READ_RETRY_SECONDS later, or CLOCK_FIRST_READ_RETRY_SECONDS
-    while on its own clock. A reading waits at
-    most CLOCK_READ_POOL_TIMEOUT_SECONDS for a connection (_database_clock_read). While one thread reads, the
-    others carry the last reading forward rather than wait for it: every thread of a worker had queued behind a
-    reading that met an outage (a review of a slow 503 in a PostgreSQL outage). Only a process with no reading
-    yet waits for its first.
+    while on its own clock. A reading waits at most CLOCK_READ_POOL_TIMEOUT_SECONDS for a connection
+    (_database_clock_read). While one thread reads, the others carry the last reading forward rather than wait for
+    it: every thread of a worker had queued behind a reading that met an outage (a review of a slow 503 in a
+    PostgreSQL outage). Only a process with no reading yet waits for its first.
     """
     global _reading, _reading_is_databases, _next_read_at
     if time.monotonic() >= _next_read_at and _lock.acquire(blocking=_reading is None):
