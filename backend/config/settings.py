@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import environ
 
+from config.env_file import env_file_path
 from core.redis_failover import failover_retry
 from otp import queues
 from otp.providers.mailbox import sender_parse
@@ -65,10 +66,9 @@ def _env_file_read(path: str) -> dict[str, int]:
     return names
 
 
-# The process environment wins over `.env`. ENV_FILE names another file; empty reads none (the test suite sets it
-# empty so a developer's own `.env` cannot change what the tests see).
-_env_file = os.environ.get("ENV_FILE", str(REPO_DIR / ".env"))
-_ENV_FILE_NAMES = _env_file_read(_env_file) if _env_file and Path(_env_file).is_file() else {}
+# The process environment wins over `.env`; config/env_file.py says which file is read (ENV_FILE).
+_env_file = env_file_path()
+_ENV_FILE_NAMES = _env_file_read(_env_file) if _env_file else {}
 # Every name the settings read (env_str records it), for the check of `.env`'s names at the end of this module.
 _NAMES_READ: set[str] = set()
 

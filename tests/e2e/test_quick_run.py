@@ -255,3 +255,14 @@ def test_make_run_serves_on_a_port_whose_last_connections_are_in_time_wait(tmp_p
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_make_run_with_an_env_file_that_names_no_file_stops_with_one_line():
+    import subprocess
+
+    result = subprocess.run([str(REPO_DIR / "bin" / "quick-run")], env={**os.environ, "ENV_FILE": "no-such.env"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Invalid setting ENV_FILE='no-such.env': expected a file; {REPO_DIR / 'no-such.env'} is none (a relative "
+        f"path is read from {REPO_DIR})."], result.stderr

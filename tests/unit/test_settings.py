@@ -312,6 +312,26 @@ def test_env_example_does_not_ship_console_backends_silently(tmp_path):
     assert result.returncode != 0 and len(lines) == 1 and "OTP_CONSOLE_CODES=on" in lines[0], result.stderr
 
 
+def test_an_env_file_that_names_no_file_stops_start_up():
+    # Passed over in silence, start-up then stopped on an unrelated setting the file would have set (an attack pass).
+    result = start(ENV_FILE="no-such.env")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Invalid setting ENV_FILE='no-such.env': expected a file;"), lines[0]
+
+
+def test_a_relative_env_file_is_read_from_the_checkouts_root_whatever_the_working_directory(tmp_path):
+    # `make up` runs the settings from backend/, `make run` from the root: one relative ENV_FILE named two files.
+    from tests.support.processes import REPO_DIR
+
+    dotenv = tmp_path / "operator.env"
+    dotenv.write_text("OTP_LENGTH=six\n")  # refused: proof that the file was read
+    relative = os.path.relpath(dotenv, REPO_DIR)
+    result = start(ENV_FILE=relative)  # from backend/
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "OTP_LENGTH" in lines[0], result.stderr
+
+
 # --- Android's SMS Retriever hash, and the cross-origin list ---
 
 @pytest.mark.parametrize("value", ["FA+9qCX9VS", "FA+9qCX9VSu!", "FA-9qCX9VSu", "FA123456VSu"])
