@@ -339,10 +339,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # beside the writer (sqlite.org/wal.html).
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
     DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL;")
+# libpq's TCP parameters for PostgreSQL's connections, below (postgresql.org/docs/current/libpq-connect.html).
+DATABASE_NETWORK_OPTIONS = {"tcp_user_timeout": 5000, "keepalives": 1, "keepalives_idle": 4, "keepalives_interval": 1,
+                            "keepalives_count": 1}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An outage must answer fast (503), not hang a request: bounded connect, bounded statements.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
-    DATABASES["default"]["OPTIONS"].setdefault("options", "-c statement_timeout=5000")
+    # A network that goes silent (packets dropped by a firewall, a host gone) answers nothing, not even an error. A
+    # statement sent into it waited as long as the kernel retransmits (about 15 minutes), which statement_timeout,
+    # enforced by the server, cannot end; and the server kept the session of a client gone, with its locks, until
+    # its kernel's keepalive time (2 hours). On both ends, a connection is ended when what it sent goes
+    # unacknowledged for 5 s (tcp_user_timeout, in milliseconds: RFC 793's user timeout, Linux's TCP_USER_TIMEOUT),
+    # or when it has been idle 4 s and a keepalive probe gets no answer within 1 s: a statement waits at most about
+    # what statement_timeout allows, and the pool's check sees an idle connection dead (core/database.py).
+    for _name in DATABASE_NETWORK_OPTIONS:
+        if _name in DATABASES["default"]["OPTIONS"]:
+            _fail("DATABASE_URL", _database_url.split("@")[-1],
+                  f"no {_name} parameter: the service sets it, so a silent network ends a statement within 5 s")
+    DATABASES["default"]["OPTIONS"].update(DATABASE_NETWORK_OPTIONS)
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "options", "-c statement_timeout=5000 -c tcp_user_timeout=5000 -c tcp_keepalives_idle=4 "
+                   "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=1")
     # The hot statements of a login are prepared on each connection (core.postgresql's prepared_cursor): psycopg does
     # so once a statement has run 5 times. Django turns preparing off by default, for poolers; its own cursors bind
     # client-side and never prepare, so this reaches only those statements. PgBouncer: docs/operations.md.

@@ -32,8 +32,9 @@ def pool_connection_check(conn) -> None:
 
     A quiet connection (connection_quiet) is taken as it is; only one whose socket has something to read gets
     psycopg_pool's own check, a round trip (an empty query). That round trip on every checkout cost a statement
-    per request and two per delivery (docs/performance.md). What the quiet test cannot see, a network gone silent
-    with no FIN, the round trip could not see either: it would wait as long as the first real statement.
+    per request and two per delivery (docs/performance.md). A network gone silent (no FIN, no reset) the round trip
+    could not see either: it would wait as long as the first real statement. The connections' TCP keepalives
+    (DATABASES OPTIONS) make the kernel end such a connection, and its socket then reads as not quiet.
 
     Why the whole pool: psycopg_pool sleeps a growing backoff (about 1, 2, 4 s) between two failed checks within one
     getconn(). After PostgreSQL restarts, or ends every backend, all idle connections are dead, and with the pool's

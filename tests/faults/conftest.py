@@ -4,6 +4,7 @@ import pytest
 from tests.support.env import delivery_env
 from tests.support.mini_stack import MiniStack
 from tests.support.redis_state import RedisServer
+from tests.support.silent_link import SilentLink
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -40,3 +41,13 @@ def pg_proxy():
     proxy = TcpProxy(5432).start()
     yield proxy
     proxy.cut()
+
+
+@pytest.fixture
+def silent_pg():
+    """A path to PostgreSQL that the test can make drop every packet (tests/support/silent_link.py)."""
+    if reason := SilentLink.unavailable():
+        pytest.skip(reason)
+    link = SilentLink(5432).start()
+    yield link
+    link.stop()

@@ -6,9 +6,11 @@ from tests.support.waiting import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, listen_host: str = "127.0.0.1",
+                 listen_port: int | None = None) -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self.host = listen_host
+        self.port = listen_port or free_port()
         self.lock = threading.Lock()
         self.connections: list[socket.socket] = []
         self.listener: socket.socket | None = None
@@ -17,7 +19,7 @@ class TcpProxy:
         """Accept connections again (after a cut, new ones are refused until this)."""
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self.listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -73,3 +75,16 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+if __name__ == "__main__":
+    # `python tcp_proxy.py LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT`: a proxy in a process of its own, for a
+    # network namespace the test process is not in (tests/support/silent_link.py).
+    import sys
+    import time
+
+    listen_host, listen_port, target_host, target_port = sys.argv[1:5]
+    TcpProxy(int(target_port), target_host, listen_host=listen_host, listen_port=int(listen_port)).start()
+    print("listening", flush=True)
+    while True:
+        time.sleep(3600)

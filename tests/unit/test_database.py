@@ -127,3 +127,15 @@ def test_readiness_fails_on_a_read_only_database_and_its_connection_is_replaced(
         read_only_session_end()
     connection.writable_check()  # a new session: writable
     assert connection.connection.info.backend_pid != read_only_pid
+
+
+def test_each_session_has_the_server_end_a_client_gone_silent():
+    # PostgreSQL kept the session of a client whose network went silent, with its locks, for as long as the server's
+    # kernel waits to probe an idle connection (2 hours): a verify's row lock would have answered 503 to that user
+    # all along. The session's own TCP settings (config/settings.py) end it about 5 s after its last packet. The
+    # fault tests cannot drop the packets of the server's end: a proxy stands between them (tests/faults).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('tcp_user_timeout'), current_setting('tcp_keepalives_idle'), "
+                       "current_setting('tcp_keepalives_interval'), current_setting('tcp_keepalives_count'), "
+                       "current_setting('statement_timeout')")
+        assert cursor.fetchone() == ("5000", "4", "1", "1", "5s")  # milliseconds, seconds, probes

@@ -61,6 +61,17 @@ def test_bad_value_stops_start_up_with_one_line_naming_it(name, value):
     assert len(lines) == 1 and name in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("parameter", ["tcp_user_timeout=0", "keepalives=0", "keepalives_idle=7200"])
+def test_a_database_url_that_sets_a_tcp_parameter_of_the_services_stops_start_up(parameter):
+    # These bound a statement on a network gone silent (config/settings.py): turned off, one waited 15 minutes.
+    url = f"postgres://postgres@127.0.0.1:5432/otp_service?{parameter}"
+    result = start(DATABASE_URL=url)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Invalid setting DATABASE_URL=") and parameter.split("=")[0] in lines[0], lines[0]
+    assert start(DATABASE_URL="postgres://postgres@127.0.0.1:5432/otp_service?sslmode=disable").returncode == 0
+
+
 @pytest.mark.parametrize("overrides, name", [
     # The input: the job would run three times (contract: the visibility timeout outlasts any retry delay).
     ({"OTP_TTL_SECONDS": "600", "CELERY_VISIBILITY_TIMEOUT_SECONDS": "10", "OTP_SEND_RETRY_BACKOFF_SECONDS": "30"},
