@@ -7,9 +7,9 @@ import requests
 
 from core import clock
 from otp.models import Delivery
+from tests.support.env import EMAIL_ONLY
 from tests.support.redis_state import RedisServer, redis_flush
 from tests.support.smtp import code_from_email
-from tests.support.twilio_standin import code_from_sms
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,28 +146,28 @@ def test_a_worker_not_yet_rotated_puts_jobs_sealed_under_the_new_key_back_for_on
     assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
 
 
-def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis, sms):
-    # The shortest visibility timeout the settings accept: above the delivery lease plus 1 s (49 s: Twilio's whole
-    # wait, its checks of a lost answer included, plus the time to record the outcome and a margin), and above
-    # the longest retry delay (4 s x 2^2).
-    env = {**base_env, "REDIS_URL": private_redis.url, "CELERY_VISIBILITY_TIMEOUT_SECONDS": "51",
-           "OTP_SEND_RETRY_BACKOFF_SECONDS": "4", "OTP_SEND_MAX_RETRIES": "2"}
+def test_worker_killed_holding_a_job_it_is_redelivered_after_the_visibility_timeout(base_env, stacks, private_redis,
+                                                                                   inbox):
+    # The shortest visibility timeout the settings accept (EMAIL_ONLY's 35 s), above the longest retry delay too
+    # (4 s x 2^2).
+    env = {**base_env, **EMAIL_ONLY, "REDIS_URL": private_redis.url, "OTP_SEND_RETRY_BACKOFF_SECONDS": "4",
+           "OTP_SEND_MAX_RETRIES": "2"}
     stack = stacks(env).start_api()
     worker = stack.start_worker()
-    sms.script[:] = [500]  # the first try fails; its retry waits 2 to 4 s inside the worker, unacknowledged
-    assert stack.post("/register/", {"mobile": "+14155552681"}).status_code == 202
-    wait_for(lambda: len(sms.requests) == 1, message="the first, failing, try")
+    inbox.refuse_next = 1  # the first try fails (451); its retry waits 2 to 4 s inside the worker, unacknowledged
+    assert stack.post("/register/", {"email": "killed@example.com"}).status_code == 202
+    wait_for(lambda: inbox.refused == 1, message="the first, failing, try")
     stack.kill_worker(worker)
 
     stack.start_worker()
-    message = sms.wait_for_message("+14155552681", timeout=75)
+    message = inbox.wait_for_message("killed@example.com", timeout=60)
     delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
-    assert delivery.attempts == 2 and len(sms.to("+14155552681")) == 1
-    assert stack.post("/verify-otp/", {"mobile": "+14155552681", "code": code_from_sms(message)}).status_code == 200
+    assert delivery.attempts == 2 and len(inbox.to("killed@example.com")) == 1
+    assert stack.post("/verify-otp/", {"email": "killed@example.com", "code": code_from_email(message)}).status_code == 200
 
 
 def test_pool_child_killed_mid_send_is_requeued_and_delivered_once(base_env, stacks, private_redis, inbox):
-    stack = stacks({**base_env, "REDIS_URL": private_redis.url}).start_api()
+    stack = stacks({**base_env, **EMAIL_ONLY, "REDIS_URL": private_redis.url}).start_api()
     worker = stack.start_worker(pool="prefork", concurrency=1)
     inbox.hold_next_rcpt_seconds = 30  # the SMTP server stalls mid-conversation, before it accepts anything
     assert stack.post("/register/", {"email": "slow@example.com"}).status_code == 202
@@ -179,7 +179,7 @@ def test_pool_child_killed_mid_send_is_requeued_and_delivered_once(base_env, sta
     os.kill(children[0], signal.SIGKILL)
 
     # Late ack + reject_on_worker_lost: the job comes back at once; it waits out the dead send's lease, then sends.
-    message = inbox.wait_for_message("slow@example.com", timeout=75)
+    message = inbox.wait_for_message("slow@example.com", timeout=60)
     assert "WorkerLostError" in worker.log() or "SIGKILL" in worker.log()
     delivery = wait_for(lambda: Delivery.objects.filter(status="sent").first(), message="the delivery to be sent")
     assert delivery.attempts == 2 and len(inbox.to("slow@example.com")) == 1

@@ -10,6 +10,7 @@ import pytest
 import redis
 import requests
 
+from tests.support.env import EMAIL_ONLY
 from tests.support.processes import celery_worker
 from tests.support.redis_state import RedisServer
 from tests.support.waiting import wait_for
@@ -167,9 +168,8 @@ def test_a_delivery_retry_refused_past_the_visibility_timeout_is_put_back_not_he
                                                                                   private_redis, inbox):
     # Held past its visibility timeout, the job would also be handed to another worker by the broker's restore:
     # the worker gives it back (a reject with requeue; refused too, its record stays for the restore) 5 s before.
-    # 51 s is the shortest visibility timeout the settings accept here (test_faults.py says why).
-    env = {**base_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1",
-           "CELERY_VISIBILITY_TIMEOUT_SECONDS": "51"}
+    # EMAIL_ONLY's 35 s is the shortest visibility timeout the settings accept.
+    env = {**base_env, **EMAIL_ONLY, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/1"}
     stack = stacks(env).start_api()
     worker = stack.start_worker()
     inbox.refuse_next = 1
@@ -184,7 +184,7 @@ def test_a_delivery_retry_refused_past_the_visibility_timeout_is_put_back_not_he
         assert not inbox.to("put-back@example.com")
     finally:
         lift()
-    inbox.wait_for_message("put-back@example.com", timeout=40)  # restored once its record is 51 s old
+    inbox.wait_for_message("put-back@example.com", timeout=40)  # restored once its record is 35 s old
     broker = redis.Redis(port=private_redis.port, db=1)
     wait_for(lambda: broker.llen("email") == 0 and broker.hlen("unacked") == 0, timeout=15,
              message="no job left behind")
