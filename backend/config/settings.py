@@ -745,10 +745,15 @@ if CELERY_VISIBILITY_TIMEOUT_SECONDS >= OTP_TTL_SECONDS:
 # Retries never wait past the code's expiry (otp.services.delivering), which bounds the longest delay.
 OTP_SEND_RETRY_DELAY_MAX_SECONDS = min(OTP_SEND_RETRY_BACKOFF_SECONDS * 2 ** OTP_SEND_MAX_RETRIES, OTP_TTL_SECONDS)
 if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS and OTP_SEND_RETRY_BACKOFF_DERIVED:
+    # The most retries a backoff chosen for the operator fits, by the rule above (at least 0.1 s).
+    _fitting_retries = 0
+    while (CELERY_VISIBILITY_TIMEOUT_SECONDS - 1) / 2 ** (_fitting_retries + 1) >= 0.1:
+        _fitting_retries += 1
     _fail("OTP_SEND_MAX_RETRIES", OTP_SEND_MAX_RETRIES,
-          f"a count whose longest retry delay, 0.1 s (the least OTP_SEND_RETRY_BACKOFF_SECONDS chosen for you) x "
-          f"2^OTP_SEND_MAX_RETRIES, stays below CELERY_VISIBILITY_TIMEOUT_SECONDS={CELERY_VISIBILITY_TIMEOUT_SECONDS} "
-          f"(or set OTP_SEND_RETRY_BACKOFF_SECONDS yourself)")
+          f"at most {_fitting_retries} here: the longest retry delay, 0.1 s (the least OTP_SEND_RETRY_BACKOFF_SECONDS "
+          f"chosen for you) x 2^OTP_SEND_MAX_RETRIES, must stay below "
+          f"CELERY_VISIBILITY_TIMEOUT_SECONDS={CELERY_VISIBILITY_TIMEOUT_SECONDS} (or set OTP_SEND_RETRY_BACKOFF_SECONDS "
+          f"yourself)")
 if OTP_SEND_RETRY_DELAY_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT_SECONDS:
     _fail("OTP_SEND_RETRY_BACKOFF_SECONDS", OTP_SEND_RETRY_BACKOFF_SECONDS,
           f"a value whose longest retry delay (x 2^OTP_SEND_MAX_RETRIES={2 ** OTP_SEND_MAX_RETRIES}, at most "

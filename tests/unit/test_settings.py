@@ -167,6 +167,17 @@ def test_a_chain_no_code_life_repairs_names_the_setting_that_does(overrides, nam
     assert result.returncode != 0 and len(lines) == 1 and f"Invalid setting {name}" in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("ttl, fitting", [("", 9), ("60", 8)])  # visibility timeouts of 60 s and 30 s
+def test_too_many_retries_for_the_visibility_timeout_names_the_count_that_fits(ttl, fitting):
+    # An attack pass: OTP_SEND_MAX_RETRIES=10 with a short code life was refused with no count that works.
+    result = start(**{**UNSET_CHAIN, "OTP_TTL_SECONDS": ttl, "OTP_SEND_MAX_RETRIES": "10"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Invalid setting OTP_SEND_MAX_RETRIES=10: expected at most {fitting} here"), lines[0]
+    assert start(**{**UNSET_CHAIN, "OTP_TTL_SECONDS": ttl, "OTP_SEND_MAX_RETRIES": str(fitting)}).returncode == 0
+    assert start(**{**UNSET_CHAIN, "OTP_TTL_SECONDS": ttl, "OTP_SEND_MAX_RETRIES": str(fitting + 1)}).returncode != 0
+
+
 def test_default_secret_key_with_debug_off_is_refused():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=BACKEND_DIR, env={**env, "DEBUG": "false"},
