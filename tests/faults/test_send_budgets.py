@@ -124,7 +124,7 @@ def test_a_recipient_refused_with_550_at_rcpt_is_suppressed_with_the_same_answer
 
 # --- The abuse suite's pumping run -------------------------------------------------------------------------------
 
-PUMP_SECONDS = 30
+PUMP_SECONDS = 15
 PUMP_CLIENTS = [f"127.0.0.{20 + n}" for n in range(10)]
 # Allowed destinations over three prefixes, and the kinds a pumping run is after, which must never be texted.
 ALLOWED_AREAS = ("415", "212", "312")

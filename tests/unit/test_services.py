@@ -292,12 +292,19 @@ def test_no_database_connection_is_held_while_the_provider_answers(email_address
     assert delivery.status == "sent" and delivery.provider_id == "provider-1"
 
 
-def _pool_held_while_sending(recorder, *, seconds):
+# The pool's wait for a connection in these tests, in seconds: the settings' 5 s made each test wait 5 s for
+# what 1 s shows as well.
+HELD_POOL_TIMEOUT_SECONDS = 1.0
+
+
+def _pool_held_while_sending(recorder, monkeypatch, *, seconds):
     """Makes the sender take every connection of this process's pool, as a busy worker's other threads would,
-    and give them back `seconds` later: the first try to record the send waits out the pool's timeout."""
+    and give them back `seconds` later: the first try to record the send waits out the pool's timeout, which is
+    HELD_POOL_TIMEOUT_SECONDS for the test."""
     from psycopg_pool import PoolTimeout
 
     pool = connection.pool
+    monkeypatch.setattr(pool, "timeout", HELD_POOL_TIMEOUT_SECONDS)
 
     def send(**kwargs):
         held = []
@@ -313,9 +320,10 @@ def _pool_held_while_sending(recorder, *, seconds):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_address, sender):
+def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_address, sender, monkeypatch):
     recorder = sender()
-    _pool_held_while_sending(recorder, seconds=6)  # past the first try's 5 s wait, inside the later tries
+    # Past the first try's wait, inside the later tries.
+    _pool_held_while_sending(recorder, monkeypatch, seconds=HELD_POOL_TIMEOUT_SECONDS + 0.3)
     delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")  # raises nothing: no second run, no resend
     delivery.refresh_from_db()
@@ -327,7 +335,7 @@ def test_an_accepted_send_is_recorded_when_the_database_answers_again(email_addr
 def test_an_accepted_send_the_database_never_records_is_not_run_again(email_address, sender, monkeypatch, caplog):
     monkeypatch.setattr(delivering, "SENT_RECORD_PAUSES", ())  # one try, so the test does not wait out all of them
     recorder = sender()
-    _pool_held_while_sending(recorder, seconds=6)
+    _pool_held_while_sending(recorder, monkeypatch, seconds=HELD_POOL_TIMEOUT_SECONDS + 0.3)
     delivery = factories.issued_code(email_address)
     services.delivery_send(delivery_id=delivery.id, code="123456")  # no database error reaches the task
     assert len(recorder.sent) == 1
@@ -416,7 +424,7 @@ def test_an_unknown_outcome_the_database_never_records_is_not_run_again(email_ad
     # Like an accepted send: a database error must not reach the task, whose retry would send again.
     monkeypatch.setattr(delivering, "SENT_RECORD_PAUSES", ())
     recorder = sender()
-    _pool_held_while_sending(recorder, seconds=6)
+    _pool_held_while_sending(recorder, monkeypatch, seconds=HELD_POOL_TIMEOUT_SECONDS + 0.3)
     holding_send = recorder.send
 
     def send_then_lose_the_answer(**kwargs):
