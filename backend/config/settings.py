@@ -357,9 +357,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             _fail("DATABASE_URL", _database_url.split("@")[-1],
                   f"no {_name} parameter: the service sets it, so a silent network ends a statement within 5 s")
     DATABASES["default"]["OPTIONS"].update(DATABASE_NETWORK_OPTIONS)
-    DATABASES["default"]["OPTIONS"].setdefault(
-        "options", "-c statement_timeout=5000 -c tcp_user_timeout=5000 -c tcp_keepalives_idle=4 "
-                   "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=1")
+    # The server's end: the same values, first in the options startup parameter. An operator's own options in
+    # DATABASE_URL (a search_path, a longer statement_timeout: the last -c of a name wins) come after them, but
+    # may not set these (a review found `?options=...` replaced them without a word).
+    _operator_options = str(DATABASES["default"]["OPTIONS"].get("options", ""))
+    for _name in ("tcp_user_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+        if _name in _operator_options:
+            _fail("DATABASE_URL", _database_url.split("@")[-1],
+                  f"no {_name} in its options parameter: the service sets it, so a silent network ends a session")
+    DATABASES["default"]["OPTIONS"]["options"] = (
+        "-c statement_timeout=5000 -c tcp_user_timeout=5000 -c tcp_keepalives_idle=4 -c tcp_keepalives_interval=1 "
+        f"-c tcp_keepalives_count=1 {_operator_options}").strip()
     # The hot statements of a login are prepared on each connection (core.postgresql's prepared_cursor): psycopg does
     # so once a statement has run 5 times. Django turns preparing off by default, for poolers; its own cursors bind
     # client-side and never prepare, so this reaches only those statements. PgBouncer: docs/operations.md.

@@ -72,6 +72,20 @@ def test_a_database_url_that_sets_a_tcp_parameter_of_the_services_stops_start_up
     assert start(DATABASE_URL="postgres://postgres@127.0.0.1:5432/otp_service?sslmode=disable").returncode == 0
 
 
+def test_a_database_url_with_options_keeps_the_servers_tcp_settings_and_may_not_set_them():
+    # `?options=` replaced the service's options without a word, and with them the server's end of the bound
+    # (an attack pass: a session idle in a transaction kept its lock 40 s and more after its client went silent).
+    base = "postgres://postgres@127.0.0.1:5432/otp_service?options="
+    options = settings_of(["DATABASES"], DATABASE_URL=base + "-c%20search_path%3Dpublic")["DATABASES"]["default"][
+        "OPTIONS"]["options"]
+    assert "-c tcp_user_timeout=5000" in options and "-c tcp_keepalives_idle=4" in options
+    assert options.endswith("-c search_path=public")
+    result = start(DATABASE_URL=base + "-c%20tcp_user_timeout%3D0")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "DATABASE_URL" in lines[0], result.stderr
+    assert "tcp_user_timeout" in lines[0]
+
+
 @pytest.mark.parametrize("overrides, name", [
     # The input: the job would run three times (contract: the visibility timeout outlasts any retry delay).
     ({"OTP_TTL_SECONDS": "600", "CELERY_VISIBILITY_TIMEOUT_SECONDS": "10", "OTP_SEND_RETRY_BACKOFF_SECONDS": "30"},

@@ -185,8 +185,9 @@ def _database_try_seconds() -> float:
     options = settings.DATABASES["default"].get("OPTIONS", {})
     pool = options.get("pool")
     wait = float(pool.get("timeout", 30.0)) if isinstance(pool, dict) else 0.0  # psycopg_pool's default is 30
-    statement = re.search(r"statement_timeout=(\d+)", str(options.get("options", "")))
-    return wait + (int(statement.group(1)) / 1000 if statement else float(options.get("timeout", 5.0)))
+    # The last one counts, as for PostgreSQL: an operator's own options follow the service's (config/settings.py).
+    statements = re.findall(r"statement_timeout=(\d+)", str(options.get("options", "")))
+    return wait + (int(statements[-1]) / 1000 if statements else float(options.get("timeout", 5.0)))
 
 
 def _database_connection_release() -> None:
