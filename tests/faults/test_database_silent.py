@@ -14,8 +14,9 @@ from django.conf import settings
 from django.db import connections
 
 from core.database import connection_quiet
+from tests.support.env import database_url_through
 from tests.support.smtp import code_from_email
-from tests.support.waiting import wait_for
+from tests.support.waiting import timed, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,19 +34,9 @@ IDLE_DEAD_WITHIN_SECONDS = KEEPALIVES_IDLE_SECONDS + OPTIONS["keepalives_interva
 REQUEST_BOUND_SECONDS = UNACKNOWLEDGED_SECONDS + POOL_TIMEOUT_SECONDS + 1
 
 
-def through(env: dict, link) -> dict:
-    return {**env, "DATABASE_URL": env["DATABASE_URL"].replace("127.0.0.1:5432", f"{link.host}:{link.port}")}
-
-
-def timed(call):
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
-
-
 def test_a_database_gone_silent_answers_503_json_in_bounded_time_and_loses_nothing(
         base_env, stacks, private_redis, inbox, silent_pg):
-    stack = stacks({**through(base_env, silent_pg), "REDIS_URL": private_redis.url}, api_workers=1).start_api()
+    stack = stacks({**database_url_through(base_env, silent_pg), "REDIS_URL": private_redis.url}, api_workers=1).start_api()
     stack.start_worker()
     # The API's and the worker's pools now hold open connections, and the API has read the database's clock.
     assert stack.post("/register/", {"email": "before@example.com"}).status_code == 202

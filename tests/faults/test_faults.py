@@ -1,5 +1,4 @@
 """Outages and crashes with real processes: what the service answers, and that nothing is lost."""
-import time
 
 import pytest
 import redis
@@ -7,10 +6,10 @@ import requests
 
 from core import clock
 from otp.models import Delivery
-from tests.support.env import EMAIL_ONLY
+from tests.support.env import EMAIL_ONLY, database_url_through
 from tests.support.redis_state import RedisServer, redis_flush
 from tests.support.smtp import code_from_email
-from tests.support.waiting import wait_for
+from tests.support.waiting import timed, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,18 +18,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 POOL_TIMEOUT_SECONDS = 5
 
 
-def with_database_through(env: dict, proxy) -> dict:
-    return {**env, "DATABASE_URL": env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/")}
-
-
-def timed(call):
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
-
-
 def test_postgres_cut_answers_503_json_then_recovers_with_nothing_lost(base_env, stacks, private_redis, pg_proxy, inbox):
-    stack = stacks({**with_database_through(base_env, pg_proxy), "REDIS_URL": private_redis.url}).start_api()
+    stack = stacks({**database_url_through(base_env, pg_proxy), "REDIS_URL": private_redis.url}).start_api()
     stack.start_worker()
     assert stack.post("/register/", {"email": "before@example.com"}).status_code == 202
     inbox.wait_for_message("before@example.com")
@@ -56,7 +45,7 @@ def test_postgres_cut_before_a_process_read_the_databases_clock_answers_in_one_p
     # An API process that has served nothing yet has no reading of the database's clock (core.clock). Its first
     # reading met the outage and waited out the pool's 5 s timeout, then the request's own statement waited 5 s
     # more: a 503 after 10 s (seen in CI, when the request reached the one of two workers that had served nothing).
-    stack = stacks(with_database_through(base_env, pg_proxy), api_workers=1).start_api()
+    stack = stacks(database_url_through(base_env, pg_proxy), api_workers=1).start_api()
     pg_proxy.cut()
     response, seconds = timed(lambda: stack.post("/login/", {"email": "first@example.com"}))
     assert response.status_code == 503 and response.json()["code"] == "service_unavailable"

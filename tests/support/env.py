@@ -1,5 +1,6 @@
 """The environment handed to processes the tests start (workers, the native stack)."""
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ def database_url() -> str:
     # database it creates (tests/support/isolation.py sets TEST NAME) rather than the configured one.
     name = db["NAME"] if db["NAME"].startswith("test_") else (db.get("TEST", {}).get("NAME") or f"test_{db['NAME']}")
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}"
+
+
+def database_url_through(env: dict, path) -> dict:
+    """`env` with its DATABASE_URL's host and port replaced by `path`'s (anything with `host` and `port`: a
+    TcpProxy, a SilentLink), so the processes started with it reach PostgreSQL that way."""
+    return {**env, "DATABASE_URL": re.sub(r"@[^@/]+/", f"@{path.host}:{path.port}/", env["DATABASE_URL"], count=1)}
 
 
 def delivery_env(*, smtp_server, twilio_standin) -> dict:

@@ -21,3 +21,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("0.0.0.0", 0))
         return sock.getsockname()[1]
+
+
+def timed(call):
+    """Call `call` and return (its result, the seconds it took)."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
