@@ -360,14 +360,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The server's end: the same values, first in the options startup parameter. An operator's own options in
     # DATABASE_URL (a search_path, a longer statement_timeout: the last -c of a name wins) come after them, but
     # may not set these (a review found `?options=...` replaced them without a word).
+    _server_network = {f"tcp_{_name}" if _name.startswith("keepalives_") else _name: _value
+                       for _name, _value in DATABASE_NETWORK_OPTIONS.items() if _name != "keepalives"}
     _operator_options = str(DATABASES["default"]["OPTIONS"].get("options", ""))
-    for _name in ("tcp_user_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+    for _name in _server_network:
         if _name in _operator_options:
             _fail("DATABASE_URL", _database_url.split("@")[-1],
                   f"no {_name} in its options parameter: the service sets it, so a silent network ends a session")
-    DATABASES["default"]["OPTIONS"]["options"] = (
-        "-c statement_timeout=5000 -c tcp_user_timeout=5000 -c tcp_keepalives_idle=4 -c tcp_keepalives_interval=1 "
-        f"-c tcp_keepalives_count=1 {_operator_options}").strip()
+    DATABASES["default"]["OPTIONS"]["options"] = " ".join(
+        ["-c statement_timeout=5000", *(f"-c {_name}={_value}" for _name, _value in _server_network.items()),
+         _operator_options]).strip()
     # The hot statements of a login are prepared on each connection (core.postgresql's prepared_cursor): psycopg does
     # so once a statement has run 5 times. Django turns preparing off by default, for poolers; its own cursors bind
     # client-side and never prepare, so this reaches only those statements. PgBouncer: docs/operations.md.
