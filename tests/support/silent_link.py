@@ -38,8 +38,7 @@ class SilentLink:
         self.host_end, self.namespace_end = f"osl{suffix}h", f"osl{suffix}n"  # at most 15 characters (IFNAMSIZ)
         subnet = (198 << 24) | (18 << 16) | (random.randrange(2 ** 15) << 2)  # a /30 in 198.18.0.0/15
         self.host_address, self.host = _dotted(subnet + 1), _dotted(subnet + 2)
-        self.port = target_port
-        self.target_port = target_port
+        self.port = target_port  # the namespace's proxy listens on the service's own port
         self._made: list[str] = []  # what stop() has to undo: only what this link made
         self._host_proxy: TcpProxy | None = None
         self._namespace_proxy: subprocess.Popen | None = None
@@ -70,7 +69,7 @@ class SilentLink:
             # Without it, the host would stop resolving the namespace's address a few seconds into a cut and
             # answer its own sockets "no route to host": an error, where a silent network gives none.
             _ip("neigh", "replace", self.host, "lladdr", mac, "dev", self.host_end, "nud", "permanent")
-            self._host_proxy = TcpProxy(self.target_port, listen_host=self.host_address).start()
+            self._host_proxy = TcpProxy(self.port, listen_host=self.host_address).start()
             self._namespace_proxy = subprocess.Popen(
                 ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "tests.support.tcp_proxy",
                  self.host, str(self.port), self.host_address, str(self._host_proxy.port)],
