@@ -7,12 +7,13 @@ import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, connection
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from core.database import connection_quiet
 from core.errors import DATABASE_OUTAGES
 from tests.support.database_state import backend_end, backends_end
 from tests.support.env import database_url
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -139,3 +140,43 @@ def test_each_session_has_the_server_end_a_client_gone_silent():
                        "current_setting('tcp_keepalives_interval'), current_setting('tcp_keepalives_count'), "
                        "current_setting('statement_timeout')")
         assert cursor.fetchone() == ("5000", "4", "1", "1", "5s")  # milliseconds, seconds, probes
+
+
+# Long enough for psycopg_pool's own backoff (1, 2, 4, 8 s from the first failed attempt) to have its next attempt
+# more than 5 s past the database's return; the capped one tries again within POOL_RECONNECT_MAX_DELAY_SECONDS.
+OUTAGE_SECONDS = 8
+
+
+def test_after_an_outage_the_pool_reconnects_within_its_capped_delay():
+    # psycopg_pool doubles the pause between failed connection attempts without a bound, so after a 60 s outage
+    # the API answered 503 for 18.7 s more, until its next attempt. The service's pool caps the pause.
+    from core.postgresql.base import POOL_RECONNECT_MAX_DELAY_SECONDS
+
+    proxy = TcpProxy(int(connection.settings_dict["PORT"] or 5432)).start()
+    pool = type(connection.pool)(
+        kwargs={**connection.get_connection_params(), "host": proxy.host, "port": proxy.port, "autocommit": True},
+        min_size=1, max_size=2, timeout=1, open=True)
+    try:
+        pool.wait(timeout=5)
+        proxy.cut()
+        cut_at = time.monotonic()
+        while time.monotonic() - cut_at < OUTAGE_SECONDS:  # requests through the outage, as an API meets it
+            with pytest.raises((PoolTimeout, psycopg.OperationalError)):
+                with pool.connection(timeout=0.5) as conn:
+                    conn.execute("SELECT 1")
+        proxy.start()
+        back_at = time.monotonic()
+
+        def answered() -> bool:
+            try:
+                with pool.connection(timeout=0.5) as conn:
+                    return conn.execute("SELECT 1").fetchone() == (1,)
+            except (PoolTimeout, psycopg.OperationalError):
+                return False
+
+        wait_for(answered, timeout=20, interval=0.05, message="a connection after the outage")
+        # The cap, its 10 % jitter, a connection's set-up and the polling's last 0.5 s.
+        assert time.monotonic() - back_at < POOL_RECONNECT_MAX_DELAY_SECONDS * 1.1 + 1.0
+    finally:
+        pool.close()
+        proxy.stop()

@@ -13,6 +13,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff, BasePool
 
 from core.database import pool_connection_check
 
@@ -28,6 +29,36 @@ _PREPARED_STATEMENT_STALE = (psycopg.errors.FeatureNotSupported, psycopg.errors.
 POOL_REPLACE_INTERVAL_SECONDS = 1.0
 _pool_replaced_at: dict[str, float] = {}
 _pool_replaced_lock = threading.Lock()
+
+# The longest pause between two failed connection attempts of a pool, in seconds. psycopg_pool doubles the pause
+# (about 1, 2, 4, 8... s) with no bound below its reconnect_timeout (300 s): after a 60 s outage the API answered
+# 503 for 18.7 s more, waiting for its next attempt. Every process's pool tries at most this often, with 10 %
+# jitter, so a database back from an outage is found within it and meets no stampede of reconnections.
+POOL_RECONNECT_MAX_DELAY_SECONDS = 2.0
+
+
+class _ReconnectBackoff(AttemptWithBackoff):
+    """psycopg_pool's backoff between a pool's failed connection attempts (1 s, then doubling, until the pool's
+    reconnect_timeout), its pause capped at POOL_RECONNECT_MAX_DELAY_SECONDS, jittered by the library's 10 %."""
+
+    def update_delay(self, now: float) -> None:
+        """Set `self.delay`, the seconds until the next attempt; `now` is time.monotonic(). Returns None."""
+        super().update_delay(now)
+        if self.delay > POOL_RECONNECT_MAX_DELAY_SECONDS:
+            capped = BasePool._jitter(POOL_RECONNECT_MAX_DELAY_SECONDS, -self.DELAY_JITTER, self.DELAY_JITTER)
+            self.delay = min(capped, max(0.0, self.give_up_at - now))
+
+
+class ServiceConnectionPool(ConnectionPool):
+    """psycopg_pool's ConnectionPool whose reconnection attempts after an outage pause at most
+    POOL_RECONNECT_MAX_DELAY_SECONDS (_ReconnectBackoff); everything else is the library's.
+
+    psycopg_pool takes no bound for its backoff, so the attempt that its maintenance task carries from one try to
+    the next (`_add_connection`, pinned psycopg-pool's) starts as ours.
+    """
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _ReconnectBackoff(timeout=self.reconnect_timeout), growing=growing)
 
 
 class _ErrorWrapper(DatabaseErrorWrapper):
@@ -66,9 +97,10 @@ class DatabaseOperations(operations.DatabaseOperations):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    """Django's own wrapper with three additions: the pool's `check` is core.database.pool_connection_check,
-    `prepared_cursor` gives the hot statements a cursor that PostgreSQL plans once per connection, and a server that
-    takes no writes is a database outage whose connections are replaced (_ErrorWrapper, writable_check).
+    """Django's own wrapper with four additions: the pool is a ServiceConnectionPool (reconnecting at least every
+    POOL_RECONNECT_MAX_DELAY_SECONDS), its `check` is core.database.pool_connection_check, `prepared_cursor` gives
+    the hot statements a cursor that PostgreSQL plans once per connection, and a server that takes no writes is a
+    database outage whose connections are replaced (_ErrorWrapper, writable_check).
 
     Django passes its own `check` to psycopg_pool (CONN_HEALTH_CHECKS), so another one cannot go through
     OPTIONS["pool"]: the pool is built here with the same arguments as Django's, before Django would build it.
@@ -82,9 +114,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def pool(self):
         options = self.settings_dict["OPTIONS"].get("pool")
         if options and self.alias != base.NO_DB_ALIAS and self.alias not in self._connection_pools:
-            pool = ConnectionPool(kwargs={**self.get_connection_params(), "autocommit": True}, open=False,
-                                  configure=self._configure_connection, check=pool_connection_check,
-                                  **({} if options is True else options))
+            pool = ServiceConnectionPool(kwargs={**self.get_connection_params(), "autocommit": True}, open=False,
+                                         configure=self._configure_connection, check=pool_connection_check,
+                                         **({} if options is True else options))
             self._connection_pools.setdefault(self.alias, pool)
         return super().pool
 
