@@ -1,6 +1,5 @@
 """The one settings module: every value comes from the environment (or `.env`), with the contract's names."""
 import importlib.util
-import io
 import ipaddress
 import os
 import re
@@ -12,7 +11,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import environ
 
-from config.env_file import env_file_path
+from config.env_file import env_file_path, env_file_read
 from core.redis_failover import failover_retry
 from otp import queues
 from otp.providers.mailbox import sender_parse
@@ -27,48 +26,9 @@ def _fail(name: str, raw: object, expected: str) -> None:
     raise SystemExit(f"Invalid setting {name}={raw!r}: expected {expected}.")
 
 
-_ENV_LINE = re.compile(r"(?:export )?([A-Za-z_][A-Za-z0-9_]*)=")
-
-
-def _env_file_read(path: str) -> dict[str, int]:
-    """Put the settings of the `.env` file at `path` into the environment, where the environment does not set them
-    already (django-environ's parser, overwrite=False), and return {name: line number}.
-
-    Its lines are checked first, since the parser passed over what it could not read: a line that is not
-    NAME=value (`export NAME=value` is one too; `OTP_TTL_SECONDS = 300`: the default was used, after a warning in
-    plain text), a comment after a value or text after its closing quote (kept as part of the value), or a name
-    set twice (the last silently won: a `DEBUG=true` appended to a production file) stops start-up with one line
-    naming the setting and the line, never showing the value (it may be a secret). A UTF-8 byte order mark is read
-    as one (it made the first line unreadable). Found by a careless-operator pass and a new-user pass.
-    """
-    with open(path, encoding="utf-8-sig") as file:
-        content = file.read()
-    names: dict[str, int] = {}
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
-        if match is None:
-            name = line.split("=", 1)[0].strip()[:64] if "=" in line else "<no =>"
-            raise SystemExit(f"Invalid line {number} of {path} ({name}): expected NAME=value, with nothing before "
-                             f"the name and no space around the =.")
-        value = line[match.end():].rstrip()
-        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
-        if (value[:1] in "'\"" and value and not quoted) or (not quoted and re.search(r"\s#", value)):
-            # The parser kept a comment as part of the value (`SERVICE_NAME=Acme # brand` went into every Subject).
-            raise SystemExit(f"Invalid line {number} of {path} ({match.group(1)}): a comment or text after the value; "
-                             f"put the value in quotes if the # belongs to it.")
-        if match.group(1) in names:
-            raise SystemExit(f"Invalid setting {match.group(1)}: set twice in {path}, on lines "
-                             f"{names[match.group(1)]} and {number}; keep one.")
-        names[match.group(1)] = number
-    environ.Env.read_env(io.StringIO(content), overwrite=False)
-    return names
-
-
 # The process environment wins over `.env`; config/env_file.py says which file is read (ENV_FILE).
 _env_file = env_file_path()
-_ENV_FILE_NAMES = _env_file_read(_env_file) if _env_file else {}
+_ENV_FILE_NAMES = env_file_read(_env_file) if _env_file else {}
 # Every name the settings read (env_str records it), for the check of `.env`'s names at the end of this module.
 _NAMES_READ: set[str] = set()
 

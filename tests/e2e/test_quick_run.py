@@ -266,3 +266,25 @@ def test_make_run_with_an_env_file_that_names_no_file_stops_with_one_line():
     assert result.stderr.strip().splitlines() == [
         f"Invalid setting ENV_FILE='no-such.env': expected a file; {REPO_DIR / 'no-such.env'} is none (a relative "
         f"path is read from {REPO_DIR})."], result.stderr
+
+
+@pytest.mark.parametrize("content, line", [
+    ("API_PORT=8012\nAPI_PORT=8013\n", "Invalid setting API_PORT: set twice in {dotenv}, on lines 1 and 2; keep one."),
+    ("API_PORT=8012 # my port\n", "Invalid line 1 of {dotenv} (API_PORT): a comment or text after the value; put the "
+                                  "value in quotes if the # belongs to it."),
+    ("garbage line\nAPI_PORT=8012\n", "Invalid line 1 of {dotenv} (<no =>): expected NAME=value, with nothing before "
+                                      "the name and no space around the =."),
+], ids=["a name set twice", "a comment after the value", "a line that is no setting"])
+def test_make_run_reads_env_files_api_port_as_the_settings_do(tmp_path, content, line):
+    # `make run` read API_PORT from .env with django-environ's own loader: of a name set twice the last won in
+    # silence, a comment after the value was called "expected an integer", and a line that is no setting was
+    # passed over, where the stack's settings stop on each with one line (a newcomer pass).
+    import subprocess
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(content)
+    environment = {name: value for name, value in os.environ.items() if name != "API_PORT"}
+    result = subprocess.run([str(REPO_DIR / "bin" / "quick-run")], env={**environment, "ENV_FILE": str(dotenv)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line.format(dotenv=dotenv)], result.stderr
