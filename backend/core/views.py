@@ -134,6 +134,11 @@ def not_found(request, exception=None):
     if not request.path_info.endswith("/") and _route_of(request.path_info + "/") not in (None, not_found, static_file):
         # The contract's paths end with a slash, and a POST redirected to add it would lose its body.
         detail = f"Not found. Did you mean {request.path}/ (with the slash)?"
+    elif (request.path_info.endswith("/") and request.path_info != "/"
+          and _route_of(request.path_info[:-1]) not in (None, not_found, static_file)):
+        # The probes' and metrics' paths have none (`/healthz`, as Kubernetes' examples write them): `/healthz/`
+        # was a bare 404 (a newcomer pass).
+        detail = f"Not found. Did you mean {request.path[:-1]} (without the slash)?"
     return JsonResponse(error_body(detail, "not_found"), status=404)
 
 

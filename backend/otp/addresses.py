@@ -103,7 +103,8 @@ def mobile_normalize(raw: str) -> Address:
     Typed the way codes may be (otp.codes): decimal digits of any script, which phonenumbers reads itself, and
     the spacers codes accept, which it partly refuses (the thin and narrow no-break spaces, most dashes): they
     are made plain spaces and hyphens first. Letters are refused: phonenumbers reads them as keypad letters
-    (`+1 415 555 CODE` is +14155552633), a number nobody typed. Raises ValidationError.
+    (`+1 415 555 CODE` is +14155552633), a number nobody typed. Raises ValidationError; for a number without `+`
+    that is no valid number of OTP_DEFAULT_REGION, its message names the region and its country code.
     """
     message = "Enter a valid mobile number."
     _reject_invisible(raw, message)
@@ -111,6 +112,13 @@ def mobile_normalize(raw: str) -> Address:
         raise ValidationError(message)
     text = "".join(("-" if unicodedata.category(char) == "Pd" else " ") if char_is_spacer(char) else char
                    for char in raw.strip())
+    if not text.startswith(("+", "\uff0b")):  # phonenumbers reads the full-width plus as a plus too
+        # `07911 123456` read in the default region (US) was "Enter a valid mobile number." with no word of why: a
+        # newcomer abroad was left guessing (a newcomer pass).
+        region = settings.OTP_DEFAULT_REGION
+        message = (f"Enter a valid mobile number. A number without + is read as a number of {region} "
+                   f"(+{phonenumbers.country_code_for_region(region)}): for another country, begin with + and its "
+                   f"country code.")
     try:
         number = phonenumbers.parse(text, settings.OTP_DEFAULT_REGION)
     except phonenumbers.NumberParseException as exc:

@@ -24,7 +24,14 @@ call() {
               --header 'Accept: application/json')
   [ -n "${3:-}" ] && args+=(--header 'Content-Type: application/json' --data "$3")
   [ -n "${4:-}" ] && args+=(--header "Authorization: Bearer $4")
-  status="$(curl "${args[@]}" "$BASE_URL$2")"
+  local rc=0
+  status="$(curl "${args[@]}" "$BASE_URL$2")" || rc=$?
+  if [ "$rc" = 7 ]; then  # curl: failed to connect
+    echo "Nothing answers at $BASE_URL: start the service (make up), or set BASE_URL to where it runs" \
+         "(BASE_URL=http://127.0.0.1:8000 for make run)." >&2
+    exit 7
+  fi
+  [ "$rc" = 0 ] || exit "$rc"
   body="$(cat "$body_file")"
 }
 

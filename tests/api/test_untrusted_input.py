@@ -153,6 +153,17 @@ def test_a_missing_trailing_slash_is_named_in_the_404(csrf_client):
     assert "/register/" in body["detail"]
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_a_trailing_slash_too_many_is_named_in_the_404(csrf_client, path):
+    body = assert_json_error(csrf_client.get(f"{path}/"), 404, "not_found")
+    assert body["detail"] == f"Not found. Did you mean {path} (without the slash)?"
+
+
+@pytest.mark.parametrize("path", ["/nowhere/", "/home/x/", "/static/otp/"])
+def test_a_404_names_no_path_that_does_not_exist_either(csrf_client, path):
+    assert assert_json_error(csrf_client.get(path), 404, "not_found")["detail"] == "Not found."
+
+
 def test_metrics_refuses_other_methods_in_json(csrf_client):
     assert_json_error(csrf_client.post("/metrics", data=b"{}", content_type="application/json"), 405,
                       "method_not_allowed")

@@ -1,6 +1,7 @@
 """The client examples of docs/examples/, run against the native stack through nginx as their users would run
 them: the curl script with the code read from the delivered email, and the browser client in Chromium
 (tests/e2e/test_browser_client.py)."""
+import os
 import subprocess
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from tests.e2e.test_quick_run import code_from_console, quick_run  # noqa: F401 (the `make run` fixture)
 from tests.support.processes import REPO_DIR
 from tests.support.smtp import code_from_email
-from tests.support.waiting import wait_for
+from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,6 +44,19 @@ def test_the_curl_example_stops_with_the_apis_words_on_a_wrong_code(stack, inbox
                             env={**stack.env, "BASE_URL": stack.url}, capture_output=True, text=True, timeout=60)
     assert script.returncode == 1
     assert script.stderr.endswith('verify failed: HTTP 400 {"detail":"Invalid or expired code.","code":"invalid_code"}\n')
+
+
+def test_the_curl_example_says_what_to_start_when_nothing_answers():
+    # Run without BASE_URL while only `make run` was up, it stopped on curl's "Failed to connect to 127.0.0.1 port
+    # 8080" alone (a newcomer pass).
+    url = f"http://127.0.0.1:{free_port()}"
+    script = subprocess.run(["bash", str(CURL_SIGNIN), "nobody@example.com"], cwd=REPO_DIR, input="",
+                            env={"PATH": os.environ["PATH"], "BASE_URL": url}, capture_output=True, text=True,
+                            timeout=60)
+    assert script.returncode == 7
+    assert script.stderr.splitlines()[-1] == (f"Nothing answers at {url}: start the service (make up), or set "
+                                              f"BASE_URL to where it runs (BASE_URL=http://127.0.0.1:8000 for make "
+                                              f"run).")
 
 
 def test_the_readmes_curl_command_signs_in_on_the_quick_run(quick_run):

@@ -170,3 +170,20 @@ def test_every_accepted_email_is_mailed_to_itself(tokens):
     except ValidationError:
         return
     assert sanitize_address(value, "utf-8") == value  # the envelope recipient Django's SMTP backend gives
+
+
+@pytest.mark.parametrize("raw", ["07911123456", "7911 123456", "12"])
+def test_a_number_without_plus_that_fails_in_the_default_region_names_the_region(raw, settings):
+    # A newcomer in the UK typed 07911 123456: read as a US number, it was "Enter a valid mobile number." alone.
+    settings.OTP_DEFAULT_REGION = "US"
+    with pytest.raises(ValidationError) as refused:
+        mobile_normalize(raw)
+    assert refused.value.messages == ["Enter a valid mobile number. A number without + is read as a number of US "
+                                      "(+1): for another country, begin with + and its country code."]
+
+
+@pytest.mark.parametrize("raw", ["+44 7911 12345", "+1", "\uff0b1 415 555 CODE"])
+def test_a_number_with_plus_that_fails_is_only_called_invalid(raw):
+    with pytest.raises(ValidationError) as refused:
+        mobile_normalize(raw)
+    assert refused.value.messages == ["Enter a valid mobile number."]
